@@ -1,0 +1,38 @@
+# Quick start:  make train   (builds the environment once, then trains the default model)
+#               make test    (the test suite; CI runs this)
+#
+# The environment lives outside the checkout, in $(VENV), and is reused by every clone: the stack with its
+# CUDA libraries is about 6 GB, so building one per clone would fill the disk. It is (re)installed only when
+# requirements.txt changes (the stamp file is named after its hash).
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV ?= $(HOME)/.cache/seg_ext/venv
+PY := $(VENV)/bin/python
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+STAMP := $(VENV)/.requirements-$(REQ_HASH)
+ARGS ?=
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: venv train train-instance test bench clean-runs
+
+venv: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@rm -f $(VENV)/.requirements-*
+	@touch $@
+
+train: venv
+	$(PY) tools/train_semantic.py $(ARGS)
+
+test: venv
+	$(PY) -m pytest -q $(ARGS)
+
+bench: venv
+	$(PY) benchmarks/run.py $(ARGS)
+
+clean-runs:
+	rm -rf runs

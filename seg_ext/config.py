@@ -1,0 +1,207 @@
+"""Experiment configuration: defaults in code, a YAML file on top, then ``key=value`` overrides.
+
+Every key a config may set is in the defaults below, so a typo is an error that names the key. The one
+exception is the ``model`` block: it is ``name`` plus that model's keyword arguments, which the model builder
+checks against its signature. A block that names a different model replaces the default block whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from seg_ext.errors import ConfigError
+
+# Blocks whose keys are not fixed here (checked by the code that consumes them).
+FREE_BLOCKS = ("model",)
+
+SEMANTIC_DEFAULTS: dict[str, Any] = {
+    "data": {
+        "root": None,  # null: the built-in synthetic scene dataset (generated on first use)
+        "format": "auto",  # auto | folder | stanford | pennfudan
+        "image_size": [128, 128],  # (H, W): training crop size and evaluation size
+        "val": None,  # size of the val split: a count or a fraction; null: the format's default
+        "test": None,  # size of the test split, likewise
+        "split_seed": 0,
+        "splits_file": None,  # a splits.json from an earlier run, to reuse its split exactly
+        "batch_size": 8,
+        "num_workers": 2,
+    },
+    "augment": {
+        "crop_scale": [0.5, 1.0],  # RandomResizedCrop area range
+        "crop_ratio": [0.75, 1.3333333],  # RandomResizedCrop aspect-ratio range
+        "hflip_prob": 0.5,
+    },
+    "model": {"name": "unet", "base_width": 16, "depth": 3, "batch_norm": True},
+    "loss": {"class_weights": "none"},  # none | inverse | median
+    "train": {
+        "epochs": 12,
+        "optimizer": "adamw",  # adamw | adam | sgd
+        "lr": 3.0e-3,
+        "weight_decay": 1.0e-4,
+        "momentum": 0.9,  # sgd only
+        "scheduler": "cosine",  # cosine | step | none
+        "step_size": 10,  # step scheduler: epochs between decays
+        "gamma": 0.1,  # step scheduler: decay factor
+        "warmup_iters": 0,
+        "warmup_factor": 0.001,
+        "grad_clip": None,  # max gradient norm, or null for none
+        "best_metric": "mIoU",  # validation metric that picks best.pt (higher is better)
+        "seed": 0,
+        "device": "auto",  # auto | cpu | cuda | cuda:N
+        "amp": True,  # mixed precision, used only on CUDA
+        "eval_every": 1,  # validate every N epochs (and always after the last)
+        "threads": 0,  # torch CPU threads; 0 keeps torch's default
+    },
+    "report": {"num_overlays": 6},
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """Parse one override value the way YAML would (``3`` -> int, ``1e-3`` -> float, ``[1,2]`` -> list)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``, raising ConfigError with the file name when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; expected a YAML file")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; expected a mapping of blocks") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} holds a {type(data).__name__}; expected a mapping of blocks")
+    return data
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any], source: str, prefix: str = "") -> None:
+    for key, value in new.items():
+        full = f"{prefix}{key}"
+        if prefix.rstrip(".") in FREE_BLOCKS:
+            base[key] = value
+            continue
+        if key not in base:
+            valid = ", ".join(sorted(base))
+            raise ConfigError(f"unknown config key '{full}' in {source}; valid keys here are: {valid}")
+        current = base[key]
+        if isinstance(current, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}' in {source} must be a mapping, got {value!r}")
+            if key in FREE_BLOCKS and "name" in value and value["name"] != current.get("name"):
+                base[key] = {}
+            _merge(base[key], value, source, prefix=f"{full}.")
+            continue
+        if not _type_ok(current, value):
+            raise ConfigError(
+                f"config key '{full}' in {source} must be a {type(current).__name__} "
+                f"(like the default {current!r}), got {value!r}"
+            )
+        base[key] = float(value) if isinstance(current, float) else value
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[dict[str, Any]]:
+    """Turn ``["train.lr=0.01", ...]`` into nested dicts, one per override, in order."""
+    nested_list = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=5")
+        parts = key.strip().split(".")
+        nested: dict[str, Any] = {parts[-1]: parse_value(text)}
+        for part in reversed(parts[:-1]):
+            nested = {part: nested}
+        nested_list.append(nested)
+    return nested_list
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a config: ``defaults`` <- YAML file at ``path`` <- ``overrides`` (``key.sub=value`` strings).
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a key is unknown or of the wrong type.
+    """
+    cfg = copy.deepcopy(SEMANTIC_DEFAULTS if defaults is None else defaults)
+    if path is not None:
+        _merge(cfg, read_yaml(path), source=str(path))
+    for nested in parse_overrides(overrides or []):
+        _merge(cfg, nested, source="--opts")
+    return cfg
+
+
+def merge_config(cfg: dict[str, Any], new: dict[str, Any], source: str) -> dict[str, Any]:
+    """Return a copy of ``cfg`` with ``new`` merged in by the same rules as ``load_config``."""
+    out = copy.deepcopy(cfg)
+    _merge(out, new, source)
+    return out
+
+
+def save_config(cfg: dict[str, Any], path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def choice(value: Any, key: str, options: Sequence[str]) -> str:
+    """Check that config value ``key`` is one of ``options`` and return it."""
+    if value not in options:
+        raise ConfigError(f"config key '{key}' is {value!r}; expected one of: {', '.join(options)}")
+    return value
+
+
+def pair(value: Any, key: str) -> tuple[float, float]:
+    """Check that config value ``key`` is a pair of numbers and return it as a tuple."""
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise ConfigError(f"config key '{key}' is {value!r}; expected a pair of numbers like [0.5, 1.0]")
+    return float(value[0]), float(value[1])

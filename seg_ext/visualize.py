@@ -1,0 +1,170 @@
+"""Plots for reports: loss curves, the confusion-matrix heatmap with AP and IoU columns, overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+IGNORE_COLOUR = np.array([128, 128, 128], dtype=np.uint8)
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """Distinct RGB colours, one per class. Shape: (num_classes, 3) uint8."""
+    base = plt.get_cmap("tab10" if num_classes <= 10 else "tab20").colors
+    colours = [base[i % len(base)] for i in range(num_classes)]
+    return (np.array(colours) * 255).astype(np.uint8)
+
+
+def colourize(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Class-id map to an RGB picture (ignored pixels grey). Shape: (H, W) -> (H, W, 3)."""
+    pal = palette(num_classes)
+    out = np.empty((*mask.shape, 3), np.uint8)
+    valid = (mask >= 0) & (mask < num_classes)
+    out[valid] = pal[mask[valid]]
+    out[~valid] = IGNORE_COLOUR
+    return out
+
+
+def blend(image: np.ndarray, colour: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Alpha-blend a colour picture over an image. Shapes: (H, W, 3) uint8 both."""
+    return (image.astype(np.float32) * (1 - alpha) + colour.astype(np.float32) * alpha).astype(np.uint8)
+
+
+def _legend(fig: plt.Figure, class_names: Sequence[str]) -> None:
+    pal = palette(len(class_names)) / 255.0
+    handles = [Patch(color=pal[i], label=name) for i, name in enumerate(class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 9), fontsize=8, frameon=False)
+
+
+def plot_loss_curves(history: Sequence[dict[str, Any]], path: str | Path, metrics: Sequence[str] = ()) -> None:
+    """Train/val loss per epoch, and validation metrics per epoch beside it."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(epochs, [h.get("train/loss") for h in history], "o-", label="train loss")
+    val = [(h["epoch"], h["val/loss"]) for h in history if h.get("val/loss") is not None]
+    if val:
+        ax.plot(*zip(*val), "s-", label="val loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if metrics:
+        ax = axes[0, 1]
+        for key in metrics:
+            pts = [(h["epoch"], h[f"val/{key}"]) for h in history if h.get(f"val/{key}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(
+    confusion: np.ndarray,
+    class_names: Sequence[str],
+    ap: Sequence[float],
+    iou: Sequence[float],
+    path: str | Path,
+    title: str = "",
+) -> None:
+    """Row-normalised confusion matrix (rows: ground truth) with the per-class AP and IoU columns beside it.
+
+    ``ap`` and ``iou`` are percentages (NaN shown as n/a).
+    """
+    conf = confusion.astype(np.float64)
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    size = max(4.0, 0.55 * n + 2.5)
+    fig, (ax, ax2) = plt.subplots(
+        1, 2, figsize=(size + 2.2, size), gridspec_kw={"width_ratios": [n, 2], "wspace": 0.05}
+    )
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    side = np.array([ap, iou], dtype=np.float64).T / 100
+    ax2.imshow(np.nan_to_num(side, nan=0.0), cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    for i in range(n):
+        for j in range(2):
+            v = side[i, j]
+            ax2.text(j, i, "n/a" if not np.isfinite(v) else f"{100 * v:.1f}", ha="center", va="center", fontsize=7,
+                     color="white" if np.isfinite(v) and v > 0.5 else "black")
+    ax2.set_xticks([0, 1], ["AP", "IoU"], fontsize=8)
+    ax2.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_overlays(
+    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    path: str | Path,
+    ignore_index: int = 255,
+    titles: Sequence[str] | None = None,
+) -> None:
+    """One row per example: the image, ground truth over it, prediction over it."""
+    n = len(rows)
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.6), squeeze=False)
+    for r, (image, gt, pred) in enumerate(rows):
+        panels = [
+            (image, "image" if titles is None else titles[r]),
+            (blend(image, colourize(gt, len(class_names), ignore_index)), "ground truth"),
+            (blend(image, colourize(pred, len(class_names), ignore_index)), "prediction"),
+        ]
+        for c, (picture, label) in enumerate(panels):
+            axes[r, c].imshow(picture)
+            axes[r, c].set_title(label, fontsize=9)
+            axes[r, c].axis("off")
+    _legend(fig, class_names)
+    fig.tight_layout(rect=(0, 0.6 / (3 * n + 0.6), 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sample_grid(
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    path: str | Path,
+    columns: int = 4,
+    ignore_index: int = 255,
+    titles: Sequence[str] | None = None,
+) -> None:
+    """A grid of (image, mask) pairs, each drawn as the image with its mask blended over it and outlined."""
+    from skimage.segmentation import find_boundaries
+
+    n = len(samples)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (image, mask) in enumerate(samples):
+        picture = blend(image, colourize(mask, len(class_names), ignore_index), 0.45)
+        picture[find_boundaries(mask, mode="inner")] = 255
+        ax = axes[i // columns, i % columns]
+        ax.imshow(picture)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    _legend(fig, class_names)
+    fig.tight_layout(rect=(0, 0.6 / (3 * rows + 0.6), 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny datasets written in each on-disk format, once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _generated_dir(tmp_path_factory):
+    """Keep generated datasets of the tests out of the checkout."""
+    path = tmp_path_factory.mktemp("generated")
+    old = os.environ.get("SEG_EXT_GENERATED_DIR")
+    os.environ["SEG_EXT_GENERATED_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SEG_EXT_GENERATED_DIR", None)
+    else:
+        os.environ["SEG_EXT_GENERATED_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def scenes_root(tmp_path_factory) -> Path:
+    """Synthetic 9-class scenes in the plain folder format: 8 train, 4 val, 4 test, 64x80."""
+    from seg_ext.data.synthetic import ensure_synthetic_scenes
+
+    return ensure_synthetic_scenes(tmp_path_factory.mktemp("scenes") / "ds", 8, 4, 4, size=(64, 80), seed=1)
+
+
+@pytest.fixture(scope="session")
+def pennfudan_root(tmp_path_factory) -> Path:
+    """Synthetic pedestrians in the Penn-Fudan layout: 12 images of 96-128 px."""
+    from seg_ext.data.synthetic import write_pedestrians
+
+    root = tmp_path_factory.mktemp("pennfudan") / "PennFudanPed"
+    write_pedestrians(root, 12, seed=3, size_range=(96, 128))
+    return root
+
+
+@pytest.fixture(scope="session")
+def stanford_root(tmp_path_factory) -> Path:
+    """A tiny Stanford Background layout: images/<id>.jpg and labels/<id>.regions.txt with -1..7."""
+    root = tmp_path_factory.mktemp("stanford") / "iccv09Data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        h, w = 40, 52
+        labels = np.full((h, w), 0, np.int64)
+        labels[h // 2 :] = rng.integers(1, 8)
+        labels[:4, :4] = -1
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{i:07d}.jpg")
+        (root / "labels" / f"{i:07d}.regions.txt").write_text("\n".join(" ".join(map(str, r)) for r in labels) + "\n")
+    return root
+
+
+def write_folder_dataset(root: Path, masks: list[np.ndarray], classes: list[str], images: list[np.ndarray] | None = None) -> Path:
+    """Write a plain folder dataset from label maps (random images unless given)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    rng = np.random.default_rng(0)
+    for i, mask in enumerate(masks):
+        image = images[i] if images is not None else rng.integers(0, 255, (*mask.shape, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"im{i:03d}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"im{i:03d}.png")
+    return root
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    """Import tools/<name>.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def call_tool(name: str, argv: list[str]) -> int:
+    """Run a tool's main in this process the way its __main__ guard does; returns the exit code."""
+    from seg_ext.cli import run_tool
+
+    module = load_tool(name)
+    return run_tool(module.main, module.get_args_parser().parse_args([str(a) for a in argv]))

@@ -1,0 +1,73 @@
+"""Config loading: defaults, YAML, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from seg_ext.config import SEMANTIC_DEFAULTS, load_config, parse_value
+from seg_ext.errors import ConfigError
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-4\n  epochs: 3\nmodel:\n  name: baseconv\n  width: 8\n")
+    cfg = load_config(path, ["train.epochs=5", "data.image_size=[64,96]"])
+    assert cfg["train"]["lr"] == pytest.approx(1e-4) and isinstance(cfg["train"]["lr"], float)
+    assert cfg["train"]["epochs"] == 5
+    assert cfg["data"]["image_size"] == [64, 96]
+    assert cfg["model"] == {"name": "baseconv", "width": 8}  # another model: the default block is replaced
+    assert cfg["data"]["batch_size"] == SEMANTIC_DEFAULTS["data"]["batch_size"]
+    assert SEMANTIC_DEFAULTS["train"]["epochs"] != 5  # defaults untouched
+
+
+def test_same_model_name_merges_kwargs():
+    cfg = load_config(overrides=["model.depth=2"])
+    assert cfg["model"]["name"] == "unet" and cfg["model"]["depth"] == 2 and "base_width" in cfg["model"]
+
+
+def test_parse_value():
+    assert parse_value("1e-3") == pytest.approx(1e-3)
+    assert parse_value("3") == 3 and parse_value("true") is True and parse_value("null") is None
+    assert parse_value("[1, 2]") == [1, 2] and parse_value("cosine") == "cosine"
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("train.lrr=0.1", r"unknown config key 'train\.lrr' in --opts; valid keys here are: .*\blr\b"),
+        ("trian.lr=0.1", r"unknown config key 'trian'"),
+        ("train.epochs=abc", r"config key 'train\.epochs' in --opts must be a int"),
+        ("train.amp=1", r"config key 'train\.amp' in --opts must be a bool"),
+        ("train=3", r"config key 'train' in --opts must be a mapping"),
+        ("noequals", r"override 'noequals' must look like key=value"),
+    ],
+)
+def test_bad_override_names_the_key(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(overrides=[override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="holds a list; expected a mapping"):
+        load_config(listy)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("data:\n  roott: x\n")
+    with pytest.raises(ConfigError, match=rf"unknown config key 'data\.roott' in {unknown}"):
+        load_config(unknown)
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).resolve().parents[1].joinpath("configs", "semantic").glob("*.yaml"))
+    assert configs, "configs/semantic holds no config"
+    for path in configs:
+        load_config(path)

@@ -1,0 +1,97 @@
+"""The engine: schedules, atomic checkpoints, resume that continues exactly, the stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from seg_ext.config import load_config
+from seg_ext.engine import Trainer, atomic_save, build_optimizer, load_checkpoint, lr_factor_fn, make_loader
+from seg_ext.errors import ConfigError, TrainingStopped
+
+
+def test_schedules():
+    cfg = load_config()["train"]
+    cos = lr_factor_fn({**cfg, "scheduler": "cosine", "epochs": 4}, iters_per_epoch=5)
+    assert cos(0) == pytest.approx(1.0) and cos(10) == pytest.approx(0.5) and cos(20) == pytest.approx(0.0, abs=1e-12)
+    step = lr_factor_fn({**cfg, "scheduler": "step", "step_size": 2, "gamma": 0.1, "epochs": 6}, iters_per_epoch=5)
+    assert [step(i) for i in (0, 9, 10, 19, 20)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    warm = lr_factor_fn({**cfg, "scheduler": "none", "warmup_iters": 10, "warmup_factor": 0.0}, iters_per_epoch=5)
+    assert [warm(i) for i in (0, 5, 10, 50)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
+    with pytest.raises(ConfigError, match="train.scheduler"):
+        lr_factor_fn({**cfg, "scheduler": "linear"}, 5)
+
+
+def test_atomic_save_never_leaves_half_a_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"a": torch.ones(2)}, path)
+    with pytest.raises(Exception):
+        atomic_save({"bad": lambda: 0}, path)  # cannot be pickled: fails midway
+    assert torch.load(path)["a"].sum() == 2  # the earlier file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
+
+
+def _toy(tmp_path, epochs, nan_at_epoch=None, interrupt_at_epoch=None):
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(24, 3), torch.randn(24, 1))
+    model = torch.nn.Linear(3, 1)
+    cfg = {**load_config()["train"], "epochs": epochs, "lr": 0.05}
+    loader = make_loader(data, batch_size=4, shuffle=True, num_workers=0, seed=1)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg, len(loader)))
+    epoch_seen = {"n": 0}
+
+    def loss_step(model, batch):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if nan_at_epoch is not None and trainer.state.epoch + 1 == nan_at_epoch:
+            loss = loss * math.nan
+        if interrupt_at_epoch is not None and trainer.state.epoch + 1 == interrupt_at_epoch:
+            raise KeyboardInterrupt  # the run dies in the middle of this epoch
+        return loss, {"mse": float(loss.detach())}
+
+    def validate(model):
+        epoch_seen["n"] += 1
+        with torch.no_grad():
+            x, y = data.tensors
+            return {"loss": float(torch.nn.functional.mse_loss(model(x), y)), "score": -float(epoch_seen["n"])}
+
+    trainer = Trainer(model, optimizer, scheduler, loader, loss_step, validate, tmp_path, epochs=epochs,
+                      best_metric="loss", device=torch.device("cpu"))
+    return trainer
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = _toy(tmp_path / "a", epochs=3)
+    straight.fit()
+    first = _toy(tmp_path / "b", epochs=3, interrupt_at_epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["state"]["epoch"] == 1
+    resumed = _toy(tmp_path / "b", epochs=3)
+    resumed.resume(tmp_path / "b" / "last.pt")
+    resumed.fit()
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert [h["epoch"] for h in resumed.state.history] == [1, 2, 3]
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["state"]["epoch"] == 3
+    assert (tmp_path / "b" / "best.pt").is_file()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = _toy(tmp_path, epochs=4, nan_at_epoch=3)
+    with pytest.raises(TrainingStopped, match=r"loss became nan at epoch 3.*last good checkpoint is .*last\.pt \(epoch 2\)"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["epoch"] == 2
+
+
+def test_best_metric_must_be_reported(tmp_path):
+    trainer = _toy(tmp_path, epochs=1)
+    trainer.best_metric = "mIoU"
+    with pytest.raises(ConfigError, match=r"train\.best_metric' is 'mIoU'.*expected one of: loss, score"):
+        trainer.fit()

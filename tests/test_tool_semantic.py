@@ -1,0 +1,136 @@
+"""tools/train_semantic.py end to end on tiny synthetic data: train, report, resume, eval-only, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, call_tool, write_folder_dataset
+
+FAST = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "train.epochs=1",
+        "model.base_width=4", "model.depth=2", "report.num_overlays=2"]
+
+
+def test_one_epoch_run_writes_everything_then_resume_and_eval_only(scenes_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *FAST])
+    assert code == 0
+    for name in ("config.yaml", "splits.json", "metrics.jsonl", "metrics.json", "report.md", "last.pt", "best.pt",
+                 "loss_curves.png", "confusion_test.png", "confusion_val.png", "overlays_test.png", "log.txt"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for key in ("mIoU", "mAP", "fwIoU", "pixel_acc", "mean_acc", "IoU/sky", "AP/sky", "loss"):
+            assert key in metrics[split]
+        assert 0 <= metrics[split]["mIoU"] <= 100
+    assert metrics["splits"] == {"train": 8, "val": 4, "test": 4}
+    report = (out / "report.md").read_text()
+    assert "| test |" in report and "confusion_test.png" in report and "loss_curves.png" in report
+    assert "report:" in capsys.readouterr().out
+
+    # running again into the same folder would overwrite it: refused
+    assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *FAST]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+    # continue to 2 epochs
+    assert call_tool("train_semantic", ["--output-dir", out, "--resume", "--opts", "train.epochs=2"]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+    # evaluate the best checkpoint alone: the same test numbers as the run reported
+    final = json.loads((out / "metrics.json").read_text())
+    ev = tmp_path / "eval"
+    assert call_tool("train_semantic", ["--eval-only", "--checkpoint", out / "best.pt", "--output-dir", ev]) == 0
+    again = json.loads((ev / "metrics.json").read_text())
+    assert again["test"]["mIoU"] == pytest.approx(final["test"]["mIoU"])
+    assert again["test"]["mAP"] == pytest.approx(final["test"]["mAP"])
+
+
+def test_baseline_runs_through_the_same_evaluation(scenes_root, tmp_path):
+    out = tmp_path / "baseline"
+    code = call_tool("train_semantic", ["--config", ROOT / "configs/semantic/baseline.yaml", "--data-root", scenes_root,
+                                        "--output-dir", out, "--opts", "data.image_size=[64,64]", "data.num_workers=0"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["mIoU"] > 100 / 9  # above chance: sky is on top, ground below
+    assert "fitted by counting" in (out / "report.md").read_text()
+
+
+# ---- bad input: one line on stderr naming the file or key, exit code 2, no traceback ----
+
+
+def _bad_dataset(tmp_path, kind):
+    masks = [np.zeros((16, 16), np.uint8) for _ in range(6)]
+    root = write_folder_dataset(tmp_path / kind, masks, ["a", "b"])
+    if kind == "no_mask":
+        (root / "masks" / "im003.png").unlink()
+    elif kind == "size":
+        Image.fromarray(np.zeros((16, 17), np.uint8)).save(root / "masks" / "im003.png")
+    elif kind == "label":
+        bad = np.zeros((16, 16), np.uint8)
+        bad[3, 3] = 9
+        for i in range(6):
+            Image.fromarray(bad).save(root / "masks" / f"im00{i}.png")
+    elif kind == "unreadable":
+        (root / "images" / "im003.png").write_bytes(b"\x89PNG broken")
+    return root
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("missing", r"dataset folder .*missing does not exist"),
+        ("layout", r"dataset folder .*layout has no recognised layout; expected images/ \+ masks/"),
+        ("no_mask", r"image .*im003\.png has no mask; expected .*masks/im003\.png"),
+        ("size", r"mask .*im003\.png is 17x16 but image .*im003\.png is 16x16; expected the same size"),
+        ("label", r"mask file .*\.png contains label value 9; expected class ids 0\.\.1 or the ignore index 255"),
+        ("unreadable", r"cannot read image file .*im003\.png \(\w+\); expected a PNG or JPEG image"),
+        ("config_key", r"unknown config key 'train\.epoch' in --opts; valid keys here are: .*epochs"),
+        ("model_key", r"config key 'model\.depht' is not an argument of model 'unet'"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(case, pattern, tmp_path, scenes_root, capsys):
+    opts = list(FAST)
+    if case == "missing":
+        root = tmp_path / "missing"
+    elif case == "layout":
+        root = tmp_path / "layout"
+        (root / "somewhere").mkdir(parents=True)
+    elif case == "config_key":
+        root, opts = scenes_root, opts + ["train.epoch=3"]
+    elif case == "model_key":
+        root, opts = scenes_root, opts + ["model.depht=3"]
+    else:
+        root = _bad_dataset(tmp_path, case)
+    code = call_tool("train_semantic", ["--data-root", root, "--output-dir", tmp_path / "out", "--opts", *opts])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in err
+
+
+def test_error_inside_a_loader_worker_is_still_one_line(tmp_path):
+    """A bad label found by a DataLoader worker process comes back wrapped; the tool still prints one sentence."""
+    root = _bad_dataset(tmp_path, "label")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools/train_semantic.py"), "--data-root", str(root), "--output-dir",
+         str(tmp_path / "out"), "--opts", *[o for o in FAST if "num_workers" not in o], "data.num_workers=2"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "contains label value 9; expected class ids 0..1 or the ignore index 255" in error_lines[0]
+    assert "Original Traceback" not in error_lines[0]

@@ -1,0 +1,78 @@
+"""Augmentation keeps image and mask aligned: crops, flips, nearest-neighbour masks, the ignore label."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import binary_erosion
+
+from seg_ext.config import load_config
+from seg_ext.data.transforms import build_transforms, denormalize
+from seg_ext.errors import ConfigError
+
+COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], dtype=np.uint8)
+
+
+def coded_pair(h: int = 90, w: int = 120, seed: int = 0):
+    """An image whose colour encodes the mask's class, blocks of several sizes, and an ignore region."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((h, w), np.uint8)
+    for _ in range(12):
+        y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
+        mask[y : y + rng.integers(8, 40), x : x + rng.integers(8, 40)] = rng.integers(1, 4)
+    image = COLOURS[mask]
+    mask[:6, :6] = 255  # ignored pixels keep the colour of class 0
+    return image, mask
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_crop_and_flip_keep_alignment(seed):
+    cfg = load_config(overrides=["data.image_size=[64,48]", "augment.crop_scale=[0.2,1.0]", "augment.hflip_prob=0.5"])
+    transform = build_transforms(cfg, train=True, normalize=False, seed=seed)
+    image, mask = coded_pair(seed=seed)
+    for _ in range(10):
+        out = transform(image=image, mask=mask)
+        img, m = out["image"], out["mask"]
+        assert img.shape == (64, 48, 3) and m.shape == (64, 48)
+        assert set(np.unique(m)) <= {0, 1, 2, 3, 255}  # nearest neighbour: no blended ids
+        for c in range(4):
+            inner = binary_erosion(m == c, iterations=3)  # away from edges (the image is interpolated there)
+            if inner.any():
+                np.testing.assert_allclose(img[inner].astype(int), np.broadcast_to(COLOURS[c], img[inner].shape), atol=2)
+
+
+def test_flip_with_full_crop_is_an_exact_mirror():
+    cfg = load_config(
+        overrides=["data.image_size=[90,120]", "augment.crop_scale=[1.0,1.0]", "augment.crop_ratio=[1.3333333,1.3333334]",
+                   "augment.hflip_prob=1.0"]
+    )
+    image, mask = coded_pair()
+    out = build_transforms(cfg, train=True, normalize=False)(image=image, mask=mask)
+    np.testing.assert_array_equal(out["mask"], mask[:, ::-1])
+    np.testing.assert_array_equal(out["image"], image[:, ::-1])
+
+
+def test_eval_transform_is_deterministic_and_normalised():
+    cfg = load_config(overrides=["data.image_size=[32,40]"])
+    transform = build_transforms(cfg, train=False)
+    image, mask = coded_pair()
+    a, b = transform(image=image, mask=mask), transform(image=image, mask=mask)
+    assert isinstance(a["image"], torch.Tensor) and a["image"].shape == (3, 32, 40)
+    torch.testing.assert_close(a["image"], b["image"])
+    np.testing.assert_array_equal(np.asarray(a["mask"]), np.asarray(b["mask"]))
+    # normalisation round trip
+    restored = denormalize(a["image"])
+    plain = build_transforms(cfg, train=False, normalize=False)(image=image, mask=mask)["image"]
+    assert np.abs(restored.astype(int) - plain.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("augment.crop_scale=[0.0,1.0]", "augment.crop_scale"), ("augment.hflip_prob=1.5", "augment.hflip_prob"),
+     ("data.image_size=[4,4]", "data.image_size"), ("augment.crop_ratio=[1]", "augment.crop_ratio")],
+)
+def test_bad_augment_config_names_the_key(override, key):
+    cfg = load_config(overrides=[override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_transforms(cfg, train=True)
