@@ -52,7 +52,7 @@ def read_image(path: Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"image file {path} does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -246,6 +246,8 @@ def _split_count(size: float, total: int, key: str) -> int:
         return max(1, int(size * total)) if size > 0 else 0  # a small dataset still gets one image
     if float(size).is_integer() and 0 <= size <= total:
         return int(size)
+    if float(size).is_integer() and size > total:
+        raise ConfigError(f"config key '{key}' is {size!r}, more than the {total} images of the dataset")
     raise ConfigError(f"config key '{key}' is {size!r}; expected a count of images or a fraction in [0, 1)")
 
 

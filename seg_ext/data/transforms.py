@@ -101,3 +101,36 @@ def seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):
         transform.set_random_seed(seed)
+
+
+def build_instance_transforms(cfg: dict[str, Any], train: bool, seed: int | None = None) -> A.Compose | None:
+    """albumentations pipeline for instance data: flip and scale/crop jitter that keep image, instance masks,
+    boxes and labels together. Evaluation gets no transform, so predictions stay in the image's own pixels.
+
+    Call it as ``transform(image=..., masks=[...], bboxes=[...] (pascal_voc), labels=[...], instance_ids=[...])``;
+    a box that leaves the picture is dropped with its label and id, and ``instance_ids`` says which masks remain.
+    """
+    if not train:
+        return None
+    aug = cfg["augment"]
+    flip = float(aug["hflip_prob"])
+    if not 0 <= flip <= 1:
+        raise ConfigError(f"config key 'augment.hflip_prob' is {flip}; expected a probability in [0, 1]")
+    low, high = pair(aug["scale_jitter"], "augment.scale_jitter")
+    if not 0 < low <= high:
+        raise ConfigError(f"config key 'augment.scale_jitter' is {[low, high]}; expected 0 < low <= high, e.g. [0.8, 1.2]")
+    crop = float(aug["crop_fraction"])
+    if not 0 <= crop < 0.5:
+        raise ConfigError(f"config key 'augment.crop_fraction' is {crop}; expected a fraction in [0, 0.5)")
+    ops: list[Any] = []
+    if (low, high) != (1.0, 1.0):
+        ops.append(A.RandomScale(scale_limit=(low - 1, high - 1), interpolation=cv2.INTER_LINEAR,
+                                 mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+    if crop > 0:
+        ops.append(A.RandomCropFromBorders(crop_left=crop, crop_right=crop, crop_top=crop, crop_bottom=crop, p=1.0))
+    ops.append(A.HorizontalFlip(p=flip))
+    return A.Compose(
+        ops,
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "instance_ids"], min_area=1.0, clip=True),
+        seed=seed,
+    )
