@@ -44,6 +44,46 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise SegExtError("--resume needs --output-dir, the folder of the run to continue")
 
 
+def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The config and run folder of a training tool's invocation.
+
+    * a new run: ``defaults`` <- ``--config`` <- ``--opts`` <- ``--data-root``; folder ``--output-dir`` or
+      ``runs/<task>/<config name>-<time>``;
+    * ``--resume``: the config saved in ``<output-dir>/last.pt`` <- ``--opts`` <- ``--data-root``;
+    * ``--eval-only``: the config saved in ``--checkpoint``, likewise.
+    """
+    from seg_ext.config import load_config, merge_config, parse_overrides
+
+    check_run_arguments(args)
+    if args.eval_only or args.resume:
+        ckpt_path = args.checkpoint if args.eval_only else args.output_dir / "last.pt"
+        if not ckpt_path.is_file():
+            what = "the checkpoint to evaluate" if args.eval_only else "the last.pt of the run to continue"
+            raise SegExtError(f"{ckpt_path} does not exist; expected {what}")
+        cfg = config_from_checkpoint(ckpt_path)
+        if args.config is not None:
+            logging.getLogger(__name__).warning("--config is ignored: the run keeps the config saved in %s", ckpt_path)
+        for nested in parse_overrides(args.opts):
+            cfg = merge_config(cfg, nested, source="--opts")
+        output_dir = args.output_dir or default_output_dir(task, "eval")
+    else:
+        cfg = load_config(args.config, args.opts, defaults=defaults)
+        output_dir = args.output_dir or default_output_dir(task, args.config.stem if args.config else "default")
+    if args.data_root is not None:
+        cfg = merge_config(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
+    return cfg, output_dir
+
+
+def config_from_checkpoint(path: Path) -> dict[str, Any]:
+    """The config saved in a run's checkpoint."""
+    from seg_ext.engine import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("config"), dict):
+        raise SegExtError(f"checkpoint {path} holds no config; expected a last.pt or best.pt of a training run")
+    return ckpt["config"]
+
+
 def default_output_dir(task: str, name: str) -> Path:
     """``runs/<task>/<name>-<YYYYmmdd-HHMMSS>`` under the current folder."""
     return Path("runs") / task / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -61,6 +61,70 @@ SEMANTIC_DEFAULTS: dict[str, Any] = {
 }
 
 
+_TRAIN_KEYS = SEMANTIC_DEFAULTS["train"]
+
+INSTANCE_DEFAULTS: dict[str, Any] = {
+    "method": "maskrcnn",  # maskrcnn | watershed (tools/train_instance.py --method sets it)
+    "data": {
+        "root": None,  # a Penn-Fudan folder, or the image folder of a COCO dataset; null: synthetic pedestrians
+        "format": "auto",  # auto | pennfudan | coco
+        "train_json": None,  # coco format: the instance files of each split
+        "val_json": None,
+        "test_json": None,
+        "val": None,  # pennfudan format: val/test images (null: 15 and 50, or 10 and 20 for the synthetic set)
+        "test": None,
+        "split_seed": 0,
+        "batch_size": 2,
+        "num_workers": 2,
+        "min_box_size": 1.0,  # annotations with a narrower or lower box are dropped (with a warning)
+    },
+    "augment": {
+        "hflip_prob": 0.5,
+        "scale_jitter": [1.0, 1.0],  # random rescale factor range; [1, 1]: none
+        "crop_fraction": 0.0,  # crop up to this fraction from each border; instances cropped away disappear
+    },
+    "model": {"name": "maskrcnn", "backbone": "resnet18_fpn", "min_size": 256, "max_size": 416},
+    "train": {
+        **_TRAIN_KEYS,
+        "epochs": 10,
+        "optimizer": "sgd",
+        "lr": 0.005,
+        "weight_decay": 5.0e-4,
+        "scheduler": "step",
+        "step_size": 3,
+        "warmup_iters": -1,  # -1: linear warmup over the first epoch (at most 1000 iterations)
+        "best_metric": "segm/AP",
+    },
+    "eval": {"mask_threshold": 0.5, "score_threshold": 0.5},  # score_threshold: only for drawing
+    "watershed": {
+        "input_size": [256, 256],  # (H, W) the UNet sees; outputs are resized back to each image's own size
+        "levels": [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54],  # lower bin edges in pixels
+        "level_weights": [3, 3, 3, 2],  # the lowest levels weighted up; the rest 1
+        "area_weighting": True,  # weight energy pixels by 1/sqrt(instance area)
+        "foreground_weight": 1.0,
+        "energy_weight": 1.0,
+        "marker_level": 1.0,  # markers: foreground with expected energy at or above this level (DWT cuts at 1-2)
+        "min_marker_area": 10,
+        "min_instance_area": 50,
+        "foreground_threshold": 0.5,
+    },
+    "report": {"num_overlays": 4},
+}
+
+WATERSHED_MODEL: dict[str, Any] = {"name": "dual_unet", "base_width": 16, "depth": 4}
+
+
+def instance_defaults(method: str) -> dict[str, Any]:
+    """The instance-segmentation defaults for ``method`` (maskrcnn or watershed)."""
+    cfg = copy.deepcopy(INSTANCE_DEFAULTS)
+    cfg["method"] = method
+    if method == "watershed":
+        cfg["model"] = copy.deepcopy(WATERSHED_MODEL)
+        cfg["train"].update(optimizer="adamw", lr=3.0e-3, weight_decay=1.0e-4, scheduler="cosine", warmup_iters=0, epochs=30)
+        cfg["data"]["batch_size"] = 4
+    return cfg
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
 

@@ -111,6 +111,8 @@ def lr_factor_fn(train_cfg: dict[str, Any], iters_per_epoch: int) -> Callable[[i
     if kind == "step" and step_size < 1:
         raise ConfigError(f"config key 'train.step_size' is {step_size}; expected at least 1 epoch")
     warmup, warmup_factor = int(train_cfg["warmup_iters"]), float(train_cfg["warmup_factor"])
+    if warmup < 0:  # the first epoch, as torchvision's detection references do
+        warmup = min(1000, max(iters_per_epoch - 1, 1))
 
     def factor(it: int) -> float:
         if kind == "cosine":

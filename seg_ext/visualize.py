@@ -168,3 +168,60 @@ def plot_sample_grid(
     fig.tight_layout(rect=(0, 0.6 / (3 * rows + 0.6), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def instance_overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """The image with each instance mask blended in its own colour and outlined.
+
+    Shape:
+        image: (H, W, 3) uint8; masks: (N, H, W) binary -> (H, W, 3) uint8
+    """
+    from skimage.segmentation import find_boundaries
+
+    out = image.astype(np.float32)
+    colours = (np.array(plt.get_cmap("tab20").colors) * 255).astype(np.float32)
+    for i, mask in enumerate(masks.astype(bool)):
+        out[mask] = out[mask] * (1 - alpha) + colours[i % len(colours)] * alpha
+        out[find_boundaries(mask, mode="inner")] = 255
+    return out.astype(np.uint8)
+
+
+def plot_instances(
+    rows: Sequence[dict[str, Any]],
+    path: str | Path,
+    score_threshold: float = 0.5,
+) -> None:
+    """One row per image: ground-truth instances, predicted instances (with scores), and an optional extra panel.
+
+    Each row is a dict with ``image`` (H, W, 3) uint8, ``gt_masks`` (N, H, W), ``pred_masks`` (M, H, W),
+    ``pred_scores`` (M,), ``title``, and optionally ``extra`` (an (H, W) float map, drawn with a colour map) with
+    ``extra_title``. Predictions under ``score_threshold`` are not drawn.
+    """
+    columns = 3 if any("extra" in r for r in rows) else 2
+    fig, axes = plt.subplots(len(rows), columns, figsize=(4.2 * columns, 4 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        keep = np.asarray(row["pred_scores"]) >= score_threshold
+        pred_masks = np.asarray(row["pred_masks"])[keep]
+        scores = np.asarray(row["pred_scores"])[keep]
+        ax = axes[r, 0]
+        ax.imshow(instance_overlay(row["image"], np.asarray(row["gt_masks"])))
+        ax.set_title(f"{row.get('title', '')}: ground truth ({len(row['gt_masks'])})", fontsize=9)
+        ax = axes[r, 1]
+        ax.imshow(instance_overlay(row["image"], pred_masks))
+        ax.set_title(f"predicted ({len(pred_masks)} with score >= {score_threshold:g})", fontsize=9)
+        for mask, score in zip(pred_masks, scores):
+            ys, xs = np.nonzero(mask)
+            if len(xs):
+                ax.text(xs.min(), ys.min(), f"{score:.2f}", fontsize=7, color="white", va="bottom",
+                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+        if columns == 3:
+            ax = axes[r, 2]
+            if "extra" in row:
+                shown = ax.imshow(row["extra"], cmap="magma")
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+                ax.set_title(row.get("extra_title", ""), fontsize=9)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -57,8 +57,11 @@ def load_state_dict_file(path: str | Path, what: str) -> dict[str, torch.Tensor]
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str, drop_prefixes: tuple[str, ...] = ()) -> None:
     """Load ``state`` into ``module`` strictly, naming the file and the first mismatch when it does not fit."""
-    state = {k: v for k, v in state.items() if not k.startswith(drop_prefixes)}
     own = module.state_dict()
+    state = {k: v for k, v in state.items() if not (drop_prefixes and k.startswith(drop_prefixes))}
+    # batch-norm counters: files from older torch or frozen batch norm lack them, or have them when we do not
+    state = {k: v for k, v in state.items() if not (k.endswith("num_batches_tracked") and k not in own)}
+    state.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state})
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]

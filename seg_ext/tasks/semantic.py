@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_ext.config import merge_config, save_config
+from seg_ext.config import save_config
 from seg_ext.data.semantic import SemanticSegDataset, build_semantic_datasets
 from seg_ext.data.transforms import build_transforms, denormalize, image_size_from
 from seg_ext.engine import (
@@ -308,19 +308,6 @@ def _write_report(
 
 
 # ---- evaluation only ------------------------------------------------------------------------------------
-
-
-def config_from_checkpoint(path: Path, data_root: Path | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The config saved in a checkpoint, with a new data root and overrides applied."""
-    ckpt = load_checkpoint(path)
-    if "config" not in ckpt:
-        raise SegExtError(f"checkpoint {path} holds no config; expected a last.pt or best.pt of a training run")
-    cfg = ckpt["config"]
-    if overrides:
-        cfg = merge_config(cfg, overrides, source="--opts")
-    if data_root is not None:
-        cfg = merge_config(cfg, {"data": {"root": str(data_root)}}, source="--data-root")
-    return cfg
 
 
 def evaluate_semantic(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:

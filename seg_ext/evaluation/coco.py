@@ -1,0 +1,173 @@
+"""COCO box and mask evaluation with pycocotools, and COCO results files.
+
+Segmentation results are written without a ``bbox``: pycocotools' ``loadRes`` would otherwise set a result's
+``area`` to its box area, which moves it between the small/medium/large buckets (torchvision's and mmdet's
+evaluators do the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from seg_ext.errors import DatasetError
+from seg_ext.evaluation.base import Evaluator
+
+IOU_TYPES = ("bbox", "segm")
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def masks_to_rles(masks: np.ndarray) -> list[dict[str, Any]]:
+    """COCO RLEs (``counts`` as str) of binary masks. Shape: (N, H, W)."""
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def detections_to_results(
+    output: dict[str, torch.Tensor], image_id: int, category_of: dict[int, int], mask_threshold: float = 0.5
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One image's detections as COCO results: (bbox results, segm results without bbox).
+
+    ``output`` holds ``boxes`` (N, 4) xyxy, ``labels`` (N,), ``scores`` (N,) and optionally ``masks``
+    (N, 1, H, W) probabilities or (N, H, W) binary; ``category_of`` maps model labels to COCO category ids.
+    """
+    boxes = output["boxes"].detach().cpu().numpy().astype(np.float64)
+    scores = output["scores"].detach().cpu().numpy().astype(np.float64)
+    labels = output["labels"].detach().cpu().numpy()
+    cats = [int(category_of[int(label)]) for label in labels]
+    bbox = [
+        {"image_id": int(image_id), "category_id": c, "score": round(float(s), 5),
+         "bbox": [round(float(v), 2) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])]}
+        for b, s, c in zip(boxes, scores, cats)
+    ]
+    segm: list[dict[str, Any]] = []
+    if "masks" in output:
+        masks = output["masks"].detach()
+        if masks.dim() == 4:
+            masks = masks[:, 0]
+        binary = (masks > mask_threshold if masks.is_floating_point() else masks > 0).cpu().numpy()
+        segm = [
+            {"image_id": int(image_id), "category_id": c, "score": round(float(s), 5), "segmentation": rle}
+            for rle, s, c in zip(masks_to_rles(binary), scores, cats)
+        ]
+    return bbox, segm
+
+
+def _results_coco(coco_gt: COCO, results: list[dict[str, Any]], iou_type: str) -> COCO:
+    if results:
+        return coco_gt.loadRes(copy.deepcopy(results))  # loadRes adds keys to the dicts it is given
+    empty = COCO()  # loadRes cannot take an empty list; no detections means AP 0
+    empty.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
+    empty.createIndex()
+    return empty
+
+
+def coco_evaluate(
+    coco_gt: COCO, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int] | None = None
+) -> tuple[dict[str, float], str]:
+    """Run COCOeval; returns ``{f"{iou_type}/{stat}": percent}`` (NaN where no ground truth fits the area range)
+    and the printed 12-line summary."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        coco_dt = _results_coco(coco_gt, results, iou_type)
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        if image_ids is not None:
+            ev.params.imgIds = sorted(set(int(i) for i in image_ids))
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    summary = "\n".join(line for line in text.getvalue().splitlines() if line.lstrip().startswith("Average"))
+    metrics = {
+        f"{iou_type}/{name}": (100 * float(v) if v >= 0 else math.nan) for name, v in zip(STAT_NAMES, ev.stats)
+    }
+    return metrics, summary
+
+
+class COCOEvaluator(Evaluator):
+    """Collects detections as COCO results and scores them with COCOeval against the ground truth.
+
+    Args:
+        coco_gt: the ground truth (pycocotools COCO), e.g. ``CocoInstanceDataset.coco``.
+        category_of: model label -> COCO category id.
+        iou_types: any of ``bbox``, ``segm``.
+        mask_threshold: probability above which a mask pixel is on.
+    """
+
+    def __init__(
+        self, coco_gt: COCO, category_of: dict[int, int], iou_types: Sequence[str] = IOU_TYPES, mask_threshold: float = 0.5
+    ) -> None:
+        self.coco_gt, self.category_of = coco_gt, category_of
+        self.iou_types = tuple(iou_types)
+        self.mask_threshold = mask_threshold
+        self.summaries: dict[str, str] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
+        self.image_ids: list[int] = []
+
+    def process(self, outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, Any]]) -> None:
+        """Accumulate a batch: ``outputs`` and ``targets`` are lists of per-image dicts (targets hold ``image_id``)."""
+        for output, target in zip(outputs, targets):
+            image_id = int(target["image_id"])
+            bbox, segm = detections_to_results(output, image_id, self.category_of, self.mask_threshold)
+            self.results["bbox"].extend(bbox)
+            self.results["segm"].extend(segm)
+            self.image_ids.append(image_id)
+
+    def evaluate(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for iou_type in self.iou_types:
+            values, self.summaries[iou_type] = coco_evaluate(self.coco_gt, self.results[iou_type], iou_type, self.image_ids)
+            metrics.update(values)
+        return metrics
+
+    def save_results(self, path: str | Path, iou_type: str = "segm") -> None:
+        """Write the accumulated results of one kind as a COCO results JSON."""
+        Path(path).write_text(json.dumps(self.results[iou_type]))
+
+
+def load_results(path: str | Path, coco_gt: COCO, iou_type: str) -> list[dict[str, Any]]:
+    """Read and check a COCO results file for ``iou_type`` against the ground truth.
+
+    Raises:
+        DatasetError: the file is missing or malformed, or names images or categories the ground truth lacks.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"results file {path} does not exist")
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DatasetError(f"results file {path} is not valid JSON; expected a list of COCO results") from None
+    if not isinstance(results, list):
+        raise DatasetError(f"results file {path} holds a {type(results).__name__}; expected a list of COCO results")
+    need = ("image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox")
+    for i, res in enumerate(results):
+        if not isinstance(res, dict):
+            raise DatasetError(f"results file {path}: entry {i} is not an object; expected keys {', '.join(need)}")
+        missing = [k for k in need if k not in res]
+        if missing:
+            raise DatasetError(f"results file {path}: entry {i} has no '{missing[0]}'; {iou_type} results need {', '.join(need)}")
+        if res["image_id"] not in coco_gt.imgs:
+            raise DatasetError(f"results file {path}: entry {i} has image_id {res['image_id']}, which the ground truth does not have")
+        if res["category_id"] not in coco_gt.cats:
+            raise DatasetError(f"results file {path}: entry {i} has category_id {res['category_id']}, which the ground truth does not have")
+    if iou_type == "segm":  # keep areas as mask areas (see the module docstring)
+        results = [{k: v for k, v in res.items() if k != "bbox"} for res in results]
+    return results
