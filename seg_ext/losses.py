@@ -71,3 +71,30 @@ def class_weights(pixel_counts: np.ndarray | torch.Tensor, mode: str) -> torch.T
     else:
         weights[present] = freq[present].median() / freq[present]
     return weights.float()
+
+
+def watershed_loss(
+    foreground_logits: torch.Tensor,
+    energy_logits: torch.Tensor,
+    foreground: torch.Tensor,
+    level: torch.Tensor,
+    energy_weight: torch.Tensor,
+    foreground_loss_weight: float = 1.0,
+    energy_loss_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of the dual-head watershed UNet.
+
+    * foreground: plain cross entropy over all pixels (background / instance);
+    * energy: cross entropy over the K energy levels, on foreground pixels only, each pixel weighted by
+      ``energy_weight`` (low levels weighted up, small instances weighted up; 0 off the foreground), normalised by
+      the summed weights. A batch without foreground contributes 0.
+
+    Shape:
+        foreground_logits: (N, 2, H, W); energy_logits: (N, K, H, W); foreground, level: (N, H, W) int64;
+        energy_weight: (N, H, W) float.
+    """
+    fg_loss = weighted_cross_entropy(foreground_logits, foreground)
+    per_pixel = weighted_cross_entropy(energy_logits, level, reduction="none")
+    energy_loss = (per_pixel * energy_weight).sum() / energy_weight.sum().clamp_min(1e-6)
+    total = foreground_loss_weight * fg_loss + energy_loss_weight * energy_loss
+    return total, {"loss_foreground": float(fg_loss.detach()), "loss_energy": float(energy_loss.detach())}

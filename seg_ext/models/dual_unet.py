@@ -1,0 +1,51 @@
+"""A UNet with two heads for the watershed method: foreground logits and energy-level logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seg_ext.models.smp_unet import smp_unet
+from seg_ext.models.unet import UNet
+
+
+class DualHeadUNet(nn.Module):
+    """Shared UNet features, then a 1x1 foreground head (2 classes) and a 1x1 energy head (``num_levels``).
+
+    ``encoder``: ``None`` for the hand-written UNet (``base_width``, ``depth``, ``batch_norm``), or an smp encoder
+    name such as ``resnet18`` (``encoder_weights`` as for ``smp_unet``); smp's decoder then ends in one 1x1
+    convolution with 2 + K outputs, which is the two heads side by side.
+
+    Shape:
+        input (N, in_channels, H, W) -> {"foreground": (N, 2, H, W), "energy": (N, K, H, W)}
+    """
+
+    def __init__(
+        self,
+        num_levels: int = 16,
+        in_channels: int = 3,
+        encoder: str | None = None,
+        base_width: int = 16,
+        depth: int = 4,
+        batch_norm: bool = True,
+        encoder_weights: str | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_levels = num_levels
+        if encoder is None:
+            self.body = UNet(num_classes=1, in_channels=in_channels, base_width=base_width, depth=depth, batch_norm=batch_norm)
+            del self.body.head
+            self.foreground_head = nn.Conv2d(self.body.out_channels, 2, kernel_size=1)
+            self.energy_head = nn.Conv2d(self.body.out_channels, num_levels, kernel_size=1)
+            self.smp = None
+        else:
+            self.smp = smp_unet(2 + num_levels, encoder_name=encoder, encoder_weights=encoder_weights,
+                                in_channels=in_channels, image_size=image_size)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.smp is not None:
+            out = self.smp(x)
+            return {"foreground": out[:, :2], "energy": out[:, 2:]}
+        features = self.body.forward_features(x)
+        return {"foreground": self.foreground_head(features), "energy": self.energy_head(features)}

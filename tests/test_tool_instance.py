@@ -1,0 +1,63 @@
+"""tools/train_instance.py: one-iteration runs of both methods on a generated Penn-Fudan layout, eval-only, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import call_tool
+
+COMMON = ["data.val=2", "data.test=3", "data.batch_size=8", "data.num_workers=0", "train.epochs=1", "report.num_overlays=1"]
+MASKRCNN = COMMON + ["model.min_size=96", "model.max_size=128", "model.detections_per_img=20"]
+WATERSHED = COMMON + ["watershed.input_size=[64,64]", "model.base_width=4", "model.depth=2"]
+
+
+@pytest.mark.parametrize("method, opts", [("maskrcnn", MASKRCNN), ("watershed", WATERSHED)])
+def test_one_iteration_run_and_eval_only(method, opts, pennfudan_root, tmp_path, capsys):
+    out = tmp_path / method
+    code = call_tool("train_instance", ["--method", method, "--data-root", pennfudan_root, "--output-dir", out, "--opts", *opts])
+    assert code == 0, capsys.readouterr().err
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["train/loss"] > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for iou_type in ("bbox", "segm"):
+            for stat in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+                assert f"{iou_type}/{stat}" in metrics[split]
+    assert metrics["splits"] == {"train": 7, "val": 2, "test": 3}
+    segm = json.loads((out / "results_test_segm.json").read_text())
+    assert all("bbox" not in r and "segmentation" in r for r in segm)
+    for name in ("report.md", "loss_curves.png", "overlays_test.png", "best.pt", "coco/instances_test.json"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "Mask AP (segm)" in report and "| test |" in report
+
+    ev = tmp_path / f"{method}_eval"
+    assert call_tool("train_instance", ["--eval-only", "--checkpoint", out / "best.pt", "--output-dir", ev]) == 0
+    again = json.loads((ev / "metrics.json").read_text())
+    assert again["test"]["segm/AP"] == pytest.approx(metrics["test"]["segm/AP"])
+    assert again["test"]["bbox/AP"] == pytest.approx(metrics["test"]["bbox/AP"])
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["--method", "maskrcnn", "--oracle"], r"--oracle is for --method watershed"),
+        (["--method", "maskrcnn", "--opts", "model.backbone=resnet34_fpn"], r"'model\.backbone' is 'resnet34_fpn'; expected one of"),
+        (["--method", "maskrcnn", "--opts", "model.weights=coco", "model.backbone=resnet18_fpn"], r"no COCO Mask R-CNN with resnet18_fpn"),
+        (["--method", "watershed", "--opts", "watershed.input_size=[100,100]"], r"watershed\.input_size.*multiples of 16"),
+        (["--method", "maskrcnn", "--opts", "data.format=coco"], r"data\.train_json' is empty"),
+    ],
+)
+def test_bad_options_are_one_sentence(argv, pattern, pennfudan_root, tmp_path, capsys):
+    if "--opts" not in argv:
+        argv = argv + ["--opts"]
+    code = call_tool("train_instance", argv + ["data.val=2", "data.test=3", "--data-root", pennfudan_root, "--output-dir", tmp_path / "o"])
+    err = capsys.readouterr().err
+    assert code == 2
+    import re
+
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    assert "Traceback" not in err

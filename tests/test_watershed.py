@@ -1,0 +1,119 @@
+"""The watershed method: energy targets and weights by hand, the loss, touching and overlapping shapes recovered
+from oracle targets, and the oracle reaching its ceiling on a generated Penn-Fudan-layout dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import call_tool
+from seg_ext.losses import watershed_loss, weighted_cross_entropy
+from seg_ext.postprocess import expected_energy, watershed_instances
+from seg_ext.watershed import energy_targets, quantize
+
+DWT_EDGES = [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54]
+
+
+def test_quantize_uses_lower_bin_edges():
+    d = np.array([0, 0.5, 1, 4.9, 5, 6.9, 7, 53, 54, 500])
+    np.testing.assert_array_equal(quantize(d, DWT_EDGES), [0, 0, 1, 4, 5, 5, 6, 14, 15, 15])
+
+
+def test_energy_targets_of_a_square_by_hand():
+    masks = np.zeros((1, 9, 9), np.uint8)
+    masks[0, 1:8, 1:8] = 1  # 7x7 square: rings at distance 0 (edge), 1, 2 and the centre at 3
+    fg, level, weight = energy_targets(masks, DWT_EDGES, level_weights=(3, 3, 3, 2), area_weighting=False)
+    assert fg.sum() == 49 and fg[0].sum() == 0
+    expected = np.zeros((9, 9), np.int64)
+    for ring in range(4):
+        expected[1 + ring : 8 - ring, 1 + ring : 8 - ring] = ring
+    np.testing.assert_array_equal(level, expected)
+    assert weight[1, 1] == 3 and weight[4, 4] == 2 and weight[0, 0] == 0  # low levels weighted up
+    _, _, weighted = energy_targets(masks, DWT_EDGES, level_weights=(3, 3, 3, 2), area_weighting=True)
+    np.testing.assert_allclose(weighted[fg.astype(bool)], weight[fg.astype(bool)] / 7.0)  # 1/sqrt(49)
+
+
+def test_touching_instances_keep_their_own_boundaries():
+    masks = np.zeros((2, 10, 20), np.uint8)
+    masks[0, 2:9, 2:10] = 1
+    masks[1, 2:9, 10:18] = 1  # touches the first along a column
+    _, level, _ = energy_targets(masks, DWT_EDGES)
+    assert level[5, 9] == 0 and level[5, 10] == 0  # both sides of the shared edge are boundary
+
+
+def test_small_instances_weigh_more_per_pixel():
+    masks = np.zeros((2, 40, 40), np.uint8)
+    masks[0, 2:6, 2:6] = 1  # 16 px
+    masks[1, 10:38, 10:38] = 1  # 784 px
+    _, _, weight = energy_targets(masks, DWT_EDGES, level_weights=(1,), area_weighting=True)
+    assert weight[3, 3] == pytest.approx(1 / 4) and weight[20, 20] == pytest.approx(1 / 28)
+
+
+def _one_hot_outputs(masks):
+    fg, level, _ = energy_targets(masks, DWT_EDGES)
+    return fg.astype(np.float32), level.astype(np.float32)
+
+
+def _best_iou(pred_labels, mask):
+    ious = [((pred_labels == i) & mask).sum() / ((pred_labels == i) | mask).sum() for i in range(1, pred_labels.max() + 1)]
+    return max(ious) if ious else 0.0
+
+
+@pytest.mark.parametrize("shape", ["touching_squares", "overlapping_discs", "three_in_a_row"])
+def test_oracle_recovers_touching_and_overlapping_shapes(shape):
+    h, w = 60, 90
+    yy, xx = np.mgrid[0:h, 0:w]
+    if shape == "touching_squares":
+        a = (yy >= 10) & (yy < 50) & (xx >= 5) & (xx < 45)
+        b = (yy >= 15) & (yy < 55) & (xx >= 45) & (xx < 85)
+        parts = [a, b]
+    elif shape == "overlapping_discs":  # the second is drawn over the first, as a label map stores them
+        a = (yy - 30) ** 2 + (xx - 30) ** 2 < 20**2
+        b = (yy - 30) ** 2 + (xx - 58) ** 2 < 20**2
+        parts = [a & ~b, b]
+    else:
+        parts = [(yy >= 10) & (yy < 50) & (xx >= 5 + 28 * k) & (xx < 5 + 28 * (k + 1)) for k in range(3)]
+    masks = np.stack(parts).astype(np.uint8)
+    fg, energy = _one_hot_outputs(masks)
+    labels, scores = watershed_instances(fg, energy, marker_level=2, min_marker_area=5, min_instance_area=20)
+    assert labels.max() == len(parts) and len(scores) == len(parts)
+    for part in parts:
+        assert _best_iou(labels, part) > 0.95
+    assert np.all(scores > 0.9)
+
+
+def test_expected_energy():
+    prob = np.zeros((4, 2, 2), np.float32)
+    prob[1, 0, 0] = prob[3, 0, 0] = 0.5
+    prob[0, 1:, :] = prob[0, 0, 1] = 1
+    np.testing.assert_allclose(expected_energy(prob), [[2.0, 0.0], [0.0, 0.0]])
+
+
+def test_watershed_loss_by_hand():
+    torch.manual_seed(0)
+    fg_logits, energy_logits = torch.randn(2, 2, 5, 6), torch.randn(2, 4, 5, 6)
+    fg = torch.randint(0, 2, (2, 5, 6))
+    level = torch.randint(0, 4, (2, 5, 6))
+    weight = torch.rand(2, 5, 6) * fg
+    total, parts = watershed_loss(fg_logits, energy_logits, fg, level, weight, 1.0, 0.5)
+    ce = torch.nn.functional.cross_entropy(energy_logits, level, reduction="none")
+    expected_energy_loss = (ce * weight).sum() / weight.sum()
+    expected_fg = torch.nn.functional.cross_entropy(fg_logits, fg)
+    assert parts["loss_energy"] == pytest.approx(float(expected_energy_loss), rel=1e-5)
+    assert float(total) == pytest.approx(float(expected_fg + 0.5 * expected_energy_loss), rel=1e-5)
+    no_fg, parts = watershed_loss(fg_logits, energy_logits, torch.zeros_like(fg), level, torch.zeros_like(weight))
+    assert parts["loss_energy"] == 0.0 and float(no_fg) == pytest.approx(float(weighted_cross_entropy(fg_logits, torch.zeros_like(fg))))
+
+
+def test_oracle_mode_reaches_its_ceiling(pennfudan_root, tmp_path, capsys):
+    out = tmp_path / "oracle"
+    code = call_tool("train_instance", ["--method", "watershed", "--oracle", "--data-root", pennfudan_root,
+                                        "--output-dir", out, "--opts", "data.val=2", "data.test=4",
+                                        "watershed.input_size=[256,256]", "watershed.min_instance_area=20"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["segm/AP"] >= 90 and metrics["val"]["segm/AP"] >= 90
+    assert (out / "results_test_segm.json").is_file() and (out / "report.md").is_file()
