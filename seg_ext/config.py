@@ -83,14 +83,25 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
         "scale_jitter": [1.0, 1.0],  # random rescale factor range; [1, 1]: none
         "crop_fraction": 0.0,  # crop up to this fraction from each border; instances cropped away disappear
     },
-    "model": {"name": "maskrcnn", "backbone": "resnet18_fpn", "min_size": 256, "max_size": 416},
+    # CPU-sized: ResNet-18-FPN with group norm (trains from scratch with batches of 2), small images, and fewer
+    # proposals and sampled RoIs than torchvision's defaults (2000 / 512), which makes an iteration 2x cheaper
+    "model": {
+        "name": "maskrcnn",
+        "backbone": "resnet18_fpn",
+        "norm": "group",
+        "min_size": 256,
+        "max_size": 416,
+        "box_batch_size_per_image": 128,
+        "rpn_post_nms_top_n_train": 500,
+        "rpn_post_nms_top_n_test": 300,
+    },
     "train": {
         **_TRAIN_KEYS,
         "epochs": 10,
         "optimizer": "sgd",
         "lr": 0.005,
         "weight_decay": 5.0e-4,
-        "scheduler": "step",
+        "scheduler": "cosine",  # from scratch, cosine beat the tutorial's step decay (see configs/instance)
         "step_size": 3,
         "warmup_iters": -1,  # -1: linear warmup over the first epoch (at most 1000 iterations)
         "best_metric": "segm/AP",

@@ -222,9 +222,11 @@ class WatershedMethod:
         return results
 
     def extra_panel(self, model: nn.Module, image: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, str]:
-        _, energy = self.maps(model, image[None])
-        resized = F.interpolate(torch.from_numpy(energy)[None], size=size, mode="bilinear", align_corners=False)[0, 0]
-        return resized.numpy(), "predicted energy (expected level)"
+        """The expected energy where the foreground is predicted (the energy head is not trained elsewhere)."""
+        fg, energy = self.maps(model, image[None])
+        shown = torch.from_numpy(np.where(fg >= self.post["foreground_threshold"], energy, 0.0))
+        resized = F.interpolate(shown[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        return resized.numpy(), "predicted energy (expected level) on the predicted foreground"
 
 
 def run_oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict[str, Any]:

@@ -67,7 +67,16 @@ def test_bad_files(tmp_path):
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    configs = sorted(Path(__file__).resolve().parents[1].joinpath("configs", "semantic").glob("*.yaml"))
-    assert configs, "configs/semantic holds no config"
-    for path in configs:
-        load_config(path)
+    from seg_ext.config import instance_defaults, read_yaml
+    from seg_ext.models import SEMANTIC_MODELS
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    semantic = sorted((root / "semantic").glob("*.yaml"))
+    instance = sorted((root / "instance").glob("*.yaml"))
+    assert semantic and instance
+    for path in semantic:
+        assert load_config(path)["model"]["name"] in SEMANTIC_MODELS
+    for path in instance:
+        method = read_yaml(path)["method"]
+        cfg = load_config(path, defaults=instance_defaults(method))
+        assert cfg["model"]["name"] == {"maskrcnn": "maskrcnn", "watershed": "dual_unet"}[method]

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_curve
 
 from seg_ext.evaluation import SemSegEvaluator
-from seg_ext.evaluation.semantic import average_precision_from_histograms
+from seg_ext.evaluation.semantic import argmax_channels, average_precision_from_histograms
 
 C, IGNORE = 5, 255
 
@@ -101,10 +101,10 @@ def test_saturated_scores_match_tie_aware_sort_ap():
 def test_batching_does_not_change_results_and_memory_is_constant():
     batches = make_batches(2, 2.0, n_batches=6)
     one = SemSegEvaluator(C, IGNORE)
-    sizes = [t.numel() for t in (one._confusion, one._all_hist, one._pos_hist)]
+    sizes = [t.size for t in (one._confusion, one._all_hist, one._pos_hist)]
     for logits, target in batches:
         one.process(logits, target)
-    assert [t.numel() for t in (one._confusion, one._all_hist, one._pos_hist)] == sizes
+    assert [t.size for t in (one._confusion, one._all_hist, one._pos_hist)] == sizes
     whole = SemSegEvaluator(C, IGNORE)
     whole.process(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
     a, b = one.evaluate(), whole.evaluate()
@@ -155,3 +155,49 @@ def test_rejects_bad_shapes_and_labels():
         ev.process(torch.randn(1, C, 4, 4), torch.zeros(1, 5, 4, dtype=torch.long))
     with pytest.raises(ValueError):
         ev.process(torch.randn(1, C, 4, 4), torch.full((1, 4, 4), 7))
+
+
+def straightforward_histograms(ev: SemSegEvaluator, batches):
+    """The same histograms the slow, obvious way: NumPy float32 odds per pixel and class, np.add.at."""
+    c, b = ev.num_classes, ev.num_bins
+    confusion = np.zeros((c, c), np.int64)
+    all_hist, pos_hist = np.zeros((c, b), np.int64), np.zeros((c, b), np.int64)
+    for logits, target in batches:
+        prob = torch.softmax(logits, 1).numpy()
+        t = target.numpy()
+        valid = t != IGNORE
+        np.add.at(confusion, (t[valid], logits.argmax(1).numpy()[valid]), 1)
+        for k in range(c):
+            p = prob[:, k][valid].astype(np.float32)
+            with np.errstate(divide="ignore"):  # p = 1: infinite odds, the top bin
+                odds = np.float32(2.0**-85) + p / ((np.float32(1) - p) * np.float32(2.0**-64))
+            bins = (odds.view(np.int32) >> ev.shift) - ev.bin_base
+            np.add.at(all_hist[k], bins, 1)
+            np.add.at(pos_hist[k], bins[t[valid] == k], 1)
+    return confusion, all_hist, pos_hist
+
+
+@pytest.mark.parametrize("scale", [0.5, 4.0, 40.0])
+def test_optimised_path_equals_the_straightforward_one(scale):
+    batches = make_batches(7, scale, n_batches=3)
+    ev = SemSegEvaluator(C, IGNORE)
+    for logits, target in batches:
+        ev.process(logits, target)
+    confusion, all_hist, pos_hist = straightforward_histograms(ev, batches)
+    np.testing.assert_array_equal(ev.confusion_matrix(), confusion)
+    np.testing.assert_array_equal(ev._all_hist.reshape(C, -1), all_hist)
+    np.testing.assert_array_equal(ev._pos_hist.reshape(C, -1), pos_hist)
+
+
+def test_argmax_channels_equals_argmax_with_ties():
+    x = torch.randint(0, 3, (2, 6, 9, 7)).float()  # many ties: the lowest index wins, as in argmax
+    torch.testing.assert_close(argmax_channels(x), x.argmax(1))
+
+
+def test_bins_increase_with_probability_and_cover_the_extremes():
+    ev = SemSegEvaluator(2, IGNORE)
+    gaps = torch.tensor([-200.0, -103.0, -90.0, -30.0, -5.0, -0.1, 0.0, 0.1, 5.0, 15.0, 16.5, 30.0, 200.0])
+    logits = torch.stack([torch.zeros_like(gaps), gaps]).view(1, 2, 1, -1)  # p(class 1) = sigmoid(gap)
+    bins = ev.score_bins(logits)[0, 1, 0].tolist()
+    assert bins == sorted(bins) and bins[0] >= 0 and bins[-1] == ev.num_bins - 1
+    assert len(set(bins[1:-2])) == len(bins) - 3  # distinct where float32 probabilities are distinct

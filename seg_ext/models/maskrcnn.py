@@ -79,8 +79,16 @@ def maskrcnn(
     min_size: int = 800,
     max_size: int = 1333,
     detections_per_img: int = 100,
+    box_batch_size_per_image: int = 512,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_test: int = 1000,
+    box_score_thresh: float = 0.05,
 ) -> MaskRCNN:
     """Build a Mask R-CNN. ``num_classes`` counts the background.
+
+    The last four arguments are torchvision's, with its defaults: sampled RoIs per image for the box and mask
+    heads, proposals kept after the RPN's NMS in training and testing, and the lowest score kept. Smaller values
+    make training and inference much cheaper on a CPU (the mask head runs once per positive RoI).
 
     Shape:
         train: ``model(images, targets)`` -> dict of losses; eval: ``model(images)`` -> list of dicts with
@@ -102,7 +110,12 @@ def maskrcnn(
         trainable_backbone_layers = 3 if pretrained else 5
     if not 0 <= trainable_backbone_layers <= 5:
         raise ConfigError(f"config key 'model.trainable_backbone_layers' is {trainable_backbone_layers}; expected 0..5")
-    sizes = dict(min_size=min_size, max_size=max_size, box_detections_per_img=detections_per_img)
+    sizes = dict(
+        min_size=min_size, max_size=max_size, box_detections_per_img=detections_per_img,
+        box_batch_size_per_image=box_batch_size_per_image, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test, box_score_thresh=box_score_thresh,
+        rpn_pre_nms_top_n_train=max(rpn_post_nms_top_n_train, 1), rpn_pre_nms_top_n_test=max(rpn_post_nms_top_n_test, 1),
+    )
 
     if backbone == "resnet50_fpn_v2":
         if norm not in ("auto", "batch"):
