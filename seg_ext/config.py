@@ -106,7 +106,8 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
         "warmup_iters": -1,  # -1: linear warmup over the first epoch (at most 1000 iterations)
         "best_metric": "segm/AP",
     },
-    "eval": {"mask_threshold": 0.5, "score_threshold": 0.5},  # score_threshold: only for drawing
+    # score_threshold: only for drawing; backend: pycocotools, or faster_coco_eval (same numbers, faster)
+    "eval": {"mask_threshold": 0.5, "score_threshold": 0.5, "backend": "pycocotools"},
     "watershed": {
         "input_size": [256, 256],  # (H, W) the UNet sees; outputs are resized back to each image's own size
         "levels": [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54],  # lower bin edges in pixels

@@ -264,10 +264,13 @@ class Trainer:
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
                 "torch": torch.get_rng_state(),
-                "loader": self.train_loader.generator.get_state() if self.train_loader.generator is not None else None,
+                "loader": self._loader_generator().get_state() if self._loader_generator() is not None else None,
             },
             **self.meta,
         }
+
+    def _loader_generator(self) -> torch.Generator | None:
+        return getattr(self.train_loader, "generator", None)
 
     def resume(self, path: str | Path) -> None:
         """Restore model, optimiser, schedule, scaler, progress and random state from ``path``."""
@@ -282,8 +285,8 @@ class Trainer:
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
             torch.set_rng_state(rng["torch"])
-            if rng.get("loader") is not None and self.train_loader.generator is not None:
-                self.train_loader.generator.set_state(rng["loader"])
+            if rng.get("loader") is not None and self._loader_generator() is not None:
+                self._loader_generator().set_state(rng["loader"])
         logger.info("resumed from %s after epoch %d", path, self.state.epoch)
 
     def _write_history(self) -> None:

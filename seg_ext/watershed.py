@@ -226,7 +226,7 @@ class WatershedMethod:
         fg, energy = self.maps(model, image[None])
         shown = torch.from_numpy(np.where(fg >= self.post["foreground_threshold"], energy, 0.0))
         resized = F.interpolate(shown[None], size=size, mode="bilinear", align_corners=False)[0, 0]
-        return resized.numpy(), "predicted energy (expected level) on the predicted foreground"
+        return resized.numpy(), "predicted energy on the foreground"
 
 
 def run_oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict[str, Any]:

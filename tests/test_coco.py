@@ -130,3 +130,21 @@ def test_coco_json_checks(tmp_path, caplog):
     dataset = CocoInstanceDataset(path, tmp_path)
     assert dataset.dropped == 2 and len(dataset.coco.anns) == 1
     assert "dropped 2 annotation(s) with degenerate boxes" in caplog.text
+
+
+def test_faster_coco_eval_backend_gives_the_same_numbers(coco_files):
+    paths, root = coco_files
+    dataset = CocoInstanceDataset(paths["train"], root)
+    results = {"pycocotools": None, "faster_coco_eval": None}
+    for backend in results:
+        evaluator = COCOEvaluator(dataset.coco, dataset.category_of, backend=backend)
+        for i in range(len(dataset)):
+            out = _gt_as_outputs(dataset, i)
+            keep = torch.arange(len(out["scores"])) % 2 == 0  # miss every other pedestrian
+            out = {k: v[keep] for k, v in out.items()}
+            out["scores"] = torch.linspace(0.3, 0.9, len(out["scores"]))
+            evaluator.process([out], [dataset[i][1]])
+        results[backend] = evaluator.evaluate()
+    assert results["pycocotools"].keys() == results["faster_coco_eval"].keys()
+    for key, value in results["pycocotools"].items():
+        assert results["faster_coco_eval"][key] == pytest.approx(value, nan_ok=True), key

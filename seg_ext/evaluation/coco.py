@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from seg_ext.errors import DatasetError
+from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation.base import Evaluator
 
 IOU_TYPES = ("bbox", "segm")
@@ -77,15 +77,46 @@ def _results_coco(coco_gt: COCO, results: list[dict[str, Any]], iou_type: str) -
     return empty
 
 
+BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def _faster_eval(coco_gt: COCO, results: list[dict[str, Any]], iou_type: str):
+    """COCOeval_faster of faster-coco-eval over the same ground truth (its C++ evaluate and accumulate)."""
+    try:
+        import faster_coco_eval
+    except ImportError:
+        raise ConfigError(
+            "the faster_coco_eval backend needs the faster-coco-eval package (pip install faster-coco-eval==1.8.0)"
+        ) from None
+    gt = faster_coco_eval.COCO(copy.deepcopy(coco_gt.dataset))
+    if results:
+        dt = gt.loadRes(copy.deepcopy(results))
+    else:
+        dt = faster_coco_eval.COCO({**{k: coco_gt.dataset[k] for k in ("images", "categories")}, "annotations": []})
+    return faster_coco_eval.COCOeval_faster(gt, dt, iou_type, print_function=print)
+
+
 def coco_evaluate(
-    coco_gt: COCO, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int] | None = None
+    coco_gt: COCO,
+    results: list[dict[str, Any]],
+    iou_type: str,
+    image_ids: Sequence[int] | None = None,
+    backend: str = "pycocotools",
 ) -> tuple[dict[str, float], str]:
     """Run COCOeval; returns ``{f"{iou_type}/{stat}": percent}`` (NaN where no ground truth fits the area range)
-    and the printed 12-line summary."""
+    and the printed 12-line summary.
+
+    ``backend``: ``pycocotools`` (the reference) or ``faster_coco_eval`` (the same numbers, computed in C++;
+    see benchmarks/README.md).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"config key 'eval.backend' is {backend!r}; expected one of: {', '.join(BACKENDS)}")
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
-        coco_dt = _results_coco(coco_gt, results, iou_type)
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        if backend == "pycocotools":
+            ev = COCOeval(coco_gt, _results_coco(coco_gt, results, iou_type), iou_type)
+        else:
+            ev = _faster_eval(coco_gt, results, iou_type)
         if image_ids is not None:
             ev.params.imgIds = sorted(set(int(i) for i in image_ids))
         ev.evaluate()
@@ -106,14 +137,21 @@ class COCOEvaluator(Evaluator):
         category_of: model label -> COCO category id.
         iou_types: any of ``bbox``, ``segm``.
         mask_threshold: probability above which a mask pixel is on.
+        backend: ``pycocotools`` or ``faster_coco_eval`` (see ``coco_evaluate``).
     """
 
     def __init__(
-        self, coco_gt: COCO, category_of: dict[int, int], iou_types: Sequence[str] = IOU_TYPES, mask_threshold: float = 0.5
+        self,
+        coco_gt: COCO,
+        category_of: dict[int, int],
+        iou_types: Sequence[str] = IOU_TYPES,
+        mask_threshold: float = 0.5,
+        backend: str = "pycocotools",
     ) -> None:
         self.coco_gt, self.category_of = coco_gt, category_of
         self.iou_types = tuple(iou_types)
         self.mask_threshold = mask_threshold
+        self.backend = backend
         self.summaries: dict[str, str] = {}
         self.reset()
 
@@ -133,7 +171,9 @@ class COCOEvaluator(Evaluator):
     def evaluate(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
         for iou_type in self.iou_types:
-            values, self.summaries[iou_type] = coco_evaluate(self.coco_gt, self.results[iou_type], iou_type, self.image_ids)
+            values, self.summaries[iou_type] = coco_evaluate(
+                self.coco_gt, self.results[iou_type], iou_type, self.image_ids, self.backend
+            )
             metrics.update(values)
         return metrics
 

@@ -159,7 +159,8 @@ def _evaluate(method, model, dataset: CocoInstanceDataset, cfg, device, desc: st
     loader = make_loader(dataset, batch_size=int(cfg["data"]["batch_size"]), shuffle=False,
                          num_workers=int(cfg["data"]["num_workers"]), seed=int(cfg["train"]["seed"]),
                          collate_fn=method.collate, pin_memory=device.type == "cuda")
-    evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=float(cfg["eval"]["mask_threshold"]))
+    evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=float(cfg["eval"]["mask_threshold"]),
+                              backend=cfg["eval"]["backend"])
     metrics = run_inference(model, loader, evaluator, _forward(method, device, bool(cfg["train"]["amp"])), desc=desc)
     return metrics, evaluator
 
