@@ -55,6 +55,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def setup_run(train_cfg: dict[str, Any]) -> torch.device:
+    """Apply ``train.threads`` and ``train.seed``; return the device ``train.device`` names."""
+    threads = int(train_cfg["threads"])
+    if threads > 0:
+        torch.set_num_threads(threads)
+    seed_everything(int(train_cfg["seed"]))
+    return select_device(train_cfg["device"])
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,

@@ -235,11 +235,12 @@ def run_oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict
     from seg_ext.config import save_config
     from seg_ext.evaluation.coco import COCOEvaluator
     from seg_ext.report import write_json
-    from seg_ext.tasks.instance import _datasets, _oracle_report, _setup
+    from seg_ext.engine import setup_run
+    from seg_ext.tasks.instance import _datasets, _oracle_report
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = _setup(cfg)
+    device = setup_run(cfg["train"])
     method = WatershedMethod(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")

@@ -22,7 +22,7 @@ from seg_ext.config import choice, save_config
 from seg_ext.data.coco import CocoInstanceDataset, collate_instances
 from seg_ext.data.pennfudan import convert_pennfudan
 from seg_ext.data.transforms import build_instance_transforms
-from seg_ext.engine import Trainer, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, seed_everything, select_device
+from seg_ext.engine import Trainer, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, setup_run
 from seg_ext.errors import ConfigError, DatasetError, SegExtError
 from seg_ext.evaluation import run_inference
 from seg_ext.evaluation.coco import STAT_NAMES, COCOEvaluator
@@ -165,14 +165,6 @@ def _evaluate(method, model, dataset: CocoInstanceDataset, cfg, device, desc: st
     return metrics, evaluator
 
 
-def _setup(cfg: dict[str, Any]) -> torch.device:
-    threads = int(cfg["train"]["threads"])
-    if threads > 0:
-        torch.set_num_threads(threads)
-    seed_everything(int(cfg["train"]["seed"]))
-    return select_device(cfg["train"]["device"])
-
-
 def _datasets(method, cfg, output_dir: Path) -> tuple[dict[str, Any], str]:
     paths, root, what = instance_data(cfg, output_dir)
     datasets = {s: method.dataset(paths[s], root, train=(s == "train")) if paths[s] else None for s in SPLITS}
@@ -189,7 +181,7 @@ def _datasets(method, cfg, output_dir: Path) -> tuple[dict[str, Any], str]:
 def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: str = "") -> dict[str, Any]:
     """Train Mask R-CNN or the watershed UNet, evaluate the best checkpoint on val and test, write the report."""
     output_dir = prepare_output_dir(Path(output_dir), resume)
-    device = _setup(cfg)
+    device = setup_run(cfg["train"])
     method = make_method(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")
@@ -236,7 +228,7 @@ def evaluate_instance(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("task") != "instance":
         raise SegExtError(f"checkpoint {checkpoint} is not from an instance-segmentation run")
-    device = _setup(cfg)
+    device = setup_run(cfg["train"])
     method = make_method(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")
@@ -315,10 +307,7 @@ def _write_report(output_dir: Path, cfg: dict[str, Any], summary: dict[str, Any]
         "COCO evaluation with pycocotools; results files: `results_<split>_segm.json` (masks, without boxes, so "
         "areas are mask areas) and `results_<split>_bbox.json`",
     ])
-    for iou_type, label in (("segm", "Mask AP (segm)"), ("bbox", "Box AP (bbox)")):
-        report.heading(label)
-        rows = [[split, *[summary[split][f"{iou_type}/{n}"] for n in STAT_NAMES]] for split in ("val", "test") if split in summary]
-        report.table(["split", *STAT_NAMES], rows, digits=1)
+    _coco_tables(report, summary)
     report.text("Percentages; n/a where the split has no object of that size (COCO: small < 32², large > 96² px).")
     report.heading("Training curves")
     if history:
@@ -347,8 +336,13 @@ def _oracle_report(output_dir: Path, cfg: dict[str, Any], summary: dict[str, Any
         "foreground and energy levels computed from the ground-truth masks, as the training targets are, then the "
         "same watershed and COCO evaluation as a trained model: the AP a perfect network would reach",
     ])
+    _coco_tables(report, summary)
+    report.save(output_dir / "report.md")
+
+
+def _coco_tables(report: Report, summary: dict[str, Any]) -> None:
+    """The 12-number COCO summaries of each split, masks then boxes."""
     for iou_type, label in (("segm", "Mask AP (segm)"), ("bbox", "Box AP (bbox)")):
         report.heading(label)
         rows = [[split, *[summary[split][f"{iou_type}/{n}"] for n in STAT_NAMES]] for split in ("val", "test") if split in summary]
         report.table(["split", *STAT_NAMES], rows, digits=1)
-    report.save(output_dir / "report.md")

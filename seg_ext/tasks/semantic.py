@@ -28,7 +28,7 @@ from seg_ext.engine import (
     lr_factor_fn,
     make_loader,
     seed_everything,
-    select_device,
+    setup_run,
     to_jsonable,
 )
 from seg_ext.errors import DatasetError, SegExtError
@@ -58,14 +58,6 @@ def prepare_output_dir(output_dir: Path, resume: bool) -> Path:
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
-
-
-def _setup(cfg: dict[str, Any]) -> torch.device:
-    threads = int(cfg["train"]["threads"])
-    if threads > 0:
-        torch.set_num_threads(threads)
-    seed_everything(int(cfg["train"]["seed"]))
-    return select_device(cfg["train"]["device"])
 
 
 def _datasets(cfg: dict[str, Any]) -> tuple[dict[str, SemanticSegDataset], dict[str, list[str]]]:
@@ -131,7 +123,7 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
         The content of ``metrics.json``.
     """
     output_dir = prepare_output_dir(Path(output_dir), resume)
-    device = _setup(cfg)
+    device = setup_run(cfg["train"])
     datasets, splits = _datasets(cfg)
     save_config(cfg, output_dir / "config.yaml")
     write_json(splits, output_dir / "splits.json")
@@ -317,7 +309,7 @@ def evaluate_semantic(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("task", "semantic") != "semantic":
         raise SegExtError(f"checkpoint {checkpoint} is from a {ckpt['task']} run; expected a semantic one")
-    device = _setup(cfg)
+    device = setup_run(cfg["train"])
     datasets, splits = _datasets(cfg)
     if datasets["train"].class_names != ckpt.get("class_names", datasets["train"].class_names):
         raise DatasetError(
