@@ -32,7 +32,7 @@ from seg_ext.errors import ConfigError
 from seg_ext.losses import watershed_loss
 from seg_ext.models import build_from_block
 from seg_ext.models.dual_unet import DualHeadUNet
-from seg_ext.postprocess import expected_energy, watershed_instances
+from seg_ext.postprocess import watershed_instances
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +13,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from seg_ext.data.semantic import read_image
+from seg_ext.data.files import read_image, read_json
 from seg_ext.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -31,14 +30,7 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
             image or category. The message names the file and the first offending entry.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"COCO file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise DatasetError(f"COCO file {path} is not valid JSON; expected a COCO instances file") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"COCO file {path} holds a {type(data).__name__}; expected an object with images, annotations, categories")
+    data = read_json(path, "COCO file", "a COCO instances file (images, annotations, categories)", dict)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DatasetError(f"COCO file {path} has no '{key}' list; expected images, annotations and categories")

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from seg_ext.data.semantic import image_size, make_splits, read_label_png
+from seg_ext.data.files import image_size, read_label_png
+from seg_ext.data.semantic import make_splits
 from seg_ext.errors import DatasetError
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ Formats:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from seg_ext.data.files import image_size, read_image, read_json, read_label_png
 from seg_ext.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -42,51 +41,6 @@ DEFAULT_SPLIT_SIZES: dict[str, tuple[float, float]] = {
     "stanford": (0.1, 0.1),
     "pennfudan": (15, 50),  # 50 test images, as torchvision's Penn-Fudan tutorial keeps
 }
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB.
-
-    Raises:
-        DatasetError: the file is missing or cannot be decoded.
-    """
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except FileNotFoundError:
-        raise DatasetError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image file {path} ({exc.__class__.__name__}); expected a PNG or JPEG image") from None
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """Read a single-channel label PNG (mode L or P, palette indices kept) as an HxW array.
-
-    Raises:
-        DatasetError: the file is missing, unreadable or has colour channels.
-    """
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16", "1"):
-                raise DatasetError(
-                    f"mask file {path} has image mode {img.mode}; expected a single-channel PNG of class ids"
-                )
-            return np.asarray(img)
-    except FileNotFoundError:
-        raise DatasetError(f"mask file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read mask file {path} ({exc.__class__.__name__}); expected a PNG") from None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file from its header, without decoding the pixels."""
-    try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except FileNotFoundError:
-        raise DatasetError(f"file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image file {path} ({exc.__class__.__name__}); expected a PNG or JPEG image") from None
 
 
 # ---- mask readers: path -> HxW uint8 class ids (255 = ignore), values checked ----------------------------
@@ -274,11 +228,8 @@ def resolve_splits(source: SemanticSource, data_cfg: dict[str, Any]) -> dict[str
     """The train/val/test ids: from ``data.splits_file``, else the dataset's own split files, else seeded."""
     if data_cfg.get("splits_file"):
         path = Path(data_cfg["splits_file"])
-        try:
-            splits = json.loads(path.read_text())
-        except (OSError, ValueError):
-            raise DatasetError(f"splits file {path} is missing or not JSON; expected a splits.json from a run") from None
-        if not isinstance(splits, dict) or not all(isinstance(splits.get(s), list) for s in SPLITS):
+        splits = read_json(path, "splits file", "a splits.json from a run", dict)
+        if not all(isinstance(splits.get(s), list) for s in SPLITS):
             raise DatasetError(f"splits file {path} must map train, val and test to lists of image ids")
         for split in SPLITS:
             for image_id in splits[split]:

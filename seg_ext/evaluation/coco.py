@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from seg_ext.data.files import read_json
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation.base import Evaluator
 
@@ -189,14 +190,7 @@ def load_results(path: str | Path, coco_gt: COCO, iou_type: str) -> list[dict[st
         DatasetError: the file is missing or malformed, or names images or categories the ground truth lacks.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"results file {path} does not exist")
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise DatasetError(f"results file {path} is not valid JSON; expected a list of COCO results") from None
-    if not isinstance(results, list):
-        raise DatasetError(f"results file {path} holds a {type(results).__name__}; expected a list of COCO results")
+    results = read_json(path, "results file", "a list of COCO results", list)
     need = ("image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox")
     for i, res in enumerate(results):
         if not isinstance(res, dict):
