@@ -97,9 +97,44 @@ def test_smp_bad_weight_files(tmp_path):
 
 
 def test_smp_imagenet_offline_says_how_to_supply_the_file(monkeypatch, tmp_path):
-    import huggingface_hub
+    import huggingface_hub.constants as hf_constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
     with pytest.raises(WeightsError, match=r"resnet18-f37072fd\.pth.*model\.encoder_weights=/path/to/"):
         build_model({"name": "smp_unet", "encoder_weights": "imagenet"}, num_classes=2)
+
+
+def test_maskrcnn_weights_from_local_files(tmp_path):
+    from seg_ext.models.maskrcnn import maskrcnn
+
+    resnet = torchvision.models.resnet18(weights=None)
+    torch.save(resnet.state_dict(), tmp_path / "r18.pth")
+    model = maskrcnn(2, backbone="resnet18_fpn", backbone_weights=str(tmp_path / "r18.pth"), min_size=64, max_size=96)
+    torch.testing.assert_close(model.backbone.body.layer3[0].conv1.weight, resnet.layer3[0].conv1.weight)
+    assert isinstance(model.backbone.body.bn1, torchvision.ops.FrozenBatchNorm2d)  # pretrained: frozen statistics
+    assert not model.backbone.body.conv1.weight.requires_grad  # 3 trainable stages by default
+
+    # a whole detector trained for 5 classes, loaded into a 2-class one: predictors start fresh, the rest is kept
+    other = maskrcnn(5, backbone="resnet18_fpn", norm="frozen")
+    torch.save(other.state_dict(), tmp_path / "det.pth")
+    model = maskrcnn(2, backbone="resnet18_fpn", weights=str(tmp_path / "det.pth"), norm="frozen")
+    torch.testing.assert_close(model.rpn.head.conv[0][0].weight, other.rpn.head.conv[0][0].weight)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+
+
+def test_maskrcnn_coco_weights_offline_say_which_file(monkeypatch, tmp_path):
+    import urllib.error
+
+    from seg_ext.models.maskrcnn import maskrcnn
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    import torchvision.models._api as weights_api
+
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)  # what WeightsEnum.get_state_dict calls
+    with pytest.raises(WeightsError, match=r"maskrcnn_resnet50_fpn_coco-bf2d0c1e\.pth.*model\.weights=/path/to/"):
+        maskrcnn(2, backbone="resnet50_fpn", weights="coco")
+    with pytest.raises(WeightsError, match=r"resnet18-f37072fd\.pth.*model\.backbone_weights=/path/to/"):
+        maskrcnn(2, backbone="resnet18_fpn", backbone_weights="imagenet")

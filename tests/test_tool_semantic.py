@@ -134,3 +134,13 @@ def test_error_inside_a_loader_worker_is_still_one_line(tmp_path):
     assert len(error_lines) == 1
     assert "contains label value 9; expected class ids 0..1 or the ignore index 255" in error_lines[0]
     assert "Original Traceback" not in error_lines[0]
+
+
+def test_show_augmentations_writes_a_grid(scenes_root, tmp_path):
+    out = tmp_path / "aug.png"
+    code = call_tool("show_augmentations", ["--data-root", scenes_root, "--output", out, "--num-images", "2",
+                                            "--per-image", "2", "--opts", "data.image_size=[64,64]"])
+    assert code == 0
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 300  # 2 rows of 3 panels
