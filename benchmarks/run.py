@@ -400,35 +400,32 @@ def bench_coco_eval(quick: bool, repeat: int) -> dict[str, Any]:
 # ---- 6. CUDA throughput ------------------------------------------------------------------------------------
 
 
-def bench_cuda_throughput(quick: bool, repeat: int) -> dict[str, Any]:
-    if not torch.cuda.is_available():
-        return {"skipped": "no CUDA device on this machine", "met": None, "note": "skipped: no CUDA device"}
+def throughput(device: torch.device, amp_dtype: torch.dtype, size: int, batch: int, steps: int) -> dict[str, Any]:
+    """Training and inference images/s of each model in fp32, AMP, channels_last and both, on ``device``."""
     from seg_ext.models import build_model
     from seg_ext.models.dual_unet import DualHeadUNet
 
-    device = torch.device("cuda")
-    size, bs = 256, 16
     models = {
         "unet": lambda: build_model({"name": "unet", "base_width": 32, "depth": 4}, num_classes=9),
         "smp_unet": lambda: build_model({"name": "smp_unet"}, num_classes=9, image_size=(size, size)),
         "baseconv": lambda: build_model({"name": "baseconv"}, num_classes=9),
         "dual_unet": lambda: DualHeadUNet(num_levels=16, base_width=16, depth=4),
     }
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows: dict[str, Any] = {}
-    steps = 5 if quick else 20
     for name, make in models.items():
         for setting in ("fp32", "amp", "channels_last", "amp+channels_last"):
             model = make().to(device)
-            x = torch.randn(bs, 3, size, size, device=device)
+            x = torch.randn(batch, 3, size, size, device=device)
             if "channels_last" in setting:
                 model = model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)
             amp = "amp" in setting
             opt = torch.optim.AdamW(model.parameters())
-            scaler = torch.amp.GradScaler("cuda", enabled=amp)
+            scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
 
             def train_step():
-                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                     out = model(x)
                     out = out["foreground"] if isinstance(out, dict) else out
                     loss = out.float().mean()
@@ -436,19 +433,27 @@ def bench_cuda_throughput(quick: bool, repeat: int) -> dict[str, Any]:
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
-                torch.cuda.synchronize()
+                sync()
 
             def infer_step():
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                     model(x)
-                torch.cuda.synchronize()
+                sync()
 
-            train_s, _ = median_time(train_step, steps, warmup=3)
-            infer_s, _ = median_time(infer_step, steps, warmup=3)
-            rows[f"{name}/{setting}"] = {"train_images_per_s": bs / train_s, "infer_images_per_s": bs / infer_s}
+            train_s, _ = median_time(train_step, steps, warmup=min(3, steps))
+            infer_s, _ = median_time(infer_step, steps, warmup=min(3, steps))
+            rows[f"{name}/{setting}"] = {"train_images_per_s": batch / train_s, "infer_images_per_s": batch / infer_s}
+    return rows
+
+
+def bench_cuda_throughput(quick: bool, repeat: int) -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device on this machine", "met": None, "note": "skipped: no CUDA device"}
+    batch = 16
+    rows = throughput(torch.device("cuda"), torch.float16, 256, batch, 5 if quick else 20)
     base = rows["unet/fp32"]["train_images_per_s"]
-    best = max(rows, key=lambda k: rows[k]["train_images_per_s"] if k.startswith("unet/") else 0)
-    return {"ours_s": bs / rows[best]["train_images_per_s"], "reference_s": bs / base,
+    best = max((k for k in rows if k.startswith("unet/")), key=lambda k: rows[k]["train_images_per_s"])
+    return {"ours_s": batch / rows[best]["train_images_per_s"], "reference_s": batch / base,
             "ratio": rows[best]["train_images_per_s"] / base, "rows": rows, "device": torch.cuda.get_device_name(),
             "met": None, "note": f"UNet training: best setting {best.split('/')[1]}, "
                                   f"{rows[best]['train_images_per_s'] / base:.2f}x fp32"}

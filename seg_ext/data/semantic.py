@@ -16,7 +16,7 @@ Formats:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -99,7 +99,6 @@ class SemanticSource:
     splits: dict[str, list[str]] | None = None
     ignore_index: int = 255
     check_sizes_eagerly: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def detect_format(root: Path) -> str:

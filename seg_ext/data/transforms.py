@@ -85,7 +85,7 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return out.permute(1, 2, 0).round().to(torch.uint8).numpy()
 
 
-def seed_worker(worker_id: int) -> None:
+def seed_worker(_worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: give each worker's albumentations pipeline its own seed.
 
     albumentations 2.x keeps its random generators in the pipeline object, which every worker inherits
