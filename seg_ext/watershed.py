@@ -26,13 +26,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from seg_ext.config import pair
-from seg_ext.data.coco import CocoInstanceDataset
-from seg_ext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_instance_transforms
+from seg_ext.data.coco import CocoInstanceDataset, coco_dataset
+from seg_ext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg_ext.errors import ConfigError
 from seg_ext.losses import watershed_loss
 from seg_ext.models import build_from_block
 from seg_ext.models.dual_unet import DualHeadUNet
-from seg_ext.postprocess import watershed_instances
+from seg_ext.postprocess import expected_energy, watershed_instances
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,6 @@ class WatershedDataset(Dataset):
             "foreground": torch.from_numpy(foreground),
             "level": torch.from_numpy(level),
             "weight": torch.from_numpy(weight),
-            "masks": masks,
             "image_id": target["image_id"],
             "orig_size": (int(info["height"]), int(info["width"])),
         }
@@ -188,8 +187,7 @@ class WatershedMethod:
 
     def dataset(self, json_path: Path, image_root: Path, train: bool) -> WatershedDataset:
         ws = self.cfg["watershed"]
-        transform = build_instance_transforms(self.cfg, train=train, seed=int(self.cfg["train"]["seed"]))
-        base = CocoInstanceDataset(json_path, image_root, transform, float(self.cfg["data"]["min_box_size"]))
+        base = coco_dataset(self.cfg, json_path, image_root, train)
         return WatershedDataset(base, self.input_size, self.edges, ws["level_weights"], bool(ws["area_weighting"]))
 
     def build_model(self, num_classes: int) -> nn.Module:
@@ -208,10 +206,9 @@ class WatershedMethod:
         if isinstance(images, (list, tuple)):
             images = torch.stack(list(images))
         out = model(images.to(self.device, non_blocking=True))
-        fg = torch.softmax(out["foreground"].float(), 1)[:, 1]
-        prob = torch.softmax(out["energy"].float(), 1)
-        levels = torch.arange(prob.shape[1], device=prob.device, dtype=prob.dtype).view(1, -1, 1, 1)
-        return fg.cpu().numpy(), (prob * levels).sum(1).cpu().numpy()
+        fg = torch.softmax(out["foreground"].float(), 1)[:, 1].cpu().numpy()
+        prob = torch.softmax(out["energy"].float(), 1).cpu().numpy()
+        return fg, np.stack([expected_energy(p) for p in prob])
 
     def predict(self, model: nn.Module, images: Any, sizes: Sequence[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
         fg, energy = self.maps(model, images)
@@ -249,7 +246,7 @@ def run_oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict
         dataset = datasets[split]
         if dataset is None:
             continue
-        evaluator = COCOEvaluator(dataset.coco, dataset.category_of)
+        evaluator = COCOEvaluator(dataset.coco, dataset.category_of, backend=cfg["eval"]["backend"])
         for i in range(len(dataset)):
             _, target = dataset[i]
             labels, scores = watershed_instances(target["foreground"].numpy().astype(np.float32),

@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from seg_ext.data.coco import coco_from_dict
 from seg_ext.data.files import read_json
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation.base import Evaluator
@@ -69,13 +70,15 @@ def detections_to_results(
     return bbox, segm
 
 
-def _results_coco(coco_gt: COCO, results: list[dict[str, Any]], iou_type: str) -> COCO:
+def _results_coco(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
     if results:
         return coco_gt.loadRes(copy.deepcopy(results))  # loadRes adds keys to the dicts it is given
-    empty = COCO()  # loadRes cannot take an empty list; no detections means AP 0
-    empty.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
-    empty.createIndex()
-    return empty
+    # loadRes cannot take an empty list; no detections means AP 0
+    return coco_from_dict(_no_annotations(coco_gt))
+
+
+def _no_annotations(coco_gt: COCO) -> dict[str, Any]:
+    return {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
 
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -93,7 +96,7 @@ def _faster_eval(coco_gt: COCO, results: list[dict[str, Any]], iou_type: str):
     if results:
         dt = gt.loadRes(copy.deepcopy(results))
     else:
-        dt = faster_coco_eval.COCO({**{k: coco_gt.dataset[k] for k in ("images", "categories")}, "annotations": []})
+        dt = faster_coco_eval.COCO(_no_annotations(coco_gt))
     return faster_coco_eval.COCOeval_faster(gt, dt, iou_type, print_function=print)
 
 
@@ -115,7 +118,7 @@ def coco_evaluate(
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         if backend == "pycocotools":
-            ev = COCOeval(coco_gt, _results_coco(coco_gt, results, iou_type), iou_type)
+            ev = COCOeval(coco_gt, _results_coco(coco_gt, results), iou_type)
         else:
             ev = _faster_eval(coco_gt, results, iou_type)
         if image_ids is not None:
