@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from seg_ext.config import choice, save_config
-from seg_ext.data.coco import CocoInstanceDataset, collate_instances
+from seg_ext.data.coco import CocoInstanceDataset, coco_dataset, collate_instances
 from seg_ext.data.pennfudan import convert_pennfudan
-from seg_ext.data.transforms import build_instance_transforms
 from seg_ext.engine import Trainer, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, setup_run
 from seg_ext.errors import ConfigError, DatasetError, SegExtError
 from seg_ext.evaluation import run_inference
@@ -29,7 +28,7 @@ from seg_ext.evaluation.coco import STAT_NAMES, COCOEvaluator
 from seg_ext.models import build_from_block
 from seg_ext.models.maskrcnn import maskrcnn
 from seg_ext.report import Report, write_json
-from seg_ext.tasks.semantic import prepare_output_dir
+from seg_ext.tasks.common import prepare_output_dir, run_facts
 from seg_ext.visualize import plot_instances, plot_loss_curves
 
 logger = logging.getLogger(__name__)
@@ -108,9 +107,7 @@ class MaskRCNNMethod:
         self.cfg, self.device = cfg, device
 
     def dataset(self, json_path: Path, image_root: Path, train: bool) -> CocoInstanceDataset:
-        seed = int(self.cfg["train"]["seed"])
-        transform = build_instance_transforms(self.cfg, train=train, seed=seed)
-        return CocoInstanceDataset(json_path, image_root, transform, float(self.cfg["data"]["min_box_size"]))
+        return coco_dataset(self.cfg, json_path, image_root, train)
 
     def build_model(self, num_classes: int) -> nn.Module:
         return build_from_block(self.registry, self.cfg["model"], {"num_classes": num_classes})
@@ -155,10 +152,17 @@ def _forward(method, device: torch.device, amp: bool):
     return forward
 
 
-def _evaluate(method, model, dataset: CocoInstanceDataset, cfg, device, desc: str) -> tuple[dict[str, float], COCOEvaluator]:
-    loader = make_loader(dataset, batch_size=int(cfg["data"]["batch_size"]), shuffle=False,
-                         num_workers=int(cfg["data"]["num_workers"]), seed=int(cfg["train"]["seed"]),
-                         collate_fn=method.collate, pin_memory=device.type == "cuda")
+def _eval_loaders(method, datasets: dict[str, Any], cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Loaders of the val and test splits, built once (their workers persist across evaluations)."""
+    return {
+        s: make_loader(datasets[s], batch_size=int(cfg["data"]["batch_size"]), shuffle=False,
+                       num_workers=int(cfg["data"]["num_workers"]), seed=int(cfg["train"]["seed"]),
+                       collate_fn=method.collate, pin_memory=device.type == "cuda")
+        for s in ("val", "test") if datasets[s] is not None and len(datasets[s])
+    }
+
+
+def _evaluate(method, model, dataset: CocoInstanceDataset, loader, cfg, device, desc: str) -> tuple[dict[str, float], COCOEvaluator]:
     evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=float(cfg["eval"]["mask_threshold"]),
                               backend=cfg["eval"]["backend"])
     metrics = run_inference(model, loader, evaluator, _forward(method, device, bool(cfg["train"]["amp"])), desc=desc)
@@ -193,11 +197,12 @@ def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
                                num_workers=int(cfg["data"]["num_workers"]), seed=int(cfg["train"]["seed"]),
                                collate_fn=method.collate, drop_last=len(train_set) > int(cfg["data"]["batch_size"]),
                                pin_memory=device.type == "cuda")
+    loaders = _eval_loaders(method, datasets, cfg, device)
     optimizer = build_optimizer(model.parameters(), cfg["train"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg["train"], len(train_loader)))
     trainer = Trainer(
         model, optimizer, scheduler, train_loader, method.loss_step,
-        lambda m: _evaluate(method, m, datasets["val"], cfg, device, "val")[0], output_dir,
+        lambda m: _evaluate(method, m, datasets["val"], loaders["val"], cfg, device, "val")[0], output_dir,
         epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"], device=device,
         amp=bool(cfg["train"]["amp"]), grad_clip=cfg["train"]["grad_clip"], eval_every=int(cfg["train"]["eval_every"]),
         meta={"config": cfg, "class_names": train_set.class_names, "task": "instance"},
@@ -205,20 +210,11 @@ def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
     if resume:
         trainer.resume(output_dir / "last.pt")
     start = time.perf_counter()
-    state = trainer.fit()
+    state = vars(trainer.fit())
     best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
     model.load_state_dict(load_checkpoint(best)["model"])
-    logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name, state.best_epoch)
-    summary = _final_evaluation(method, model, datasets, cfg, device, output_dir)
-    summary.update(
-        method=cfg["method"], best_epoch=state.best_epoch, epochs=int(cfg["train"]["epochs"]),
-        best_metric=cfg["train"]["best_metric"], train_seconds=round(state.train_seconds, 1),
-        model=cfg["model"]["name"], parameters=sum(p.numel() for p in model.parameters()), device=str(device),
-        splits={s: len(d) for s, d in datasets.items() if d is not None},
-    )
-    write_json(summary, output_dir / "metrics.json")
-    _write_report(output_dir, cfg, summary, state.history, what, command)
-    return summary
+    logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name, state["best_epoch"])
+    return _finish(method, model, datasets, loaders, cfg, device, output_dir, state, int(cfg["train"]["epochs"]), what, command)
 
 
 def evaluate_instance(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:
@@ -234,27 +230,31 @@ def evaluate_instance(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     save_config(cfg, output_dir / "config.yaml")
     model = method.build_model(datasets["train"].num_classes).to(device)
     model.load_state_dict(ckpt["model"])
-    summary = _final_evaluation(method, model, datasets, cfg, device, output_dir)
     state = ckpt.get("state", {})
-    summary.update(
-        checkpoint=str(checkpoint), method=cfg["method"], best_epoch=state.get("best_epoch"), epochs=state.get("epoch"),
-        best_metric=cfg["train"]["best_metric"], train_seconds=round(float(state.get("train_seconds", 0.0)), 1),
-        model=cfg["model"]["name"], parameters=sum(p.numel() for p in model.parameters()), device=str(device),
-        splits={s: len(d) for s, d in datasets.items() if d is not None},
-    )
+    loaders = _eval_loaders(method, datasets, cfg, device)
+    return _finish(method, model, datasets, loaders, cfg, device, output_dir, state, state.get("epoch"), what, command,
+                   checkpoint=str(checkpoint))
+
+
+def _finish(method, model, datasets, loaders, cfg, device, output_dir: Path, state: dict[str, Any], epochs: Any,
+            what: str, command: str, **extra: Any) -> dict[str, Any]:
+    """Evaluate on val and test, then write metrics.json and the report; returns the summary."""
+    summary = _final_evaluation(method, model, datasets, loaders, cfg, device, output_dir)
+    summary.update(extra, method=cfg["method"])
+    summary.update(run_facts(cfg, model, device, {s: len(d) for s, d in datasets.items() if d is not None}, state, epochs))
     write_json(summary, output_dir / "metrics.json")
     _write_report(output_dir, cfg, summary, state.get("history", []), what, command)
     return summary
 
 
-def _final_evaluation(method, model, datasets, cfg, device, output_dir: Path) -> dict[str, Any]:
+def _final_evaluation(method, model, datasets, loaders, cfg, device, output_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for split in ("val", "test"):
         dataset = datasets[split]
-        if dataset is None or not len(dataset):
+        if split not in loaders:
             logger.warning("no %s split; not evaluated", split)
             continue
-        metrics, evaluator = _evaluate(method, model, dataset, cfg, device, split)
+        metrics, evaluator = _evaluate(method, model, dataset, loaders[split], cfg, device, split)
         summary[split] = metrics
         for iou_type in ("segm", "bbox"):
             evaluator.save_results(output_dir / f"results_{split}_{iou_type}.json", iou_type)

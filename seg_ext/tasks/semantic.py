@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_ext.config import save_config
+from seg_ext.config import choice, save_config
 from seg_ext.data.semantic import SemanticSegDataset, build_semantic_datasets
 from seg_ext.data.transforms import build_transforms, denormalize, image_size_from
 from seg_ext.engine import (
@@ -33,31 +33,15 @@ from seg_ext.engine import (
 )
 from seg_ext.errors import DatasetError, SegExtError
 from seg_ext.evaluation import MeanMetric, SemSegEvaluator, run_inference
-from seg_ext.losses import class_weights, weighted_cross_entropy
+from seg_ext.losses import CLASS_WEIGHT_MODES, class_weights, weighted_cross_entropy
 from seg_ext.models import build_model
 from seg_ext.report import Report, write_json
+from seg_ext.tasks.common import prepare_output_dir, run_facts
 from seg_ext.visualize import plot_confusion, plot_loss_curves, plot_overlays
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("mIoU", "mAP", "fwIoU", "pixel_acc", "mean_acc")
-
-
-# ---- shared set-up --------------------------------------------------------------------------------------
-
-
-def prepare_output_dir(output_dir: Path, resume: bool) -> Path:
-    """Check the run folder: a new run must not overwrite an earlier one; a resumed run must have one."""
-    last = output_dir / "last.pt"
-    if resume and not last.is_file():
-        raise SegExtError(f"cannot resume: {last} does not exist; expected the folder of an earlier run")
-    if not resume and last.is_file():
-        raise SegExtError(
-            f"output folder {output_dir} already holds a run ({last}); pass --resume to continue it or choose "
-            "another --output-dir"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return output_dir
 
 
 def _datasets(cfg: dict[str, Any]) -> tuple[dict[str, SemanticSegDataset], dict[str, list[str]]]:
@@ -82,6 +66,12 @@ def _eval_loader(cfg: dict[str, Any], dataset: SemanticSegDataset, device: torch
         seed=int(cfg["train"]["seed"]),
         pin_memory=device.type == "cuda",
     )
+
+
+def _class_weights(cfg: dict[str, Any], train_set: SemanticSegDataset) -> torch.Tensor | None:
+    """Class weights of ``loss.class_weights``; the training masks are read only when weights are asked for."""
+    mode = choice(cfg["loss"]["class_weights"], "loss.class_weights", CLASS_WEIGHT_MODES)
+    return None if mode == "none" else class_weights(train_set.class_pixel_counts(), mode)
 
 
 def _model(cfg: dict[str, Any], num_classes: int, device: torch.device) -> nn.Module:
@@ -136,14 +126,14 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
     loaders = {s: _eval_loader(cfg, datasets[s], device) for s in ("val", "test")}
     meta = {"config": cfg, "class_names": train_set.class_names, "task": "semantic"}
 
-    weight = class_weights(train_set.class_pixel_counts(), cfg["loss"]["class_weights"])
+    weight = _class_weights(cfg, train_set)
     if weight is not None:
         logger.info("class weights (%s): %s", cfg["loss"]["class_weights"], np.round(weight.numpy(), 3).tolist())
 
     start = time.perf_counter()
     if getattr(model, "fitted_by_counting", False):
         history = _fit_by_counting(model, cfg, datasets, loaders, device, weight, output_dir, meta)
-        best_epoch, train_seconds = 1, time.perf_counter() - start
+        state, epochs = {"epoch": 1, "best_epoch": 1, "train_seconds": time.perf_counter() - start}, 1
     else:
         train_loader = make_loader(
             train_set,
@@ -175,23 +165,14 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
         )
         if resume:
             trainer.resume(output_dir / "last.pt")
-        state = trainer.fit()
-        history, best_epoch, train_seconds = state.history, state.best_epoch, state.train_seconds
+        state, epochs = vars(trainer.fit()), int(cfg["train"]["epochs"])
+        history = state["history"]
         best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
         model.load_state_dict(load_checkpoint(best)["model"])
-        logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name, best_epoch)
+        logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name, state["best_epoch"])
 
     summary = _final_evaluation(model, cfg, datasets, loaders, device, weight, output_dir)
-    summary.update(
-        best_epoch=best_epoch,
-        epochs=int(cfg["train"]["epochs"]) if not getattr(model, "fitted_by_counting", False) else 1,
-        best_metric=cfg["train"]["best_metric"],
-        train_seconds=round(train_seconds, 1),
-        model=cfg["model"]["name"],
-        parameters=sum(p.numel() for p in model.parameters()),
-        device=str(device),
-        splits={s: len(v) for s, v in splits.items()},
-    )
+    summary.update(run_facts(cfg, model, device, {s: len(v) for s, v in splits.items()}, state, epochs))
     write_json(summary, output_dir / "metrics.json")
     _write_report(output_dir, cfg, summary, history, datasets["train"].class_names, command)
     return summary
@@ -321,20 +302,11 @@ def evaluate_semantic(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     model = _model(cfg, datasets["train"].num_classes, device)
     model.load_state_dict(ckpt["model"])
     loaders = {s: _eval_loader(cfg, datasets[s], device) for s in ("val", "test")}
-    weight = class_weights(datasets["train"].class_pixel_counts(), cfg["loss"]["class_weights"])
+    weight = _class_weights(cfg, datasets["train"])
     summary = _final_evaluation(model, cfg, datasets, loaders, device, weight, output_dir)
     state = ckpt.get("state", {})
-    summary.update(
-        checkpoint=str(checkpoint),
-        best_epoch=state.get("best_epoch", state.get("epoch")),
-        epochs=state.get("epoch"),
-        best_metric=cfg["train"]["best_metric"],
-        train_seconds=round(float(state.get("train_seconds", 0.0)), 1),
-        model=cfg["model"]["name"],
-        parameters=sum(p.numel() for p in model.parameters()),
-        device=str(device),
-        splits={s: len(v) for s, v in splits.items()},
-    )
+    summary["checkpoint"] = str(checkpoint)
+    summary.update(run_facts(cfg, model, device, {s: len(v) for s, v in splits.items()}, state, state.get("epoch")))
     write_json(summary, output_dir / "metrics.json")
     _write_report(output_dir, cfg, summary, state.get("history", []), datasets["train"].class_names, command)
     return summary
