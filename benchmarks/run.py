@@ -25,6 +25,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -234,8 +235,6 @@ def bench_semantic_loader(quick: bool, repeat: int) -> dict[str, Any]:
 
 
 def bench_train_overhead(quick: bool, repeat: int) -> dict[str, Any]:
-    import tempfile
-
     from seg_ext.engine import Trainer, build_optimizer, lr_factor_fn
     from seg_ext.losses import weighted_cross_entropy
     from seg_ext.models import build_model
@@ -297,31 +296,29 @@ def bench_train_overhead(quick: bool, repeat: int) -> dict[str, Any]:
 # ---- 4. watershed post-processing vs Mask R-CNN inference -------------------------------------------------
 
 
-def _instance_images(count: int):
-    """(image tensor, target) pairs of Penn-Fudan (or synthetic pedestrians) through the watershed dataset."""
-    from seg_ext.config import instance_defaults
+def _pennfudan_test_json(tmp: str) -> tuple[Path, Path]:
+    """Penn-Fudan (or the synthetic pedestrians without it) converted to COCO in ``tmp``: (image root, test file)."""
     from seg_ext.data.pennfudan import convert_pennfudan
     from seg_ext.data.synthetic import ensure_synthetic_pedestrians
-    from seg_ext.watershed import WatershedMethod
-    import tempfile
 
     root = PENNFUDAN if PENNFUDAN.is_dir() else ensure_synthetic_pedestrians()
-    tmp = Path(tempfile.mkdtemp())
-    paths = convert_pennfudan(root, tmp)
-    method = WatershedMethod(instance_defaults("watershed"), torch.device("cpu"))
-    dataset = method.dataset(paths["test"], root, train=False)
-    return method, dataset, [dataset[i] for i in range(min(count, len(dataset)))], root, paths
+    return root, convert_pennfudan(root, tmp)["test"]
 
 
 def bench_watershed_postprocess(quick: bool, repeat: int) -> dict[str, Any]:
+    from seg_ext.config import instance_defaults
     from seg_ext.models.maskrcnn import maskrcnn
     from seg_ext.postprocess import watershed_instances
-    from seg_ext.watershed import instances_from_labels
+    from seg_ext.watershed import WatershedMethod, instances_from_labels
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the target is per image on one core
     try:
-        method, dataset, samples, root, _ = _instance_images(10 if quick else 30)
+        with tempfile.TemporaryDirectory() as tmp:  # datasets read their COCO file when built
+            root, test_json = _pennfudan_test_json(tmp)
+            method = WatershedMethod(instance_defaults("watershed"), torch.device("cpu"))
+            dataset = method.dataset(test_json, root, train=False)
+        samples = [dataset[i] for i in range(min(10 if quick else 30, len(dataset)))]
         # network-like inputs: the oracle maps of each test image, softened so they are not exact levels
         maps = []
         for image, target in samples:
@@ -367,8 +364,9 @@ def bench_coco_eval(quick: bool, repeat: int) -> dict[str, Any]:
     from seg_ext.evaluation.coco import coco_evaluate, masks_to_rles
     from scipy import ndimage
 
-    _, _, _, root, paths = _instance_images(0)
-    dataset = CocoInstanceDataset(paths["test"], root)
+    with tempfile.TemporaryDirectory() as tmp:
+        root, test_json = _pennfudan_test_json(tmp)
+        dataset = CocoInstanceDataset(test_json, root)
     rng = np.random.default_rng(0)
     results = []
     copies = 2 if quick else 8  # several noisy detections per pedestrian, as a real detector gives

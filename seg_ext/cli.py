@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,19 @@ def config_from_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt.get("config"), dict):
         raise SegExtError(f"checkpoint {path} holds no config; expected a last.pt or best.pt of a training run")
     return ckpt["config"]
+
+
+def command_line() -> str:
+    """How this process was started, for the report (``python tools/... args``)."""
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def print_summary(summary: dict[str, Any], output_dir: Path, line: Callable[[dict[str, float]], str]) -> None:
+    """The tools' closing lines: one per evaluated split (formatted by ``line``), then where the report is."""
+    for split in ("val", "test"):
+        if split in summary:
+            print(f"{split:>5}: {line(summary[split])}")
+    print(f"report: {output_dir / 'report.md'}")
 
 
 def default_output_dir(task: str, name: str) -> Path:

@@ -273,7 +273,7 @@ class Trainer:
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
                 "torch": torch.get_rng_state(),
-                "loader": self._loader_generator().get_state() if self._loader_generator() is not None else None,
+                "loader": None if (gen := self._loader_generator()) is None else gen.get_state(),
             },
             **self.meta,
         }
@@ -294,8 +294,9 @@ class Trainer:
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
             torch.set_rng_state(rng["torch"])
-            if rng.get("loader") is not None and self._loader_generator() is not None:
-                self._loader_generator().set_state(rng["loader"])
+            gen = self._loader_generator()
+            if rng.get("loader") is not None and gen is not None:
+                gen.set_state(rng["loader"])
         logger.info("resumed from %s after epoch %d", path, self.state.epoch)
 
     def _write_history(self) -> None:

@@ -17,13 +17,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from seg_ext.cli import add_run_arguments, resolve_run, run_tool, setup_logging  # noqa: E402
+from seg_ext.cli import add_run_arguments, command_line, print_summary, resolve_run, run_tool, setup_logging  # noqa: E402
 from seg_ext.errors import ConfigError  # noqa: E402
 
 
@@ -53,7 +52,7 @@ def main(args: argparse.Namespace) -> None:
     if args.method is not None and cfg["method"] != args.method:
         raise ConfigError(f"the checkpoint's run used method {cfg['method']!r} but --method is {args.method!r}")
     setup_logging(output_dir)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = command_line()
     if args.oracle:
         from seg_ext.watershed import run_oracle
 
@@ -66,12 +65,8 @@ def main(args: argparse.Namespace) -> None:
         from seg_ext.tasks.instance import train_instance
 
         summary = train_instance(cfg, output_dir, resume=args.resume, command=command)
-    for split in ("val", "test"):
-        if split in summary:
-            m = summary[split]
-            print(f"{split:>5}: bbox AP {m['bbox/AP']:.2f} (AP50 {m['bbox/AP50']:.2f})  "
-                  f"segm AP {m['segm/AP']:.2f} (AP50 {m['segm/AP50']:.2f})")
-    print(f"report: {output_dir / 'report.md'}")
+    print_summary(summary, output_dir, lambda m: f"bbox AP {m['bbox/AP']:.2f} (AP50 {m['bbox/AP50']:.2f})  "
+                                                 f"segm AP {m['segm/AP']:.2f} (AP50 {m['segm/AP50']:.2f})")
 
 
 if __name__ == "__main__":

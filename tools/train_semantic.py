@@ -13,13 +13,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from seg_ext.cli import add_run_arguments, resolve_run, run_tool, setup_logging  # noqa: E402
+from seg_ext.cli import add_run_arguments, command_line, print_summary, resolve_run, run_tool, setup_logging  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,16 +32,11 @@ def main(args: argparse.Namespace) -> None:
 
     cfg, output_dir = resolve_run(args, "semantic", SEMANTIC_DEFAULTS)
     setup_logging(output_dir)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     if args.eval_only:
-        summary = evaluate_semantic(cfg, args.checkpoint, output_dir, command)
+        summary = evaluate_semantic(cfg, args.checkpoint, output_dir, command_line())
     else:
-        summary = train_semantic(cfg, output_dir, resume=args.resume, command=command)
-    for split in ("val", "test"):
-        if split in summary:
-            m = summary[split]
-            print(f"{split:>5}: mIoU {m['mIoU']:.2f}  mAP {m['mAP']:.2f}  pixel acc {m['pixel_acc']:.2f}")
-    print(f"report: {output_dir / 'report.md'}")
+        summary = train_semantic(cfg, output_dir, resume=args.resume, command=command_line())
+    print_summary(summary, output_dir, lambda m: f"mIoU {m['mIoU']:.2f}  mAP {m['mAP']:.2f}  pixel acc {m['pixel_acc']:.2f}")
 
 
 if __name__ == "__main__":
