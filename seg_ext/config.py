@@ -53,7 +53,10 @@ SEMANTIC_DEFAULTS: dict[str, Any] = {
         "best_metric": "mIoU",  # validation metric that picks best.pt (higher is better)
         "seed": 0,
         "device": "auto",  # auto | cpu | cuda | cuda:N
-        "amp": True,  # mixed precision, used only on CUDA
+        # autocast: auto = fp16 on CUDA, bf16 on a CPU with native bf16, else none; off; fp16; bf16
+        "amp": "auto",
+        # the channels_last memory format: auto = on for the CPU, off on CUDA; true; false (benchmarks/README.md)
+        "channels_last": "auto",
         "eval_every": 1,  # validate every N epochs (and always after the last)
         "threads": 0,  # torch CPU threads; 0 keeps torch's default
     },
@@ -181,8 +184,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _type_ok(default: Any, value: Any) -> bool:
-    if default is None:
+# Keys whose value is a word or a bool (true/false stand for a word the consumer picks).
+WORD_OR_BOOL = ("train.amp", "train.channels_last")
+
+
+def _type_ok(default: Any, value: Any, key: str = "") -> bool:
+    if default is None or (key in WORD_OR_BOOL and isinstance(value, (bool, str))):
         return True
     if isinstance(default, bool):
         return isinstance(value, bool)
@@ -212,9 +219,10 @@ def _merge(base: dict[str, Any], new: dict[str, Any], source: str, prefix: str =
                 base[key] = {}
             _merge(base[key], value, source, prefix=f"{full}.")
             continue
-        if not _type_ok(current, value):
+        if not _type_ok(current, value, full):
+            kind = "word or true/false" if full in WORD_OR_BOOL else type(current).__name__
             raise ConfigError(
-                f"config key '{full}' in {source} must be a {type(current).__name__} "
+                f"config key '{full}' in {source} must be a {kind} "
                 f"(like the default {current!r}), got {value!r}"
             )
         base[key] = float(value) if isinstance(current, float) else value

@@ -55,13 +55,77 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup_run(train_cfg: dict[str, Any]) -> torch.device:
-    """Apply ``train.threads`` and ``train.seed``; return the device ``train.device`` names."""
+def setup_run(train_cfg: dict[str, Any]) -> "Precision":
+    """Apply ``train.threads`` and ``train.seed``; return the device ``train.device`` names with the precision
+    ``train.amp`` and ``train.channels_last`` ask for there."""
     threads = int(train_cfg["threads"])
     if threads > 0:
         torch.set_num_threads(threads)
     seed_everything(int(train_cfg["seed"]))
-    return select_device(train_cfg["device"])
+    return resolve_precision(train_cfg, select_device(train_cfg["device"]))
+
+
+AMP_MODES = ("auto", "off", "fp16", "bf16")
+CHANNELS_LAST_MODES = ("auto", "true", "false")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the model computes: autocast dtype (None: fp32) and memory format.
+
+    Resolved from ``train.amp`` and ``train.channels_last`` by :func:`resolve_precision`; the defaults (``auto``)
+    come from ``benchmarks/run.py`` (``cpu_throughput``, ``cuda_throughput``).
+    """
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self):
+        """The autocast context for forward passes (a no-op in fp32)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.amp_dtype == torch.float16
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Put ``model`` in the memory format; convolutions then pass it on to their outputs and gradients."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def describe(self) -> str:
+        dtype = {None: "fp32", torch.float16: "fp16 autocast", torch.bfloat16: "bf16 autocast"}[self.amp_dtype]
+        return dtype + (", channels_last" if self.channels_last else "")
+
+
+def _word(value: Any) -> str:
+    return {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else str(value)
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private names)
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(train_cfg: dict[str, Any], device: torch.device) -> Precision:
+    """The :class:`Precision` that ``train.amp`` and ``train.channels_last`` ask for on ``device``.
+
+    ``amp``: ``auto`` (or true) is fp16 autocast with a gradient scaler on CUDA, bf16 autocast on a CPU that
+    computes bf16 natively, and fp32 on other CPUs; ``off`` (or false) is fp32; ``fp16`` and ``bf16`` force that
+    dtype. ``channels_last``: ``auto`` is on for the CPU and off on CUDA; ``true``/``false`` force it. The CPU
+    choices are the fastest numerically safe ones ``benchmarks/run.py --only cpu_throughput`` measured (and
+    full training runs confirmed, see benchmarks/README.md); on CUDA, fp16 autocast is the established default
+    and channels_last is not switched on until ``cuda_throughput`` has measured it.
+    """
+    amp = {"true": "auto", "false": "off"}.get(_word(train_cfg["amp"]), _word(train_cfg["amp"]))
+    amp = choice(amp, "train.amp", AMP_MODES)
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else ("bf16" if native_bf16_cpu() else "off")
+    dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+    layout = choice(_word(train_cfg["channels_last"]), "train.channels_last", CHANNELS_LAST_MODES)
+    channels_last = device.type == "cpu" if layout == "auto" else layout == "true"
+    return Precision(device, dtype, channels_last)
 
 
 def make_loader(
@@ -239,8 +303,7 @@ class Trainer:
         output_dir: str | Path,
         epochs: int,
         best_metric: str,
-        device: torch.device,
-        amp: bool = True,
+        precision: Precision,
         grad_clip: float | None = None,
         eval_every: int = 1,
         meta: dict[str, Any] | None = None,
@@ -251,9 +314,8 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.epochs, self.best_metric = int(epochs), best_metric
         self.minimize = "loss" in best_metric
-        self.device = device
-        self.use_amp = bool(amp) and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.precision = precision
+        self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_scaler)
         self.grad_clip = grad_clip
         self.eval_every = max(int(eval_every), 1)
         self.meta = dict(meta or {})
@@ -313,7 +375,7 @@ class Trainer:
         count = 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=None, dynamic_ncols=True)
         for batch in bar:
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            with self.precision.autocast():
                 loss, parts = self.loss_step(self.model, batch)
             value = float(loss.detach())
             if not math.isfinite(value):

@@ -37,7 +37,7 @@ def test_parse_value():
         ("train.lrr=0.1", r"unknown config key 'train\.lrr' in --opts; valid keys here are: .*\blr\b"),
         ("trian.lr=0.1", r"unknown config key 'trian'"),
         ("train.epochs=abc", r"config key 'train\.epochs' in --opts must be a int"),
-        ("train.amp=1", r"config key 'train\.amp' in --opts must be a bool"),
+        ("train.amp=1", r"config key 'train\.amp' in --opts must be a word or true/false"),
         ("train=3", r"config key 'train' in --opts must be a mapping"),
         ("noequals", r"override 'noequals' must look like key=value"),
     ],

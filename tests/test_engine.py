@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,7 +10,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from seg_ext.config import load_config
-from seg_ext.engine import Trainer, atomic_save, build_optimizer, load_checkpoint, lr_factor_fn, make_loader
+from seg_ext.engine import (
+    Precision, Trainer, atomic_save, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, native_bf16_cpu,
+    resolve_precision,
+)
 from seg_ext.errors import ConfigError, TrainingStopped
 
 
@@ -60,7 +64,7 @@ def _toy(tmp_path, epochs, nan_at_epoch=None, interrupt_at_epoch=None):
             return {"loss": float(torch.nn.functional.mse_loss(model(x), y)), "score": -float(epoch_seen["n"])}
 
     trainer = Trainer(model, optimizer, scheduler, loader, loss_step, validate, tmp_path, epochs=epochs,
-                      best_metric="loss", device=torch.device("cpu"))
+                      best_metric="loss", precision=Precision(torch.device("cpu")))
     return trainer
 
 
@@ -95,3 +99,78 @@ def test_best_metric_must_be_reported(tmp_path):
     trainer.best_metric = "mIoU"
     with pytest.raises(ConfigError, match=r"train\.best_metric' is 'mIoU'.*expected one of: loss, score"):
         trainer.fit()
+
+
+# ---- precision: autocast dtype and memory format ------------------------------------------------------------
+
+
+def _precision(**train):
+    return resolve_precision({**load_config()["train"], **train}, torch.device("cpu"))
+
+
+def test_precision_settings_resolve_on_the_cpu():
+    auto = _precision()
+    # the CPU default: channels_last, with bf16 autocast where the CPU computes bf16 natively
+    assert auto.channels_last and auto.amp_dtype == (torch.bfloat16 if native_bf16_cpu() else None)
+    assert _precision(amp=True) == auto  # true is auto
+    assert _precision(amp="bf16").amp_dtype == torch.bfloat16 and _precision(amp="fp16").needs_scaler
+    assert not _precision(channels_last=False).channels_last and not _precision(channels_last="false").channels_last
+    assert _precision(amp="off", channels_last=False).describe() == "fp32"
+    assert _precision(amp="bf16").describe() == "bf16 autocast, channels_last"
+    cfg = load_config(overrides=["train.amp=false", "train.channels_last=true"])["train"]
+    assert resolve_precision(cfg, torch.device("cpu")) == Precision(torch.device("cpu"), None, True)
+    with pytest.raises(ConfigError, match=r"config key 'train\.amp' is 'half'; expected one of: auto, off, fp16, bf16"):
+        _precision(amp="half")
+    with pytest.raises(ConfigError, match=r"config key 'train\.channels_last' is 'yes'; expected one of: auto, true"):
+        _precision(channels_last="yes")
+
+
+def _unet_and_batch():
+    from seg_ext.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "unet", "base_width": 8, "depth": 2}, num_classes=3)
+    x = torch.rand(2, 3, 32, 32)
+    target = (x[:, 0] * 3).long().clamp(max=2)
+    return model, x, target
+
+
+def _steps(model, precision, x, target, steps: int = 3):
+    from seg_ext.losses import weighted_cross_entropy
+
+    model = precision.prepare(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(steps):
+        with precision.autocast():
+            loss = weighted_cross_entropy(model(x).float(), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return model, losses
+
+
+def test_channels_last_trains_like_the_contiguous_layout():
+    model, x, target = _unet_and_batch()
+    twin = copy.deepcopy(model)
+    plain, plain_losses = _steps(model, Precision(torch.device("cpu")), x, target)
+    fast, fast_losses = _steps(twin, Precision(torch.device("cpu"), channels_last=True), x, target)
+    assert next(p for p in fast.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    assert fast(x).is_contiguous(memory_format=torch.channels_last)  # the layout passes on to the outputs
+    torch.testing.assert_close(fast_losses, plain_losses, rtol=1e-4, atol=1e-6)
+    for p, q in zip(plain.parameters(), fast.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    # a checkpoint of the channels_last model loads into a plain one and computes the same
+    reloaded = _unet_and_batch()[0]
+    reloaded.load_state_dict(fast.state_dict())
+    torch.testing.assert_close(reloaded(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_steps_track_fp32():
+    model, x, target = _unet_and_batch()
+    twin = copy.deepcopy(model)
+    _, fp32 = _steps(model, Precision(torch.device("cpu")), x, target)
+    _, bf16 = _steps(twin, Precision(torch.device("cpu"), torch.bfloat16), x, target)
+    assert all(math.isfinite(v) for v in bf16)
+    torch.testing.assert_close(bf16, fp32, rtol=0.02, atol=0.0)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seg_ext.engine import resolve_precision
 from seg_ext.errors import SegExtError
 
 
@@ -38,5 +39,6 @@ def run_facts(
         "model": cfg["model"]["name"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
+        "precision": resolve_precision(cfg["train"], device).describe(),
         "splits": splits,
     }

@@ -21,7 +21,9 @@ from torch import nn
 from seg_ext.config import choice, save_config
 from seg_ext.data.coco import CocoInstanceDataset, coco_dataset, collate_instances
 from seg_ext.data.pennfudan import convert_pennfudan
-from seg_ext.engine import Trainer, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, setup_run
+from seg_ext.engine import (
+    Precision, Trainer, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, resolve_precision, setup_run,
+)
 from seg_ext.errors import ConfigError, DatasetError, SegExtError
 from seg_ext.evaluation import run_inference
 from seg_ext.evaluation.coco import STAT_NAMES, COCOEvaluator
@@ -140,12 +142,10 @@ def make_method(cfg: dict[str, Any], device: torch.device):
 # ---- training and evaluation ----------------------------------------------------------------------------
 
 
-def _forward(method, device: torch.device, amp: bool):
-    use_amp = amp and device.type == "cuda"
-
+def _forward(method, precision: Precision):
     def forward(model: nn.Module, batch: Any) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
         images, targets = batch
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with precision.autocast():
             outputs = method.predict(model, images, [t["orig_size"] for t in targets])
         return outputs, targets
 
@@ -165,7 +165,7 @@ def _eval_loaders(method, datasets: dict[str, Any], cfg: dict[str, Any], device:
 def _evaluate(method, model, dataset: CocoInstanceDataset, loader, cfg, device, desc: str) -> tuple[dict[str, float], COCOEvaluator]:
     evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=float(cfg["eval"]["mask_threshold"]),
                               backend=cfg["eval"]["backend"])
-    metrics = run_inference(model, loader, evaluator, _forward(method, device, bool(cfg["train"]["amp"])), desc=desc)
+    metrics = run_inference(model, loader, evaluator, _forward(method, resolve_precision(cfg["train"], device)), desc=desc)
     return metrics, evaluator
 
 
@@ -185,12 +185,13 @@ def _datasets(method, cfg, output_dir: Path) -> tuple[dict[str, Any], str]:
 def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: str = "") -> dict[str, Any]:
     """Train Mask R-CNN or the watershed UNet, evaluate the best checkpoint on val and test, write the report."""
     output_dir = prepare_output_dir(Path(output_dir), resume)
-    device = setup_run(cfg["train"])
+    precision = setup_run(cfg["train"])
+    device = precision.device
     method = make_method(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")
     train_set = datasets["train"]
-    model = method.build_model(train_set.num_classes).to(device)
+    model = precision.prepare(method.build_model(train_set.num_classes).to(device))
     logger.info("%s: %s parameters, device %s", cfg["model"]["name"], f"{sum(p.numel() for p in model.parameters()):,}", device)
 
     train_loader = make_loader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=True,
@@ -203,8 +204,8 @@ def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
     trainer = Trainer(
         model, optimizer, scheduler, train_loader, method.loss_step,
         lambda m: _evaluate(method, m, datasets["val"], loaders["val"], cfg, device, "val")[0], output_dir,
-        epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"], device=device,
-        amp=bool(cfg["train"]["amp"]), grad_clip=cfg["train"]["grad_clip"], eval_every=int(cfg["train"]["eval_every"]),
+        epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"], precision=precision,
+        grad_clip=cfg["train"]["grad_clip"], eval_every=int(cfg["train"]["eval_every"]),
         meta={"config": cfg, "class_names": train_set.class_names, "task": "instance"},
     )
     if resume:
@@ -224,11 +225,12 @@ def evaluate_instance(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("task") != "instance":
         raise SegExtError(f"checkpoint {checkpoint} is not from an instance-segmentation run")
-    device = setup_run(cfg["train"])
+    precision = setup_run(cfg["train"])
+    device = precision.device
     method = make_method(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")
-    model = method.build_model(datasets["train"].num_classes).to(device)
+    model = precision.prepare(method.build_model(datasets["train"].num_classes).to(device))
     model.load_state_dict(ckpt["model"])
     state = ckpt.get("state", {})
     loaders = _eval_loaders(method, datasets, cfg, device)
@@ -303,7 +305,7 @@ def _write_report(output_dir: Path, cfg: dict[str, Any], summary: dict[str, Any]
         f"dataset: {what}; split sizes (images): " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
         f"model: `{model}`, {summary['parameters']:,} parameters",
         f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
-        f"{summary['train_seconds']:.0f} s of training on {summary['device']}",
+        f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
         "COCO evaluation with pycocotools; results files: `results_<split>_segm.json` (masks, without boxes, so "
         "areas are mask areas) and `results_<split>_bbox.json`",
     ])

@@ -27,6 +27,8 @@ from seg_ext.engine import (
     load_checkpoint,
     lr_factor_fn,
     make_loader,
+    Precision,
+    resolve_precision,
     seed_everything,
     setup_run,
     to_jsonable,
@@ -75,15 +77,16 @@ def _class_weights(cfg: dict[str, Any], train_set: SemanticSegDataset) -> torch.
 
 
 def _model(cfg: dict[str, Any], num_classes: int, device: torch.device) -> nn.Module:
-    return build_model(cfg["model"], num_classes=num_classes, image_size=image_size_from(cfg)).to(device)
+    model = build_model(cfg["model"], num_classes=num_classes, image_size=image_size_from(cfg)).to(device)
+    return resolve_precision(cfg["train"], device).prepare(model)
 
 
-def _forward(device: torch.device, amp: bool):
-    use_amp = amp and device.type == "cuda"
+def _forward(precision: Precision):
+    device = precision.device
 
     def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         images = batch["image"].to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with precision.autocast():
             logits = model(images)
         return logits.float(), batch["mask"].to(device, non_blocking=True)
 
@@ -99,7 +102,7 @@ def _evaluate(
     loss = MeanMetric(
         "loss", lambda logits, target: (float(weighted_cross_entropy(logits, target, w, dataset.ignore_index)), len(target))
     )
-    metrics = run_inference(model, loader, [evaluator, loss], _forward(device, bool(cfg["train"]["amp"])), desc=desc)
+    metrics = run_inference(model, loader, [evaluator, loss], _forward(resolve_precision(cfg["train"], device)), desc=desc)
     return metrics, evaluator
 
 
@@ -113,7 +116,8 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
         The content of ``metrics.json``.
     """
     output_dir = prepare_output_dir(Path(output_dir), resume)
-    device = setup_run(cfg["train"])
+    precision = setup_run(cfg["train"])
+    device = precision.device
     datasets, splits = _datasets(cfg)
     save_config(cfg, output_dir / "config.yaml")
     write_json(splits, output_dir / "splits.json")
@@ -159,8 +163,8 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
 
         trainer = Trainer(
             model, optimizer, scheduler, train_loader, loss_step, validate, output_dir,
-            epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"], device=device,
-            amp=bool(cfg["train"]["amp"]), grad_clip=cfg["train"]["grad_clip"],
+            epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"],
+            precision=precision, grad_clip=cfg["train"]["grad_clip"],
             eval_every=int(cfg["train"]["eval_every"]), meta=meta,
         )
         if resume:
@@ -246,7 +250,7 @@ def _write_report(
         f"image size (H, W): {tuple(image_size_from(cfg))}; metrics are computed at this size",
         f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
         f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
-        f"{summary['train_seconds']:.0f} s of training on {summary['device']}",
+        f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
     ])
     report.heading("Results (best checkpoint)")
     rows = [[split, *[summary[split][k] for k in SUMMARY_KEYS]] for split in ("val", "test") if split in summary]
@@ -290,7 +294,7 @@ def evaluate_semantic(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("task", "semantic") != "semantic":
         raise SegExtError(f"checkpoint {checkpoint} is from a {ckpt['task']} run; expected a semantic one")
-    device = setup_run(cfg["train"])
+    device = setup_run(cfg["train"]).device
     datasets, splits = _datasets(cfg)
     if datasets["train"].class_names != ckpt.get("class_names", datasets["train"].class_names):
         raise DatasetError(
