@@ -9,7 +9,10 @@ Benchmarks (targets in benchmarks/README.md):
   train_overhead         the engine's epoch vs a bare PyTorch loop over the same batches
   watershed_postprocess  watershed post-processing per image vs Mask R-CNN inference on the same image (CPU)
   coco_eval              COCO segm evaluation: pycocotools vs faster-coco-eval
-  cuda_throughput        images/s of each model in fp32, AMP and channels_last (only where CUDA is available)
+  cpu_throughput         training/inference images/s of each model in fp32, bf16 autocast, channels_last and both,
+                         with each setting's numerical difference from fp32; is the engine's CPU default the
+                         fastest safe one?
+  cuda_throughput        the same on CUDA with fp16 autocast (only where CUDA is available)
 
 Each timing is the median of --repeat runs after a warm-up. Memory figures are peak resident set sizes of a fresh
 worker process, so they are comparable across dataset sizes.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -186,19 +190,22 @@ def _loader_rate(cfg, dataset, batches: int) -> float:
 
 
 def _step_rate(cfg, dataset, steps: int) -> float:
-    from seg_ext.engine import build_optimizer
+    from seg_ext.engine import build_optimizer, resolve_precision
     from seg_ext.losses import weighted_cross_entropy
     from seg_ext.models import build_model
     from seg_ext.data.transforms import image_size_from
 
     bs = int(cfg["data"]["batch_size"])
     batch = torch.utils.data.default_collate([dataset[i % len(dataset)] for i in range(bs)])
-    model = build_model(cfg["model"], num_classes=dataset.num_classes, image_size=image_size_from(cfg))
+    precision = resolve_precision(cfg["train"], torch.device("cpu"))  # the step as training runs it by default
+    model = precision.prepare(build_model(cfg["model"], num_classes=dataset.num_classes, image_size=image_size_from(cfg)))
     opt = build_optimizer(model.parameters(), cfg["train"])
     model.train()
 
     def step():
-        loss = weighted_cross_entropy(model(batch["image"]), batch["mask"])
+        with precision.autocast():
+            logits = model(batch["image"])
+        loss = weighted_cross_entropy(logits.float(), batch["mask"])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -235,7 +242,7 @@ def bench_semantic_loader(quick: bool, repeat: int) -> dict[str, Any]:
 
 
 def bench_train_overhead(quick: bool, repeat: int) -> dict[str, Any]:
-    from seg_ext.engine import Trainer, build_optimizer, lr_factor_fn
+    from seg_ext.engine import Precision, Trainer, build_optimizer, lr_factor_fn
     from seg_ext.losses import weighted_cross_entropy
     from seg_ext.models import build_model
     from seg_ext.data.transforms import image_size_from
@@ -274,7 +281,7 @@ def bench_train_overhead(quick: bool, repeat: int) -> dict[str, Any]:
                 model, opt, sched, batches,
                 lambda m, b: (weighted_cross_entropy(m(b["image"]), b["mask"]), {}),
                 lambda m: {"loss": 0.0, "mIoU": 0.0},  # validation inference is not engine overhead
-                tmp, epochs=epochs, best_metric="mIoU", device=torch.device("cpu"),
+                tmp, epochs=epochs, best_metric="mIoU", precision=Precision(torch.device("cpu")),
             )
             trainer.fit()
 
@@ -395,66 +402,196 @@ def bench_coco_eval(quick: bool, repeat: int) -> dict[str, Any]:
     }
 
 
-# ---- 6. CUDA throughput ------------------------------------------------------------------------------------
+# ---- 6. precision and memory format: images/s and numerical safety --------------------------------------
+
+SETTINGS = ("fp32", "amp", "channels_last", "amp+channels_last")
+# A setting is numerically safe when, from the same weights on the same batch, its training loss is within 1% of
+# fp32's, its gradient points the same way (cosine >= 0.99) and its inference outputs are within 5% (relative L2).
+SAFE = {"loss_rel_diff": 0.01, "grad_cosine": 0.99, "output_rel_err": 0.05}
+# The engine's default for a model meets the target when it is safe and within this fraction of the fastest safe
+# setting's training speed (settings closer than this swap places from run to run on a shared machine).
+NOISE = 0.05
 
 
-def throughput(device: torch.device, amp_dtype: torch.dtype, size: int, batch: int, steps: int) -> dict[str, Any]:
-    """Training and inference images/s of each model in fp32, AMP, channels_last and both, on ``device``."""
+def _precision_cases(device: torch.device, size: int | None, batch: int | None) -> dict[str, dict[str, Any]]:
+    """Each model with a real batch of its default training data: ``make() -> model`` (fp32, on ``device``),
+    ``loss(model)`` and ``infer(model) -> tensor to compare, or None``, and the batch size.
+
+    Semantic models see synthetic scenes at ``size`` px (default: the config's); instance models see the
+    Penn-Fudan test images (synthetic pedestrians without them) at their defaults. ``batch`` overrides the
+    configs' batch sizes."""
+    from seg_ext.config import instance_defaults
+    from seg_ext.losses import weighted_cross_entropy
     from seg_ext.models import build_model
-    from seg_ext.models.dual_unet import DualHeadUNet
+    from seg_ext.tasks.instance import make_method
 
-    models = {
-        "unet": lambda: build_model({"name": "unet", "base_width": 32, "depth": 4}, num_classes=9),
-        "smp_unet": lambda: build_model({"name": "smp_unet"}, num_classes=9, image_size=(size, size)),
-        "baseconv": lambda: build_model({"name": "baseconv"}, num_classes=9),
-        "dual_unet": lambda: DualHeadUNet(num_levels=16, base_width=16, depth=4),
+    opts = [f"data.image_size=[{size},{size}]"] if size else []
+    cfg, datasets = _semantic_setup(None, opts)
+    n = batch or int(cfg["data"]["batch_size"])
+    data = torch.utils.data.default_collate([datasets["val"][i % len(datasets["val"])] for i in range(n)])
+    x, mask = data["image"].to(device), data["mask"].to(device)
+    classes = datasets["train"].num_classes
+
+    def semantic(block: dict[str, Any]) -> dict[str, Any]:
+        return {"make": lambda: build_model(block, num_classes=classes, image_size=tuple(x.shape[-2:])).to(device),
+                "loss": lambda m: weighted_cross_entropy(m(x).float(), mask),
+                "infer": lambda m: m(x).float(), "batch": n}
+
+    cases = {
+        "unet": semantic(cfg["model"]),
+        "smp_unet": semantic({"name": "smp_unet"}),
+        "baseconv": semantic({"name": "baseconv"}),
     }
+    with tempfile.TemporaryDirectory() as tmp:  # datasets read their COCO file when built
+        root, test_json = _pennfudan_test_json(tmp)
+        for name in ("watershed", "maskrcnn"):
+            icfg = instance_defaults(name)
+            method = make_method(icfg, device)
+            dataset = method.dataset(test_json, root, train=False)
+            k = batch or int(icfg["data"]["batch_size"])
+            images, targets = method.collate([dataset[i % len(dataset)] for i in range(k)])
+            if name == "watershed":
+                infer = lambda m, images=images: torch.cat([v.float().flatten() for v in m(images.to(device)).values()])
+            else:
+                # detections are not comparable one to one; inference is timed, not compared
+                infer = lambda m, method=method, images=images: (method.predict(m, images), None)[1]
+            cases["dual_unet" if name == "watershed" else "maskrcnn"] = {
+                "make": lambda method=method: method.build_model(2).to(device),
+                "loss": lambda m, method=method, batch=(images, targets): method.loss_step(m, batch)[0],
+                "infer": infer, "batch": k}
+    return cases
+
+
+def _safety(case: dict[str, Any], precision, reference: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """One training step's loss and gradient and one inference of ``precision`` against fp32 (``reference``),
+    from the same weights ``state``; fills ``reference`` when ``precision`` is fp32."""
+    model = case["make"]()
+    model.load_state_dict(state)
+    model = precision.prepare(model)
+    model.train()
+    torch.manual_seed(0)  # the same sampled proposals and RoIs in every setting
+    with precision.autocast():
+        loss = case["loss"](model)
+    loss.float().backward()
+    loss = float(loss.detach())
+    grad = torch.cat([p.grad.double().flatten() for p in model.parameters() if p.grad is not None])
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        out = case["infer"](model)
+    if not reference:
+        reference.update(loss=loss, grad=grad, out=out)
+        return {"loss_rel_diff": 0.0, "grad_cosine": 1.0, "output_rel_err": 0.0 if out is not None else None, "safe": True}
+    row = {
+        "loss_rel_diff": abs(loss - reference["loss"]) / abs(reference["loss"]),
+        "grad_cosine": float(torch.nn.functional.cosine_similarity(grad, reference["grad"], dim=0)),
+        "output_rel_err": None if out is None else float((out - reference["out"]).norm() / reference["out"].norm()),
+    }
+    row["safe"] = bool(
+        math.isfinite(loss) and row["loss_rel_diff"] <= SAFE["loss_rel_diff"]
+        and row["grad_cosine"] >= SAFE["grad_cosine"]
+        and (row["output_rel_err"] is None or row["output_rel_err"] <= SAFE["output_rel_err"])
+    )
+    return row
+
+
+def throughput(device: torch.device, amp_dtype: torch.dtype, steps: int, cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Training and inference images/s of each model of ``cases`` (:func:`_precision_cases`) in fp32, autocast
+    (``amp_dtype``), channels_last and both, on ``device``, with each setting's numerical difference from fp32
+    (:func:`_safety`)."""
+    from seg_ext.engine import Precision
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows: dict[str, Any] = {}
-    for name, make in models.items():
-        for setting in ("fp32", "amp", "channels_last", "amp+channels_last"):
-            model = make().to(device)
-            x = torch.randn(batch, 3, size, size, device=device)
-            if "channels_last" in setting:
-                model = model.to(memory_format=torch.channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-            amp = "amp" in setting
-            opt = torch.optim.AdamW(model.parameters())
-            scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    for name, case in cases.items():
+        torch.manual_seed(0)
+        state = {k: v.clone() for k, v in case["make"]().state_dict().items()}
+        reference: dict[str, Any] = {}
+        for setting in SETTINGS:
+            precision = Precision(device, amp_dtype if "amp" in setting else None, "channels_last" in setting)
+            row = _safety(case, precision, reference, state)
+            model = precision.prepare(case["make"]())
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # small steps: the timing, not the learning
+            scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
 
             def train_step():
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    out = model(x)
-                    out = out["foreground"] if isinstance(out, dict) else out
-                    loss = out.float().mean()
-                opt.zero_grad()
+                model.train()
+                with precision.autocast():
+                    loss = case["loss"](model)
+                opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 sync()
 
             def infer_step():
-                with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    model(x)
+                model.eval()
+                with torch.no_grad(), precision.autocast():
+                    case["infer"](model)
                 sync()
 
-            train_s, _ = median_time(train_step, steps, warmup=min(3, steps))
-            infer_s, _ = median_time(infer_step, steps, warmup=min(3, steps))
-            rows[f"{name}/{setting}"] = {"train_images_per_s": batch / train_s, "infer_images_per_s": batch / infer_s}
+            train_s, _ = median_time(train_step, steps, warmup=2)
+            infer_s, _ = median_time(infer_step, steps, warmup=2)
+            rows[f"{name}/{setting}"] = {"train_images_per_s": case["batch"] / train_s,
+                                         "infer_images_per_s": case["batch"] / infer_s, **row}
     return rows
+
+
+def _setting_of(precision) -> str:
+    return {(False, False): "fp32", (True, False): "amp", (False, True): "channels_last",
+            (True, True): "amp+channels_last"}[(precision.amp_dtype is not None, precision.channels_last)]
+
+
+def _precision_summary(rows: dict[str, Any], defaults: dict[str, str]) -> dict[str, Any]:
+    """Per model: the fastest numerically safe setting and whether the engine's default for it (``defaults``) is
+    safe and as fast (within ``NOISE``); per setting: the geometric mean over models of its training speed-up over fp32."""
+    models = list(defaults)
+    speed = {k: rows[k]["train_images_per_s"] / rows[f"{k.split('/')[0]}/fp32"]["train_images_per_s"] for k in rows}
+    per_model = {}
+    for m in models:
+        best = max((s for s in SETTINGS if rows[f"{m}/{s}"]["safe"]), key=lambda s: speed[f"{m}/{s}"])
+        ours = speed[f"{m}/{defaults[m]}"]
+        per_model[m] = {"engine_default": defaults[m], "fastest_safe": best, "default_speedup": ours,
+                        "met": rows[f"{m}/{defaults[m]}"]["safe"] and ours >= (1 - NOISE) * speed[f"{m}/{best}"]}
+    settings = {s: float(np.exp(np.mean([np.log(speed[f"{m}/{s}"]) for m in models]))) for s in SETTINGS}
+    default_speedup = float(np.exp(np.mean([np.log(v["default_speedup"]) for v in per_model.values()])))
+    misses = [f"{m} (default {v['engine_default']}, fastest safe {v['fastest_safe']})" for m, v in per_model.items() if not v["met"]]
+    unsafe = sorted({k for k in rows if not rows[k]["safe"]})
+    return {"ours_s": 1 / default_speedup, "reference_s": 1.0, "ratio": default_speedup, "models": per_model,
+            "settings_train_speedup": settings, "met": not misses,
+            "note": f"engine defaults {default_speedup:.2f}x fp32 training (geometric mean of {len(models)} models); "
+                    + (f"not the fastest safe setting for: {', '.join(misses)}; " if misses else "the fastest safe setting for every model; ")
+                    + (f"unsafe: {', '.join(unsafe)}" if unsafe else "every setting safe")}
+
+
+def _engine_defaults(device: torch.device, cases: dict[str, Any]) -> dict[str, str]:
+    """The setting ``train.amp=auto train.channels_last=auto`` gives each model on ``device``."""
+    from seg_ext.config import SEMANTIC_DEFAULTS
+    from seg_ext.engine import resolve_precision
+
+    return {name: _setting_of(resolve_precision(SEMANTIC_DEFAULTS["train"], device, case["make"]()))
+            for name, case in cases.items()}
+
+
+def _bench_throughput(device: torch.device, amp_dtype: torch.dtype, steps: int, **kwargs: Any) -> dict[str, Any]:
+    cases = _precision_cases(device, kwargs.pop("size", None), kwargs.pop("batch", None))
+    if kwargs.get("only"):
+        cases = {k: v for k, v in cases.items() if k in kwargs["only"]}
+    rows = throughput(device, amp_dtype, steps, cases)
+    return {**_precision_summary(rows, _engine_defaults(device, cases)), "rows": rows, "amp_dtype": str(amp_dtype),
+            "target": "the engine's default (train.amp / train.channels_last auto) is each model's fastest numerically "
+                      f"safe setting ({', '.join(f'{k} {v}' for k, v in SAFE.items())})"}
+
+
+def bench_cpu_throughput(quick: bool, repeat: int) -> dict[str, Any]:
+    return _bench_throughput(torch.device("cpu"), torch.bfloat16, 3 if quick else 5,
+                             only=("unet", "smp_unet", "maskrcnn") if quick else None)
 
 
 def bench_cuda_throughput(quick: bool, repeat: int) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device on this machine", "met": None, "note": "skipped: no CUDA device"}
-    batch = 16
-    rows = throughput(torch.device("cuda"), torch.float16, 256, batch, 5 if quick else 20)
-    base = rows["unet/fp32"]["train_images_per_s"]
-    best = max((k for k in rows if k.startswith("unet/")), key=lambda k: rows[k]["train_images_per_s"])
-    return {"ours_s": batch / rows[best]["train_images_per_s"], "reference_s": batch / base,
-            "ratio": rows[best]["train_images_per_s"] / base, "rows": rows, "device": torch.cuda.get_device_name(),
-            "met": None, "note": f"UNet training: best setting {best.split('/')[1]}, "
-                                  f"{rows[best]['train_images_per_s'] / base:.2f}x fp32"}
+    res = _bench_throughput(torch.device("cuda"), torch.float16, 5 if quick else 20, size=256, batch=16)
+    return {**res, "device": torch.cuda.get_device_name()}
 
 
 BENCHMARKS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
@@ -463,6 +600,7 @@ BENCHMARKS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
     "train_overhead": bench_train_overhead,
     "watershed_postprocess": bench_watershed_postprocess,
     "coco_eval": bench_coco_eval,
+    "cpu_throughput": bench_cpu_throughput,
     "cuda_throughput": bench_cuda_throughput,
 }
 WORKERS = {"semseg_ours": worker_semseg_ours, "semseg_reference": worker_semseg_reference}

@@ -55,14 +55,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup_run(train_cfg: dict[str, Any]) -> "Precision":
-    """Apply ``train.threads`` and ``train.seed``; return the device ``train.device`` names with the precision
-    ``train.amp`` and ``train.channels_last`` ask for there."""
+def setup_run(train_cfg: dict[str, Any]) -> torch.device:
+    """Apply ``train.threads`` and ``train.seed``; check the precision keys; return the device ``train.device``
+    names (the precision is resolved with the model, :func:`resolve_precision`)."""
     threads = int(train_cfg["threads"])
     if threads > 0:
         torch.set_num_threads(threads)
     seed_everything(int(train_cfg["seed"]))
-    return resolve_precision(train_cfg, select_device(train_cfg["device"]))
+    device = select_device(train_cfg["device"])
+    resolve_precision(train_cfg, device)
+    return device
 
 
 AMP_MODES = ("auto", "off", "fp16", "bf16")
@@ -108,20 +110,29 @@ def native_bf16_cpu() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_precision(train_cfg: dict[str, Any], device: torch.device) -> Precision:
-    """The :class:`Precision` that ``train.amp`` and ``train.channels_last`` ask for on ``device``.
+def bf16_safe(model: nn.Module | None) -> bool:
+    """False when ``model`` holds a module marked ``bf16_safe = False`` (measured unsafe by the benchmarks)."""
+    return model is None or all(getattr(m, "bf16_safe", True) for m in model.modules())
+
+
+def resolve_precision(train_cfg: dict[str, Any], device: torch.device, model: nn.Module | None = None) -> Precision:
+    """The :class:`Precision` that ``train.amp`` and ``train.channels_last`` ask for on ``device`` for ``model``.
 
     ``amp``: ``auto`` (or true) is fp16 autocast with a gradient scaler on CUDA, bf16 autocast on a CPU that
-    computes bf16 natively, and fp32 on other CPUs; ``off`` (or false) is fp32; ``fp16`` and ``bf16`` force that
-    dtype. ``channels_last``: ``auto`` is on for the CPU and off on CUDA; ``true``/``false`` force it. The CPU
-    choices are the fastest numerically safe ones ``benchmarks/run.py --only cpu_throughput`` measured (and
-    full training runs confirmed, see benchmarks/README.md); on CUDA, fp16 autocast is the established default
-    and channels_last is not switched on until ``cuda_throughput`` has measured it.
+    computes bf16 natively (unless ``model`` is marked unsafe in bf16, see :func:`bf16_safe`), and fp32 on other
+    CPUs; ``off`` (or false) is fp32; ``fp16`` and ``bf16`` force that dtype. ``channels_last``: ``auto`` is on
+    for the CPU and off on CUDA; ``true``/``false`` force it. The CPU choices are the fastest numerically safe
+    ones ``benchmarks/run.py --only cpu_throughput`` measured (and full training runs confirmed, see
+    benchmarks/README.md); on CUDA, fp16 autocast is the established default and channels_last stays off until
+    ``cuda_throughput`` has measured it.
     """
     amp = {"true": "auto", "false": "off"}.get(_word(train_cfg["amp"]), _word(train_cfg["amp"]))
     amp = choice(amp, "train.amp", AMP_MODES)
     if amp == "auto":
-        amp = "fp16" if device.type == "cuda" else ("bf16" if native_bf16_cpu() else "off")
+        if device.type == "cuda":
+            amp = "fp16"
+        else:
+            amp = "bf16" if native_bf16_cpu() and bf16_safe(model) else "off"
     dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
     layout = choice(_word(train_cfg["channels_last"]), "train.channels_last", CHANNELS_LAST_MODES)
     channels_last = device.type == "cpu" if layout == "auto" else layout == "true"

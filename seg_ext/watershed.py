@@ -237,7 +237,7 @@ def run_oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = setup_run(cfg["train"]).device
+    device = setup_run(cfg["train"])
     method = WatershedMethod(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")

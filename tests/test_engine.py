@@ -174,3 +174,22 @@ def test_bf16_autocast_steps_track_fp32():
     _, bf16 = _steps(twin, Precision(torch.device("cpu"), torch.bfloat16), x, target)
     assert all(math.isfinite(v) for v in bf16)
     torch.testing.assert_close(bf16, fp32, rtol=0.02, atol=0.0)
+
+
+def test_auto_keeps_models_marked_unsafe_in_bf16_in_fp32(monkeypatch):
+    from seg_ext import engine
+    from seg_ext.models import build_model
+    from seg_ext.models.dual_unet import DualHeadUNet
+
+    train = load_config()["train"]
+    cpu = torch.device("cpu")
+    unet = build_model({"name": "unet", "base_width": 8, "depth": 2}, num_classes=3)
+    resnet_unet = build_model({"name": "smp_unet"}, num_classes=3, image_size=(64, 64))
+    resnet_dual = DualHeadUNet(num_levels=4, encoder="resnet18", image_size=(64, 64))
+    monkeypatch.setattr(engine, "native_bf16_cpu", lambda: True)
+    assert resolve_precision(train, cpu, unet).amp_dtype == torch.bfloat16
+    assert resolve_precision(train, cpu, resnet_unet).amp_dtype is None
+    assert resolve_precision(train, cpu, resnet_dual).amp_dtype is None  # holds the same encoder
+    assert resolve_precision({**train, "amp": "bf16"}, cpu, resnet_unet).amp_dtype == torch.bfloat16  # asked for
+    monkeypatch.setattr(engine, "native_bf16_cpu", lambda: False)
+    assert resolve_precision(train, cpu, unet) == Precision(cpu, None, True)

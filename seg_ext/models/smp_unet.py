@@ -61,4 +61,8 @@ def smp_unet(
             logger.info("encoder %s: weights from %s", encoder_name, path)
     if freeze_encoder:
         model.freeze_encoder()
+    # bf16 autocast bends this network's gradient more than the engine accepts (cosine 0.975 to fp32's in
+    # benchmarks/run.py cpu_throughput; the hand-written models stay above 0.998), so train.amp=auto keeps it
+    # in fp32 on the CPU. Models holding it (dual_unet with an encoder) inherit this.
+    model.bf16_safe = False
     return model

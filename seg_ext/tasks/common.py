@@ -39,6 +39,6 @@ def run_facts(
         "model": cfg["model"]["name"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
-        "precision": resolve_precision(cfg["train"], device).describe(),
+        "precision": resolve_precision(cfg["train"], device, model).describe(),
         "splits": splits,
     }

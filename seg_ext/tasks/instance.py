@@ -165,7 +165,7 @@ def _eval_loaders(method, datasets: dict[str, Any], cfg: dict[str, Any], device:
 def _evaluate(method, model, dataset: CocoInstanceDataset, loader, cfg, device, desc: str) -> tuple[dict[str, float], COCOEvaluator]:
     evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=float(cfg["eval"]["mask_threshold"]),
                               backend=cfg["eval"]["backend"])
-    metrics = run_inference(model, loader, evaluator, _forward(method, resolve_precision(cfg["train"], device)), desc=desc)
+    metrics = run_inference(model, loader, evaluator, _forward(method, resolve_precision(cfg["train"], device, model)), desc=desc)
     return metrics, evaluator
 
 
@@ -185,13 +185,14 @@ def _datasets(method, cfg, output_dir: Path) -> tuple[dict[str, Any], str]:
 def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: str = "") -> dict[str, Any]:
     """Train Mask R-CNN or the watershed UNet, evaluate the best checkpoint on val and test, write the report."""
     output_dir = prepare_output_dir(Path(output_dir), resume)
-    precision = setup_run(cfg["train"])
-    device = precision.device
+    device = setup_run(cfg["train"])
     method = make_method(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")
     train_set = datasets["train"]
-    model = precision.prepare(method.build_model(train_set.num_classes).to(device))
+    model = method.build_model(train_set.num_classes).to(device)
+    precision = resolve_precision(cfg["train"], device, model)
+    model = precision.prepare(model)
     logger.info("%s: %s parameters, device %s", cfg["model"]["name"], f"{sum(p.numel() for p in model.parameters()):,}", device)
 
     train_loader = make_loader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=True,
@@ -225,12 +226,12 @@ def evaluate_instance(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("task") != "instance":
         raise SegExtError(f"checkpoint {checkpoint} is not from an instance-segmentation run")
-    precision = setup_run(cfg["train"])
-    device = precision.device
+    device = setup_run(cfg["train"])
     method = make_method(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")
-    model = precision.prepare(method.build_model(datasets["train"].num_classes).to(device))
+    model = method.build_model(datasets["train"].num_classes).to(device)
+    model = resolve_precision(cfg["train"], device, model).prepare(model)
     model.load_state_dict(ckpt["model"])
     state = ckpt.get("state", {})
     loaders = _eval_loaders(method, datasets, cfg, device)

@@ -78,7 +78,7 @@ def _class_weights(cfg: dict[str, Any], train_set: SemanticSegDataset) -> torch.
 
 def _model(cfg: dict[str, Any], num_classes: int, device: torch.device) -> nn.Module:
     model = build_model(cfg["model"], num_classes=num_classes, image_size=image_size_from(cfg)).to(device)
-    return resolve_precision(cfg["train"], device).prepare(model)
+    return resolve_precision(cfg["train"], device, model).prepare(model)
 
 
 def _forward(precision: Precision):
@@ -102,7 +102,7 @@ def _evaluate(
     loss = MeanMetric(
         "loss", lambda logits, target: (float(weighted_cross_entropy(logits, target, w, dataset.ignore_index)), len(target))
     )
-    metrics = run_inference(model, loader, [evaluator, loss], _forward(resolve_precision(cfg["train"], device)), desc=desc)
+    metrics = run_inference(model, loader, [evaluator, loss], _forward(resolve_precision(cfg["train"], device, model)), desc=desc)
     return metrics, evaluator
 
 
@@ -116,8 +116,7 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
         The content of ``metrics.json``.
     """
     output_dir = prepare_output_dir(Path(output_dir), resume)
-    precision = setup_run(cfg["train"])
-    device = precision.device
+    device = setup_run(cfg["train"])
     datasets, splits = _datasets(cfg)
     save_config(cfg, output_dir / "config.yaml")
     write_json(splits, output_dir / "splits.json")
@@ -164,7 +163,7 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
         trainer = Trainer(
             model, optimizer, scheduler, train_loader, loss_step, validate, output_dir,
             epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"],
-            precision=precision, grad_clip=cfg["train"]["grad_clip"],
+            precision=resolve_precision(cfg["train"], device, model), grad_clip=cfg["train"]["grad_clip"],
             eval_every=int(cfg["train"]["eval_every"]), meta=meta,
         )
         if resume:
@@ -294,7 +293,7 @@ def evaluate_semantic(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("task", "semantic") != "semantic":
         raise SegExtError(f"checkpoint {checkpoint} is from a {ckpt['task']} run; expected a semantic one")
-    device = setup_run(cfg["train"]).device
+    device = setup_run(cfg["train"])
     datasets, splits = _datasets(cfg)
     if datasets["train"].class_names != ckpt.get("class_names", datasets["train"].class_names):
         raise DatasetError(
