@@ -101,7 +101,8 @@ class Precision:
 
 
 def _word(value: Any) -> str:
-    return {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else str(value)
+    """A config value as a word: YAML and --opts read true/false as bools."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def native_bf16_cpu() -> bool:
@@ -137,6 +138,14 @@ def resolve_precision(train_cfg: dict[str, Any], device: torch.device, model: nn
     layout = choice(_word(train_cfg["channels_last"]), "train.channels_last", CHANNELS_LAST_MODES)
     channels_last = device.type == "cpu" if layout == "auto" else layout == "true"
     return Precision(device, dtype, channels_last)
+
+
+def place_model(model: nn.Module, train_cfg: dict[str, Any], device: torch.device) -> tuple[nn.Module, Precision]:
+    """Move ``model`` to ``device`` in the memory format ``train_cfg`` asks for; return it with its
+    :class:`Precision` (resolved once per run and handed to training and evaluation)."""
+    model = model.to(device)
+    precision = resolve_precision(train_cfg, device, model)
+    return precision.prepare(model), precision
 
 
 def make_loader(

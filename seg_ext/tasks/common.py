@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from seg_ext.engine import resolve_precision
+from seg_ext.engine import Precision
 from seg_ext.errors import SegExtError
 
 
@@ -27,7 +26,7 @@ def prepare_output_dir(output_dir: Path, resume: bool) -> Path:
 
 
 def run_facts(
-    cfg: dict[str, Any], model: nn.Module, device: torch.device, splits: dict[str, int], state: dict[str, Any], epochs: Any
+    cfg: dict[str, Any], model: nn.Module, precision: Precision, splits: dict[str, int], state: dict[str, Any], epochs: Any
 ) -> dict[str, Any]:
     """What metrics.json says about the run besides the metrics: training progress (from the engine's
     ``TrainState`` or a checkpoint's ``state``), the model and where it ran."""
@@ -38,7 +37,7 @@ def run_facts(
         "train_seconds": round(float(state.get("train_seconds", 0.0)), 1),
         "model": cfg["model"]["name"],
         "parameters": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
-        "precision": resolve_precision(cfg["train"], device, model).describe(),
+        "device": str(precision.device),
+        "precision": precision.describe(),
         "splits": splits,
     }

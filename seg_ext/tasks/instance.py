@@ -22,7 +22,7 @@ from seg_ext.config import choice, save_config
 from seg_ext.data.coco import CocoInstanceDataset, coco_dataset, collate_instances
 from seg_ext.data.pennfudan import convert_pennfudan
 from seg_ext.engine import (
-    Precision, Trainer, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, resolve_precision, setup_run,
+    Precision, Trainer, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, place_model, setup_run,
 )
 from seg_ext.errors import ConfigError, DatasetError, SegExtError
 from seg_ext.evaluation import run_inference
@@ -162,10 +162,11 @@ def _eval_loaders(method, datasets: dict[str, Any], cfg: dict[str, Any], device:
     }
 
 
-def _evaluate(method, model, dataset: CocoInstanceDataset, loader, cfg, device, desc: str) -> tuple[dict[str, float], COCOEvaluator]:
+def _evaluate(method, model, dataset: CocoInstanceDataset, loader, cfg, precision: Precision,
+              desc: str) -> tuple[dict[str, float], COCOEvaluator]:
     evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=float(cfg["eval"]["mask_threshold"]),
                               backend=cfg["eval"]["backend"])
-    metrics = run_inference(model, loader, evaluator, _forward(method, resolve_precision(cfg["train"], device, model)), desc=desc)
+    metrics = run_inference(model, loader, evaluator, _forward(method, precision), desc=desc)
     return metrics, evaluator
 
 
@@ -190,9 +191,7 @@ def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")
     train_set = datasets["train"]
-    model = method.build_model(train_set.num_classes).to(device)
-    precision = resolve_precision(cfg["train"], device, model)
-    model = precision.prepare(model)
+    model, precision = place_model(method.build_model(train_set.num_classes), cfg["train"], device)
     logger.info("%s: %s parameters, device %s", cfg["model"]["name"], f"{sum(p.numel() for p in model.parameters()):,}", device)
 
     train_loader = make_loader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=True,
@@ -204,7 +203,7 @@ def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg["train"], len(train_loader)))
     trainer = Trainer(
         model, optimizer, scheduler, train_loader, method.loss_step,
-        lambda m: _evaluate(method, m, datasets["val"], loaders["val"], cfg, device, "val")[0], output_dir,
+        lambda m: _evaluate(method, m, datasets["val"], loaders["val"], cfg, precision, "val")[0], output_dir,
         epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"], precision=precision,
         grad_clip=cfg["train"]["grad_clip"], eval_every=int(cfg["train"]["eval_every"]),
         meta={"config": cfg, "class_names": train_set.class_names, "task": "instance"},
@@ -216,7 +215,8 @@ def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
     best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
     model.load_state_dict(load_checkpoint(best)["model"])
     logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name, state["best_epoch"])
-    return _finish(method, model, datasets, loaders, cfg, device, output_dir, state, int(cfg["train"]["epochs"]), what, command)
+    return _finish(method, model, datasets, loaders, cfg, precision, output_dir, state, int(cfg["train"]["epochs"]), what,
+                   command)
 
 
 def evaluate_instance(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:
@@ -230,34 +230,33 @@ def evaluate_instance(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
     method = make_method(cfg, device)
     datasets, what = _datasets(method, cfg, output_dir)
     save_config(cfg, output_dir / "config.yaml")
-    model = method.build_model(datasets["train"].num_classes).to(device)
-    model = resolve_precision(cfg["train"], device, model).prepare(model)
+    model, precision = place_model(method.build_model(datasets["train"].num_classes), cfg["train"], device)
     model.load_state_dict(ckpt["model"])
     state = ckpt.get("state", {})
     loaders = _eval_loaders(method, datasets, cfg, device)
-    return _finish(method, model, datasets, loaders, cfg, device, output_dir, state, state.get("epoch"), what, command,
+    return _finish(method, model, datasets, loaders, cfg, precision, output_dir, state, state.get("epoch"), what, command,
                    checkpoint=str(checkpoint))
 
 
-def _finish(method, model, datasets, loaders, cfg, device, output_dir: Path, state: dict[str, Any], epochs: Any,
-            what: str, command: str, **extra: Any) -> dict[str, Any]:
+def _finish(method, model, datasets, loaders, cfg, precision: Precision, output_dir: Path, state: dict[str, Any],
+            epochs: Any, what: str, command: str, **extra: Any) -> dict[str, Any]:
     """Evaluate on val and test, then write metrics.json and the report; returns the summary."""
-    summary = _final_evaluation(method, model, datasets, loaders, cfg, device, output_dir)
+    summary = _final_evaluation(method, model, datasets, loaders, cfg, precision, output_dir)
     summary.update(extra, method=cfg["method"])
-    summary.update(run_facts(cfg, model, device, {s: len(d) for s, d in datasets.items() if d is not None}, state, epochs))
+    summary.update(run_facts(cfg, model, precision, {s: len(d) for s, d in datasets.items() if d is not None}, state, epochs))
     write_json(summary, output_dir / "metrics.json")
     _write_report(output_dir, cfg, summary, state.get("history", []), what, command)
     return summary
 
 
-def _final_evaluation(method, model, datasets, loaders, cfg, device, output_dir: Path) -> dict[str, Any]:
+def _final_evaluation(method, model, datasets, loaders, cfg, precision: Precision, output_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for split in ("val", "test"):
         dataset = datasets[split]
         if split not in loaders:
             logger.warning("no %s split; not evaluated", split)
             continue
-        metrics, evaluator = _evaluate(method, model, dataset, loaders[split], cfg, device, split)
+        metrics, evaluator = _evaluate(method, model, dataset, loaders[split], cfg, precision, split)
         summary[split] = metrics
         for iou_type in ("segm", "bbox"):
             evaluator.save_results(output_dir / f"results_{split}_{iou_type}.json", iou_type)

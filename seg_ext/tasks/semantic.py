@@ -27,8 +27,8 @@ from seg_ext.engine import (
     load_checkpoint,
     lr_factor_fn,
     make_loader,
+    place_model,
     Precision,
-    resolve_precision,
     seed_everything,
     setup_run,
     to_jsonable,
@@ -76,9 +76,9 @@ def _class_weights(cfg: dict[str, Any], train_set: SemanticSegDataset) -> torch.
     return None if mode == "none" else class_weights(train_set.class_pixel_counts(), mode)
 
 
-def _model(cfg: dict[str, Any], num_classes: int, device: torch.device) -> nn.Module:
-    model = build_model(cfg["model"], num_classes=num_classes, image_size=image_size_from(cfg)).to(device)
-    return resolve_precision(cfg["train"], device, model).prepare(model)
+def _model(cfg: dict[str, Any], num_classes: int, device: torch.device) -> tuple[nn.Module, Precision]:
+    model = build_model(cfg["model"], num_classes=num_classes, image_size=image_size_from(cfg))
+    return place_model(model, cfg["train"], device)
 
 
 def _forward(precision: Precision):
@@ -94,15 +94,14 @@ def _forward(precision: Precision):
 
 
 def _evaluate(
-    model: nn.Module, loader, dataset: SemanticSegDataset, device: torch.device, cfg: dict[str, Any],
-    weight: torch.Tensor | None, desc: str,
+    model: nn.Module, loader, dataset: SemanticSegDataset, precision: Precision, weight: torch.Tensor | None, desc: str,
 ) -> tuple[dict[str, float], SemSegEvaluator]:
     evaluator = SemSegEvaluator(dataset.num_classes, dataset.ignore_index, dataset.class_names)
-    w = None if weight is None else weight.to(device)
+    w = None if weight is None else weight.to(precision.device)
     loss = MeanMetric(
         "loss", lambda logits, target: (float(weighted_cross_entropy(logits, target, w, dataset.ignore_index)), len(target))
     )
-    metrics = run_inference(model, loader, [evaluator, loss], _forward(resolve_precision(cfg["train"], device, model)), desc=desc)
+    metrics = run_inference(model, loader, [evaluator, loss], _forward(precision), desc=desc)
     return metrics, evaluator
 
 
@@ -122,7 +121,7 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
     write_json(splits, output_dir / "splits.json")
     train_set = datasets["train"]
     num_classes = train_set.num_classes
-    model = _model(cfg, num_classes, device)
+    model, precision = _model(cfg, num_classes, device)
     logger.info(
         "model %s: %s parameters, device %s", cfg["model"]["name"], f"{sum(p.numel() for p in model.parameters()):,}", device
     )
@@ -135,7 +134,7 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
 
     start = time.perf_counter()
     if getattr(model, "fitted_by_counting", False):
-        history = _fit_by_counting(model, cfg, datasets, loaders, device, weight, output_dir, meta)
+        history = _fit_by_counting(model, cfg, datasets, loaders, precision, weight, output_dir, meta)
         state, epochs = {"epoch": 1, "best_epoch": 1, "train_seconds": time.perf_counter() - start}, 1
     else:
         train_loader = make_loader(
@@ -158,12 +157,12 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
             return weighted_cross_entropy(logits.float(), target, w, ignore), {}
 
         def validate(model: nn.Module) -> dict[str, float]:
-            return _evaluate(model, loaders["val"], datasets["val"], device, cfg, weight, "val")[0]
+            return _evaluate(model, loaders["val"], datasets["val"], precision, weight, "val")[0]
 
         trainer = Trainer(
             model, optimizer, scheduler, train_loader, loss_step, validate, output_dir,
             epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"],
-            precision=resolve_precision(cfg["train"], device, model), grad_clip=cfg["train"]["grad_clip"],
+            precision=precision, grad_clip=cfg["train"]["grad_clip"],
             eval_every=int(cfg["train"]["eval_every"]), meta=meta,
         )
         if resume:
@@ -174,21 +173,21 @@ def train_semantic(cfg: dict[str, Any], output_dir: Path, resume: bool = False, 
         model.load_state_dict(load_checkpoint(best)["model"])
         logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name, state["best_epoch"])
 
-    summary = _final_evaluation(model, cfg, datasets, loaders, device, weight, output_dir)
-    summary.update(run_facts(cfg, model, device, {s: len(v) for s, v in splits.items()}, state, epochs))
+    summary = _final_evaluation(model, cfg, datasets, loaders, precision, weight, output_dir)
+    summary.update(run_facts(cfg, model, precision, {s: len(v) for s, v in splits.items()}, state, epochs))
     write_json(summary, output_dir / "metrics.json")
     _write_report(output_dir, cfg, summary, history, datasets["train"].class_names, command)
     return summary
 
 
-def _fit_by_counting(model, cfg, datasets, loaders, device, weight, output_dir, meta) -> list[dict[str, Any]]:
+def _fit_by_counting(model, cfg, datasets, loaders, precision, weight, output_dir, meta) -> list[dict[str, Any]]:
     """The baseline: count labels over the training split at the evaluation size; one 'epoch'."""
     counting = SemanticSegDataset(datasets["train"].source, datasets["train"].ids, build_transforms(cfg, train=False))
-    loader = _eval_loader(cfg, counting, device)
+    loader = _eval_loader(cfg, counting, precision.device)
     start = time.perf_counter()
     model.fit((batch["mask"] for batch in loader), ignore_index=counting.ignore_index)
     seconds = time.perf_counter() - start
-    val, _ = _evaluate(model, loaders["val"], datasets["val"], device, cfg, weight, "val")
+    val, _ = _evaluate(model, loaders["val"], datasets["val"], precision, weight, "val")
     history = [{"epoch": 1, "train_seconds": round(seconds, 3), **{f"val/{k}": v for k, v in val.items()}}]
     ckpt = {"version": 1, "model": model.state_dict(), "state": {"epoch": 1, "history": history}, **meta}
     atomic_save(ckpt, output_dir / "last.pt")
@@ -198,7 +197,7 @@ def _fit_by_counting(model, cfg, datasets, loaders, device, weight, output_dir, 
     return history
 
 
-def _final_evaluation(model, cfg, datasets, loaders, device, weight, output_dir) -> dict[str, Any]:
+def _final_evaluation(model, cfg, datasets, loaders, precision, weight, output_dir) -> dict[str, Any]:
     """Evaluate on val and test, draw the confusion matrices and test overlays."""
     summary: dict[str, Any] = {}
     class_names = datasets["train"].class_names
@@ -206,7 +205,7 @@ def _final_evaluation(model, cfg, datasets, loaders, device, weight, output_dir)
         if not len(datasets[split]):
             logger.warning("the %s split is empty; not evaluated", split)
             continue
-        metrics, evaluator = _evaluate(model, loaders[split], datasets[split], device, cfg, weight, split)
+        metrics, evaluator = _evaluate(model, loaders[split], datasets[split], precision, weight, split)
         summary[split] = metrics
         plot_confusion(
             evaluator.confusion_matrix(), class_names,
@@ -217,7 +216,7 @@ def _final_evaluation(model, cfg, datasets, loaders, device, weight, output_dir)
             "%s: %s", split, "  ".join(f"{k} {metrics[k]:.2f}" for k in SUMMARY_KEYS)
         )
     split = "test" if "test" in summary else "val"
-    _overlays(model, datasets[split], device, int(cfg["report"]["num_overlays"]), output_dir / f"overlays_{split}.png")
+    _overlays(model, datasets[split], precision.device, int(cfg["report"]["num_overlays"]), output_dir / f"overlays_{split}.png")
     return summary
 
 
@@ -302,14 +301,14 @@ def evaluate_semantic(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, c
         )
     save_config(cfg, output_dir / "config.yaml")
     write_json(splits, output_dir / "splits.json")
-    model = _model(cfg, datasets["train"].num_classes, device)
+    model, precision = _model(cfg, datasets["train"].num_classes, device)
     model.load_state_dict(ckpt["model"])
     loaders = {s: _eval_loader(cfg, datasets[s], device) for s in ("val", "test")}
     weight = _class_weights(cfg, datasets["train"])
-    summary = _final_evaluation(model, cfg, datasets, loaders, device, weight, output_dir)
+    summary = _final_evaluation(model, cfg, datasets, loaders, precision, weight, output_dir)
     state = ckpt.get("state", {})
     summary["checkpoint"] = str(checkpoint)
-    summary.update(run_facts(cfg, model, device, {s: len(v) for s, v in splits.items()}, state, state.get("epoch")))
+    summary.update(run_facts(cfg, model, precision, {s: len(v) for s, v in splits.items()}, state, state.get("epoch")))
     write_json(summary, output_dir / "metrics.json")
     _write_report(output_dir, cfg, summary, state.get("history", []), datasets["train"].class_names, command)
     return summary
