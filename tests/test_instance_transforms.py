@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
-from seg_ext.data.coco import CocoInstanceDataset
-from seg_ext.data.pennfudan import encode_rle, tight_bbox
+from seg_ext.data.coco import CocoInstanceDataset, masks_to_rles
+from seg_ext.data.pennfudan import tight_bbox
 from seg_ext.data.transforms import build_instance_transforms
 from seg_ext.errors import ConfigError
 
@@ -29,7 +29,7 @@ def coded(tmp_path_factory):
         mask = np.zeros((h, w), np.uint8)
         mask[y0:y1, x0:x1] = 1
         image[mask.astype(bool)] = COLOURS[i]
-        anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": encode_rle(mask),
+        anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": masks_to_rles(mask[None])[0],
                      "area": float(mask.sum()), "bbox": tight_bbox(mask), "iscrowd": 0})
     Image.fromarray(image).save(root / "img.png")
     coco = {"images": [{"id": 1, "file_name": "img.png", "width": w, "height": h}], "annotations": anns,

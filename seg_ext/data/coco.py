@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
@@ -53,6 +54,16 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
             raise DatasetError(f"COCO file {path}: annotation {ann['id']} has category_id {ann['category_id']}, which is not in categories")
         ann.setdefault("iscrowd", 0)
     return data
+
+
+def masks_to_rles(masks: np.ndarray) -> list[dict[str, Any]]:
+    """COCO RLEs of binary masks, with ``counts`` as a str so they can go into JSON. Shape: (N, H, W)."""
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from seg_ext.data.coco import masks_to_rles
 from seg_ext.data.files import image_size, read_label_png
 from seg_ext.data.semantic import make_splits
 from seg_ext.errors import DatasetError
@@ -64,13 +64,6 @@ def instance_masks(mask_path: Path) -> tuple[np.ndarray, list[int]]:
     return (label[None] == np.array(ids)[:, None, None]).astype(np.uint8), ids
 
 
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO RLE of a binary HxW mask, with ``counts`` as a str so it can go into JSON."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
 def tight_bbox(mask: np.ndarray) -> list[float]:
     """COCO ``[x, y, width, height]`` of the pixels of a binary mask (a pixel is 1x1)."""
     ys, xs = np.nonzero(mask)
@@ -104,13 +97,13 @@ def pennfudan_to_coco(
         coco["images"].append(
             {"id": number, "file_name": f"PNGImages/{image_path.name}", "width": int(w), "height": int(h)}
         )
-        for m in masks:
+        for m, rle in zip(masks, masks_to_rles(masks)):
             coco["annotations"].append(
                 {
                     "id": len(coco["annotations"]) + 1,
                     "image_id": number,
                     "category_id": PERSON_CATEGORY["id"],
-                    "segmentation": encode_rle(m),
+                    "segmentation": rle,
                     "area": float(m.sum()),
                     "bbox": tight_bbox(m),
                     "iscrowd": 0,

@@ -17,27 +17,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from seg_ext.data.coco import coco_from_dict
+from seg_ext.data.coco import coco_from_dict, masks_to_rles
 from seg_ext.data.files import read_json
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation.base import Evaluator
 
 IOU_TYPES = ("bbox", "segm")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-def masks_to_rles(masks: np.ndarray) -> list[dict[str, Any]]:
-    """COCO RLEs (``counts`` as str) of binary masks. Shape: (N, H, W)."""
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
 
 
 def detections_to_results(
