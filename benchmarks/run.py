@@ -190,15 +190,15 @@ def _loader_rate(cfg, dataset, batches: int) -> float:
 
 
 def _step_rate(cfg, dataset, steps: int) -> float:
-    from seg_ext.engine import build_optimizer, resolve_precision
+    from seg_ext.engine import build_optimizer, place_model
     from seg_ext.losses import weighted_cross_entropy
     from seg_ext.models import build_model
     from seg_ext.data.transforms import image_size_from
 
     bs = int(cfg["data"]["batch_size"])
     batch = torch.utils.data.default_collate([dataset[i % len(dataset)] for i in range(bs)])
-    precision = resolve_precision(cfg["train"], torch.device("cpu"))  # the step as training runs it by default
-    model = precision.prepare(build_model(cfg["model"], num_classes=dataset.num_classes, image_size=image_size_from(cfg)))
+    model = build_model(cfg["model"], num_classes=dataset.num_classes, image_size=image_size_from(cfg))
+    model, precision = place_model(model, cfg["train"], torch.device("cpu"))  # the step as training runs it by default
     opt = build_optimizer(model.parameters(), cfg["train"])
     model.train()
 
@@ -367,8 +367,8 @@ def bench_watershed_postprocess(quick: bool, repeat: int) -> dict[str, Any]:
 
 
 def bench_coco_eval(quick: bool, repeat: int) -> dict[str, Any]:
-    from seg_ext.data.coco import CocoInstanceDataset
-    from seg_ext.evaluation.coco import coco_evaluate, masks_to_rles
+    from seg_ext.data.coco import CocoInstanceDataset, masks_to_rles
+    from seg_ext.evaluation.coco import coco_evaluate
     from scipy import ndimage
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -386,7 +386,7 @@ def bench_coco_eval(quick: bool, repeat: int) -> dict[str, Any]:
                 m = np.roll(m, int(rng.integers(-6, 7)), axis=1)
                 if m.any():
                     results.append({"image_id": int(image_id), "category_id": 1, "score": float(rng.random()),
-                                    "segmentation": masks_to_rles(m[None].astype(np.uint8))[0]})
+                                    "segmentation": masks_to_rles(m[None])[0]})
     ours, _ = median_time(lambda: coco_evaluate(dataset.coco, results, "segm", backend="faster_coco_eval"), repeat)
     ref, _ = median_time(lambda: coco_evaluate(dataset.coco, results, "segm", backend="pycocotools"), repeat)
     a = coco_evaluate(dataset.coco, results, "segm", backend="faster_coco_eval")[0]
@@ -404,7 +404,8 @@ def bench_coco_eval(quick: bool, repeat: int) -> dict[str, Any]:
 
 # ---- 6. precision and memory format: images/s and numerical safety --------------------------------------
 
-SETTINGS = ("fp32", "amp", "channels_last", "amp+channels_last")
+# name -> (autocast, channels_last)
+SETTINGS = {"fp32": (False, False), "amp": (True, False), "channels_last": (False, True), "amp+channels_last": (True, True)}
 # A setting is numerically safe when, from the same weights on the same batch, its training loss is within 1% of
 # fp32's, its gradient points the same way (cosine >= 0.99) and its inference outputs are within 5% (relative L2).
 SAFE = {"loss_rel_diff": 0.01, "grad_cosine": 0.99, "output_rel_err": 0.05}
@@ -462,29 +463,30 @@ def _precision_cases(device: torch.device, size: int | None, batch: int | None) 
     return cases
 
 
-def _safety(case: dict[str, Any], precision, reference: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-    """One training step's loss and gradient and one inference of ``precision`` against fp32 (``reference``),
-    from the same weights ``state``; fills ``reference`` when ``precision`` is fp32."""
-    model = case["make"]()
+def _one_step(case: dict[str, Any], precision, state: dict[str, Any]) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+    """From the weights ``state``: one training step's loss and gradient, and one inference's outputs."""
+    model = precision.prepare(case["make"]())
     model.load_state_dict(state)
-    model = precision.prepare(model)
     model.train()
     torch.manual_seed(0)  # the same sampled proposals and RoIs in every setting
     with precision.autocast():
         loss = case["loss"](model)
     loss.float().backward()
-    loss = float(loss.detach())
     grad = torch.cat([p.grad.double().flatten() for p in model.parameters() if p.grad is not None])
     model.eval()
     with torch.no_grad(), precision.autocast():
         out = case["infer"](model)
-    if not reference:
-        reference.update(loss=loss, grad=grad, out=out)
-        return {"loss_rel_diff": 0.0, "grad_cosine": 1.0, "output_rel_err": 0.0 if out is not None else None, "safe": True}
+    return float(loss.detach()), grad, out
+
+
+def _difference(step: tuple[float, torch.Tensor, torch.Tensor | None],
+                reference: tuple[float, torch.Tensor, torch.Tensor | None]) -> dict[str, Any]:
+    """How far a setting's :func:`_one_step` is from fp32's, and whether that is within ``SAFE``."""
+    (loss, grad, out), (ref_loss, ref_grad, ref_out) = step, reference
     row = {
-        "loss_rel_diff": abs(loss - reference["loss"]) / abs(reference["loss"]),
-        "grad_cosine": float(torch.nn.functional.cosine_similarity(grad, reference["grad"], dim=0)),
-        "output_rel_err": None if out is None else float((out - reference["out"]).norm() / reference["out"].norm()),
+        "loss_rel_diff": abs(loss - ref_loss) / abs(ref_loss),
+        "grad_cosine": float(torch.nn.functional.cosine_similarity(grad, ref_grad, dim=0)),
+        "output_rel_err": None if out is None else float((out - ref_out).norm() / ref_out.norm()),
     }
     row["safe"] = bool(
         math.isfinite(loss) and row["loss_rel_diff"] <= SAFE["loss_rel_diff"]
@@ -497,7 +499,7 @@ def _safety(case: dict[str, Any], precision, reference: dict[str, Any], state: d
 def throughput(device: torch.device, amp_dtype: torch.dtype, steps: int, cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Training and inference images/s of each model of ``cases`` (:func:`_precision_cases`) in fp32, autocast
     (``amp_dtype``), channels_last and both, on ``device``, with each setting's numerical difference from fp32
-    (:func:`_safety`)."""
+    (:func:`_difference`)."""
     from seg_ext.engine import Precision
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -505,10 +507,10 @@ def throughput(device: torch.device, amp_dtype: torch.dtype, steps: int, cases: 
     for name, case in cases.items():
         torch.manual_seed(0)
         state = {k: v.clone() for k, v in case["make"]().state_dict().items()}
-        reference: dict[str, Any] = {}
-        for setting in SETTINGS:
-            precision = Precision(device, amp_dtype if "amp" in setting else None, "channels_last" in setting)
-            row = _safety(case, precision, reference, state)
+        reference = _one_step(case, Precision(device), state)
+        for setting, (amp, channels_last) in SETTINGS.items():
+            precision = Precision(device, amp_dtype if amp else None, channels_last)
+            row = _difference(reference if setting == "fp32" else _one_step(case, precision, state), reference)
             model = precision.prepare(case["make"]())
             opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # small steps: the timing, not the learning
             scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
@@ -537,8 +539,8 @@ def throughput(device: torch.device, amp_dtype: torch.dtype, steps: int, cases: 
 
 
 def _setting_of(precision) -> str:
-    return {(False, False): "fp32", (True, False): "amp", (False, True): "channels_last",
-            (True, True): "amp+channels_last"}[(precision.amp_dtype is not None, precision.channels_last)]
+    flags = (precision.amp_dtype is not None, precision.channels_last)
+    return next(name for name, value in SETTINGS.items() if value == flags)
 
 
 def _precision_summary(rows: dict[str, Any], defaults: dict[str, str]) -> dict[str, Any]:
@@ -572,10 +574,11 @@ def _engine_defaults(device: torch.device, cases: dict[str, Any]) -> dict[str, s
             for name, case in cases.items()}
 
 
-def _bench_throughput(device: torch.device, amp_dtype: torch.dtype, steps: int, **kwargs: Any) -> dict[str, Any]:
-    cases = _precision_cases(device, kwargs.pop("size", None), kwargs.pop("batch", None))
-    if kwargs.get("only"):
-        cases = {k: v for k, v in cases.items() if k in kwargs["only"]}
+def _bench_throughput(device: torch.device, amp_dtype: torch.dtype, steps: int, size: int | None = None,
+                      batch: int | None = None, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    cases = _precision_cases(device, size, batch)
+    if only:
+        cases = {k: v for k, v in cases.items() if k in only}
     rows = throughput(device, amp_dtype, steps, cases)
     return {**_precision_summary(rows, _engine_defaults(device, cases)), "rows": rows, "amp_dtype": str(amp_dtype),
             "target": "the engine's default (train.amp / train.channels_last auto) is each model's fastest numerically "
