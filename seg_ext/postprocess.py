@@ -45,12 +45,11 @@ def watershed_instances(
     markers, count = ndimage.label(marker_mask)
     if count == 0:
         return np.zeros(foreground.shape, np.int32), np.zeros(0, np.float32)
-    index = np.arange(1, count + 1)
     if min_marker_area > 1:
-        areas = ndimage.sum_labels(np.ones_like(markers), markers, index)
-        small = index[areas < min_marker_area]
-        if len(small):
-            markers[np.isin(markers, small)] = 0
+        small = np.bincount(markers.ravel(), minlength=count + 1) < min_marker_area
+        small[0] = False
+        if small.any():
+            markers[small[markers]] = 0
     labels = watershed(-energy, markers, mask=foreground)
     # relabel 1..N, dropping small instances
     ids, inverse, areas = np.unique(labels, return_inverse=True, return_counts=True)
