@@ -53,7 +53,7 @@ def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -
     * ``--resume``: the config saved in ``<output-dir>/last.pt`` <- ``--opts`` <- ``--data-root``;
     * ``--eval-only``: the config saved in ``--checkpoint``, likewise.
     """
-    from seg_ext.config import load_config, merge_config, parse_overrides
+    from seg_ext.config import load_config, merge_config, parse_overrides, validate_config
 
     check_run_arguments(args)
     if args.eval_only or args.resume:
@@ -72,17 +72,18 @@ def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -
         output_dir = args.output_dir or default_output_dir(task, args.config.stem if args.config else "default")
     if args.data_root is not None:
         cfg = merge_config(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
-    return cfg, output_dir
+    return validate_config(cfg), output_dir
 
 
 def config_from_checkpoint(path: Path) -> dict[str, Any]:
     """The config saved in a run's checkpoint."""
+    from seg_ext.config import upgrade_config
     from seg_ext.engine import load_checkpoint
 
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise SegExtError(f"checkpoint {path} holds no config; expected a last.pt or best.pt of a training run")
-    return ckpt["config"]
+    return upgrade_config(ckpt["config"])
 
 
 def command_line() -> str:

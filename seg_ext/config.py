@@ -116,8 +116,8 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
         "levels": [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54],  # lower bin edges in pixels
         "level_weights": [3, 3, 3, 2],  # the lowest levels weighted up; the rest 1
         "area_weighting": True,  # weight energy pixels by 1/sqrt(instance area)
-        "foreground_weight": 1.0,
-        "energy_weight": 1.0,
+        "foreground_loss_weight": 1.0,  # scalar weights of the two losses in the total
+        "energy_loss_weight": 1.0,
         "marker_level": 1.0,  # markers: foreground with expected energy at or above this level (DWT cuts at 1-2)
         "min_marker_area": 10,
         "min_instance_area": 50,
@@ -258,19 +258,120 @@ def load_config(
         _merge(cfg, read_yaml(path), source=str(path))
     for nested in parse_overrides(overrides or []):
         _merge(cfg, nested, source="--opts")
-    return cfg
+    return validate_config(cfg)
 
 
 def merge_config(cfg: dict[str, Any], new: dict[str, Any], source: str) -> dict[str, Any]:
     """Return a copy of ``cfg`` with ``new`` merged in by the same rules as ``load_config``."""
     out = copy.deepcopy(cfg)
     _merge(out, new, source)
+    return validate_config(out)
+
+
+RENAMED_KEYS = {("watershed", "foreground_weight"): "foreground_loss_weight", ("watershed", "energy_weight"): "energy_loss_weight"}
+
+
+def upgrade_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config saved by an earlier version, with renamed keys under their new names."""
+    out = copy.deepcopy(cfg)
+    for (block, old), new in RENAMED_KEYS.items():
+        if isinstance(out.get(block), dict) and old in out[block]:
+            out[block][new] = out[block].pop(old)
     return out
 
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _pixels(value: Any, key: str, minimum: int = 1, multiple: int = 1) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    h, w = pair(value, key)
+    if h < minimum or w < minimum or not h.is_integer() or not w.is_integer() or h % multiple or w % multiple:
+        what = f"multiples of {multiple}" if multiple > 1 else f"whole pixels >= {minimum}"
+        raise ConfigError(f"config key '{key}' is {value!r}; expected [height, width] in {what}")
+    return int(h), int(w)
+
+
+def _at_least(value: Any, key: str, low: float, what: str) -> None:
+    if value < low:
+        raise ConfigError(f"config key '{key}' is {value}; expected {what}")
+
+
+def _interval(value: Any, key: str, ok, what: str) -> None:
+    if not ok(*value) if isinstance(value, tuple) else not ok(value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ConfigError(f"config key '{key}' is {shown}; expected {what}")
+
+
+AMP_WORDS = ("auto", "off", "fp16", "bf16")
+CHANNELS_LAST_WORDS = ("auto", "true", "false")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+METHODS = ("maskrcnn", "watershed")
+CLASS_WEIGHT_MODES = ("none", "inverse", "median")
+
+
+def _word(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check every value's choice and range once, when the config is loaded: the one place where errors name
+    config keys. Below it, the engine, data code and model builders take plain arguments.
+
+    Checks the keys the config has (semantic and instance configs differ); returns ``cfg``.
+
+    Raises:
+        ConfigError: naming the key and what was expected.
+    """
+    data, train, augment = cfg.get("data", {}), cfg.get("train", {}), cfg.get("augment", {})
+    if "image_size" in data:
+        _pixels(data["image_size"], "data.image_size", minimum=8)
+    if "batch_size" in data:
+        _at_least(data["batch_size"], "data.batch_size", 1, "at least 1")
+    if "num_workers" in data:
+        _at_least(data["num_workers"], "data.num_workers", 0, "0 or more")
+    if "crop_scale" in augment:
+        _interval(pair(augment["crop_scale"], "augment.crop_scale"), "augment.crop_scale",
+                  lambda lo, hi: 0 < lo <= hi <= 1, "0 < low <= high <= 1")
+        _interval(pair(augment["crop_ratio"], "augment.crop_ratio"), "augment.crop_ratio",
+                  lambda lo, hi: 0 < lo <= hi, "0 < low <= high")
+    if "hflip_prob" in augment:
+        _interval(float(augment["hflip_prob"]), "augment.hflip_prob", lambda p: 0 <= p <= 1, "a probability in [0, 1]")
+    if "scale_jitter" in augment:
+        _interval(pair(augment["scale_jitter"], "augment.scale_jitter"), "augment.scale_jitter",
+                  lambda lo, hi: 0 < lo <= hi, "0 < low <= high, e.g. [0.8, 1.2]")
+    if "crop_fraction" in augment:
+        _interval(float(augment["crop_fraction"]), "augment.crop_fraction", lambda c: 0 <= c < 0.5,
+                  "a fraction in [0, 0.5)")
+    if "class_weights" in cfg.get("loss", {}):
+        choice(cfg["loss"]["class_weights"], "loss.class_weights", CLASS_WEIGHT_MODES)
+    if train:
+        choice(train["optimizer"], "train.optimizer", ("adamw", "adam", "sgd"))
+        _interval(train["lr"], "train.lr", lambda lr: lr > 0, "a positive learning rate")
+        choice(train["scheduler"], "train.scheduler", ("cosine", "step", "none"))
+        if train["scheduler"] == "step":
+            _at_least(train["step_size"], "train.step_size", 1, "at least 1 epoch")
+        choice({"true": "auto", "false": "off"}.get(_word(train["amp"]), _word(train["amp"])), "train.amp", AMP_WORDS)
+        choice(_word(train["channels_last"]), "train.channels_last", CHANNELS_LAST_WORDS)
+        if not DEVICE_PATTERN.match(str(train["device"])):
+            raise ConfigError(f"config key 'train.device' is {train['device']!r}; expected auto, cpu, cuda or cuda:N")
+        _at_least(train["epochs"], "train.epochs", 0, "0 or more")
+        _at_least(train["eval_every"], "train.eval_every", 1, "at least 1")
+    if "method" in cfg:
+        choice(cfg["method"], "method", METHODS)
+        choice(data["format"], "data.format", ("auto", "pennfudan", "coco"))
+    ws = cfg.get("watershed")
+    if ws:
+        _pixels(ws["input_size"], "watershed.input_size", minimum=16, multiple=16)
+        edges = ws["levels"]
+        if len(edges) < 3 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] != 0:
+            raise ConfigError(f"config key 'watershed.levels' is {edges}; expected increasing bin edges starting at 0")
+    if "backend" in cfg.get("eval", {}):
+        choice(cfg["eval"]["backend"], "eval.backend", ("pycocotools", "faster_coco_eval"))
+    return cfg
 
 
 def choice(value: Any, key: str, options: Sequence[str]) -> str:

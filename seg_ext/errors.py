@@ -40,3 +40,15 @@ def user_message(exc: BaseException) -> str:
             if sep and head.split(".")[-1] == name:
                 return tail.strip()
     return text.strip()
+
+
+class ArgumentError(SegExtError):
+    """A builder's argument is out of range or of the wrong kind.
+
+    ``argument`` names the argument and ``detail`` says what was expected; the config boundary
+    (``seg_ext.models.build_from_block``) turns it into a :class:`ConfigError` that names the config key.
+    """
+
+    def __init__(self, argument: str, detail: str) -> None:
+        super().__init__(f"argument {argument} {detail}")
+        self.argument, self.detail = argument, detail

@@ -10,6 +10,8 @@ boundary (the "dilate to undo the cut" step of DWT, driven by the energy instead
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from skimage.segmentation import watershed
 
@@ -65,3 +67,29 @@ def watershed_instances(
     peak = ndimage.maximum(energy, labels, index)
     scores = np.asarray(mean_fg) * np.clip(np.asarray(peak) / (2 * max(marker_level, 1e-6)), 0, 1)
     return labels, scores.astype(np.float32)
+
+
+def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if labels.shape == tuple(size):
+        return labels
+    t = torch.from_numpy(labels.astype(np.int32))[None, None].float()
+    return F.interpolate(t, size=size, mode="nearest-exact")[0, 0].to(torch.int32).numpy()
+
+
+def instances_from_labels(labels: np.ndarray, scores: np.ndarray, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Detections (boxes, labels, scores, masks) of an instance label map resized to ``size``."""
+    labels = _resize_labels(labels, size)
+    n = len(scores)
+    masks = labels[None] == np.arange(1, n + 1).reshape(-1, 1, 1) if n else np.zeros((0, *size), bool)
+    keep = masks.reshape(n, -1).any(1) if n else np.zeros(0, bool)
+    masks, scores = masks[keep], scores[keep]
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        boxes[i] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    return {
+        "boxes": torch.from_numpy(boxes),
+        "labels": torch.ones(len(masks), dtype=torch.int64),
+        "scores": torch.from_numpy(np.asarray(scores, np.float32)),
+        "masks": torch.from_numpy(masks.astype(np.uint8)),
+    }

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from seg_ext.engine import atomic_write_text, to_jsonable
+from seg_ext.io import atomic_write_text, write_json
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -25,11 +24,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits
     for row in rows:
         lines.append("| " + " | ".join(fmt(v, digits) for v in row) + " |")
     return "\n".join(lines)
-
-
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically, NaN as null."""
-    atomic_write_text(json.dumps(to_jsonable(obj), indent=2) + "\n", path)
 
 
 class Report:

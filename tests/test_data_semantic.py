@@ -29,7 +29,7 @@ def test_detects_each_layout(scenes_root, pennfudan_root, stanford_root, tmp_pat
 def test_folder_format_reads_classes_and_split_files(scenes_root):
     source = open_semantic_source(scenes_root)
     assert source.format == "folder" and len(source.class_names) == 9
-    splits = resolve_splits(source, load_config()["data"])
+    splits = resolve_splits(source)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 4, 4]
     ds = SemanticSegDataset(source, splits["train"])
     sample = ds[0]
@@ -47,7 +47,7 @@ def test_pennfudan_as_person_background(pennfudan_root):
         instances = np.asarray(Image.open(source.items[ds.ids[i]][1]))
         np.testing.assert_array_equal(mask, (instances > 0).astype(np.uint8))
     # 12 images: the default split keeps 50 for test, more than there are, so ask for counts that fit
-    splits = resolve_splits(source, load_config(overrides=["data.val=2", "data.test=3"])["data"])
+    splits = resolve_splits(source, val=2, test=3)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [7, 2, 3]
 
 

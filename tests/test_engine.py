@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from seg_ext.config import load_config
+from seg_ext.config import load_config, merge_config
 from seg_ext.engine import (
     Precision, Trainer, atomic_save, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, native_bf16_cpu,
     resolve_precision,
@@ -17,16 +17,22 @@ from seg_ext.engine import (
 from seg_ext.errors import ConfigError, TrainingStopped
 
 
+def _schedule(cfg, iters_per_epoch):
+    """The schedule a train block asks for (lr_factor_fn takes plain values)."""
+    return lr_factor_fn(cfg["scheduler"], cfg["epochs"], iters_per_epoch, cfg["step_size"], cfg["gamma"],
+                        cfg["warmup_iters"], cfg["warmup_factor"])
+
+
 def test_schedules():
     cfg = load_config()["train"]
-    cos = lr_factor_fn({**cfg, "scheduler": "cosine", "epochs": 4}, iters_per_epoch=5)
+    cos = _schedule({**cfg, "scheduler": "cosine", "epochs": 4}, iters_per_epoch=5)
     assert cos(0) == pytest.approx(1.0) and cos(10) == pytest.approx(0.5) and cos(20) == pytest.approx(0.0, abs=1e-12)
-    step = lr_factor_fn({**cfg, "scheduler": "step", "step_size": 2, "gamma": 0.1, "epochs": 6}, iters_per_epoch=5)
+    step = _schedule({**cfg, "scheduler": "step", "step_size": 2, "gamma": 0.1, "epochs": 6}, iters_per_epoch=5)
     assert [step(i) for i in (0, 9, 10, 19, 20)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
-    warm = lr_factor_fn({**cfg, "scheduler": "none", "warmup_iters": 10, "warmup_factor": 0.0}, iters_per_epoch=5)
+    warm = _schedule({**cfg, "scheduler": "none", "warmup_iters": 10, "warmup_factor": 0.0}, iters_per_epoch=5)
     assert [warm(i) for i in (0, 5, 10, 50)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
-    with pytest.raises(ConfigError, match="train.scheduler"):
-        lr_factor_fn({**cfg, "scheduler": "linear"}, 5)
+    with pytest.raises(ConfigError, match="train.scheduler"):  # checked when the config is loaded
+        load_config(overrides=["train.scheduler=linear"])
 
 
 def test_atomic_save_never_leaves_half_a_file(tmp_path):
@@ -44,8 +50,8 @@ def _toy(tmp_path, epochs, nan_at_epoch=None, interrupt_at_epoch=None):
     model = torch.nn.Linear(3, 1)
     cfg = {**load_config()["train"], "epochs": epochs, "lr": 0.05}
     loader = make_loader(data, batch_size=4, shuffle=True, num_workers=0, seed=1)
-    optimizer = build_optimizer(model.parameters(), cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg, len(loader)))
+    optimizer = build_optimizer(model.parameters(), cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["momentum"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(loader)))
     epoch_seen = {"n": 0}
 
     def loss_step(model, batch):
@@ -104,8 +110,13 @@ def test_best_metric_must_be_reported(tmp_path):
 # ---- precision: autocast dtype and memory format ------------------------------------------------------------
 
 
+def _resolve(train, device, model=None):
+    return resolve_precision(train["amp"], train["channels_last"], device, model)
+
+
 def _precision(**train):
-    return resolve_precision({**load_config()["train"], **train}, torch.device("cpu"))
+    """The precision of the default config with ``train`` settings (checked when the config is loaded)."""
+    return _resolve(merge_config(load_config(), {"train": train}, source="test")["train"], torch.device("cpu"))
 
 
 def test_precision_settings_resolve_on_the_cpu():
@@ -118,7 +129,7 @@ def test_precision_settings_resolve_on_the_cpu():
     assert _precision(amp="off", channels_last=False).describe() == "fp32"
     assert _precision(amp="bf16").describe() == "bf16 autocast, channels_last"
     cfg = load_config(overrides=["train.amp=false", "train.channels_last=true"])["train"]
-    assert resolve_precision(cfg, torch.device("cpu")) == Precision(torch.device("cpu"), None, True)
+    assert _resolve(cfg, torch.device("cpu")) == Precision(torch.device("cpu"), None, True)
     with pytest.raises(ConfigError, match=r"config key 'train\.amp' is 'half'; expected one of: auto, off, fp16, bf16"):
         _precision(amp="half")
     with pytest.raises(ConfigError, match=r"config key 'train\.channels_last' is 'yes'; expected one of: auto, true"):
@@ -177,7 +188,7 @@ def test_bf16_autocast_steps_track_fp32():
 
 
 def test_auto_keeps_models_marked_unsafe_in_bf16_in_fp32(monkeypatch):
-    from seg_ext import engine
+    from seg_ext.engine import precision as engine
     from seg_ext.models import build_model
     from seg_ext.models.dual_unet import DualHeadUNet
 
@@ -187,9 +198,9 @@ def test_auto_keeps_models_marked_unsafe_in_bf16_in_fp32(monkeypatch):
     resnet_unet = build_model({"name": "smp_unet"}, num_classes=3, image_size=(64, 64))
     resnet_dual = DualHeadUNet(num_levels=4, encoder="resnet18", image_size=(64, 64))
     monkeypatch.setattr(engine, "native_bf16_cpu", lambda: True)
-    assert resolve_precision(train, cpu, unet).amp_dtype == torch.bfloat16
-    assert resolve_precision(train, cpu, resnet_unet).amp_dtype is None
-    assert resolve_precision(train, cpu, resnet_dual).amp_dtype is None  # holds the same encoder
-    assert resolve_precision({**train, "amp": "bf16"}, cpu, resnet_unet).amp_dtype == torch.bfloat16  # asked for
+    assert _resolve(train, cpu, unet).amp_dtype == torch.bfloat16
+    assert _resolve(train, cpu, resnet_unet).amp_dtype is None
+    assert _resolve(train, cpu, resnet_dual).amp_dtype is None  # holds the same encoder
+    assert _resolve({**train, "amp": "bf16"}, cpu, resnet_unet).amp_dtype == torch.bfloat16  # asked for
     monkeypatch.setattr(engine, "native_bf16_cpu", lambda: False)
-    assert resolve_precision(train, cpu, unet) == Precision(cpu, None, True)
+    assert _resolve(train, cpu, unet) == Precision(cpu, None, True)

@@ -11,6 +11,7 @@ from scipy.ndimage import binary_erosion
 
 from seg_ext.data.coco import CocoInstanceDataset, masks_to_rles
 from seg_ext.data.pennfudan import tight_bbox
+from seg_ext.config import instance_defaults, load_config
 from seg_ext.data.transforms import build_instance_transforms
 from seg_ext.errors import ConfigError
 
@@ -43,8 +44,7 @@ def _colour_index(pixels: np.ndarray) -> int:
 
 
 def test_alignment_and_instances_cropped_away(coded):
-    cfg = {"augment": {"hflip_prob": 0.5, "scale_jitter": [0.7, 1.4], "crop_fraction": 0.45}}
-    dataset = CocoInstanceDataset(coded / "gt.json", coded, build_instance_transforms(cfg, train=True, seed=0))
+    dataset = CocoInstanceDataset(coded / "gt.json", coded, build_instance_transforms(True, 0.5, [0.7, 1.4], 0.45, seed=0))
     dropped_some = emptied = 0
     for _ in range(60):
         image, target = dataset[0]
@@ -73,8 +73,7 @@ def test_no_instance_left_is_a_valid_negative(coded, tmp_path):
     coco = json.loads((coded / "gt.json").read_text())
     coco["annotations"] = [a for a in coco["annotations"] if a["id"] == 4]  # only the one touching the left border
     (tmp_path / "gt.json").write_text(json.dumps(coco))
-    cfg = {"augment": {"hflip_prob": 0.0, "scale_jitter": [1.0, 1.0], "crop_fraction": 0.45}}
-    dataset = CocoInstanceDataset(tmp_path / "gt.json", coded, build_instance_transforms(cfg, train=True, seed=1))
+    dataset = CocoInstanceDataset(tmp_path / "gt.json", coded, build_instance_transforms(True, 0.0, [1.0, 1.0], 0.45, seed=1))
     shapes = set()
     for _ in range(40):
         image, target = dataset[0]
@@ -85,8 +84,8 @@ def test_no_instance_left_is_a_valid_negative(coded, tmp_path):
 
 
 def test_eval_has_no_transform_and_bad_augment_config():
-    assert build_instance_transforms({"augment": {}}, train=False) is None
-    with pytest.raises(ConfigError, match="augment.crop_fraction"):
-        build_instance_transforms({"augment": {"hflip_prob": 0.5, "scale_jitter": [1, 1], "crop_fraction": 0.7}}, train=True)
+    assert build_instance_transforms(train=False) is None
+    with pytest.raises(ConfigError, match="augment.crop_fraction"):  # checked when the config is loaded
+        load_config(overrides=["augment.crop_fraction=0.7"], defaults=instance_defaults("maskrcnn"))
     with pytest.raises(ConfigError, match="augment.scale_jitter"):
-        build_instance_transforms({"augment": {"hflip_prob": 0.5, "scale_jitter": [1.2, 0.8], "crop_fraction": 0.0}}, train=True)
+        load_config(overrides=["augment.scale_jitter=[1.2,0.8]"], defaults=instance_defaults("maskrcnn"))

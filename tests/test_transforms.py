@@ -14,6 +14,13 @@ from seg_ext.errors import ConfigError
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], dtype=np.uint8)
 
 
+def transforms_of(cfg, train, normalize=True, seed=None):
+    """The pipeline a config asks for (the config is checked when loaded; build_transforms takes plain values)."""
+    aug = cfg["augment"]
+    return build_transforms(cfg["data"]["image_size"], train, aug["crop_scale"], aug["crop_ratio"], aug["hflip_prob"],
+                            normalize=normalize, seed=seed)
+
+
 def coded_pair(h: int = 90, w: int = 120, seed: int = 0):
     """An image whose colour encodes the mask's class, blocks of several sizes, and an ignore region."""
     rng = np.random.default_rng(seed)
@@ -29,7 +36,7 @@ def coded_pair(h: int = 90, w: int = 120, seed: int = 0):
 @pytest.mark.parametrize("seed", range(5))
 def test_random_crop_and_flip_keep_alignment(seed):
     cfg = load_config(overrides=["data.image_size=[64,48]", "augment.crop_scale=[0.2,1.0]", "augment.hflip_prob=0.5"])
-    transform = build_transforms(cfg, train=True, normalize=False, seed=seed)
+    transform = transforms_of(cfg, train=True, normalize=False, seed=seed)
     image, mask = coded_pair(seed=seed)
     for _ in range(10):
         out = transform(image=image, mask=mask)
@@ -48,14 +55,14 @@ def test_flip_with_full_crop_is_an_exact_mirror():
                    "augment.hflip_prob=1.0"]
     )
     image, mask = coded_pair()
-    out = build_transforms(cfg, train=True, normalize=False)(image=image, mask=mask)
+    out = transforms_of(cfg, train=True, normalize=False)(image=image, mask=mask)
     np.testing.assert_array_equal(out["mask"], mask[:, ::-1])
     np.testing.assert_array_equal(out["image"], image[:, ::-1])
 
 
 def test_eval_transform_is_deterministic_and_normalised():
     cfg = load_config(overrides=["data.image_size=[32,40]"])
-    transform = build_transforms(cfg, train=False)
+    transform = transforms_of(cfg, train=False)
     image, mask = coded_pair()
     a, b = transform(image=image, mask=mask), transform(image=image, mask=mask)
     assert isinstance(a["image"], torch.Tensor) and a["image"].shape == (3, 32, 40)
@@ -63,7 +70,7 @@ def test_eval_transform_is_deterministic_and_normalised():
     np.testing.assert_array_equal(np.asarray(a["mask"]), np.asarray(b["mask"]))
     # normalisation round trip
     restored = denormalize(a["image"])
-    plain = build_transforms(cfg, train=False, normalize=False)(image=image, mask=mask)["image"]
+    plain = transforms_of(cfg, train=False, normalize=False)(image=image, mask=mask)["image"]
     assert np.abs(restored.astype(int) - plain.astype(int)).max() <= 1
 
 
@@ -73,6 +80,5 @@ def test_eval_transform_is_deterministic_and_normalised():
      ("data.image_size=[4,4]", "data.image_size"), ("augment.crop_ratio=[1]", "augment.crop_ratio")],
 )
 def test_bad_augment_config_names_the_key(override, key):
-    cfg = load_config(overrides=[override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        build_transforms(cfg, train=True)
+        transforms_of(load_config(overrides=[override]), train=True)

@@ -12,7 +12,7 @@ import torch
 from conftest import call_tool
 from seg_ext.losses import watershed_loss, weighted_cross_entropy
 from seg_ext.postprocess import expected_energy, watershed_instances
-from seg_ext.watershed import energy_targets, quantize
+from seg_ext.data.energy import energy_targets, quantize
 
 DWT_EDGES = [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54]
 

@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> None:
     setup_logging(output_dir)
     command = command_line()
     if args.oracle:
-        from seg_ext.watershed import run_oracle
+        from seg_ext.tasks.instance import run_oracle
 
         summary = run_oracle(cfg, output_dir, command)
     elif args.eval_only:

@@ -190,11 +190,3 @@ def collate_instances(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple
     """Detection batches are lists: images differ in size."""
     images, targets = zip(*batch)
     return list(images), list(targets)
-
-
-def coco_dataset(cfg: dict[str, Any], json_path: str | Path, image_root: str | Path, train: bool) -> CocoInstanceDataset:
-    """The dataset of one split as an instance config asks for it: training gets the augmentation."""
-    from seg_ext.data.transforms import build_instance_transforms
-
-    transform = build_instance_transforms(cfg, train=train, seed=int(cfg["train"]["seed"]))
-    return CocoInstanceDataset(json_path, image_root, transform, float(cfg["data"]["min_box_size"]))

@@ -223,10 +223,14 @@ def make_splits(ids: Sequence[str], val: float, test: float, seed: int) -> dict[
     }
 
 
-def resolve_splits(source: SemanticSource, data_cfg: dict[str, Any]) -> dict[str, list[str]]:
-    """The train/val/test ids: from ``data.splits_file``, else the dataset's own split files, else seeded."""
-    if data_cfg.get("splits_file"):
-        path = Path(data_cfg["splits_file"])
+def resolve_splits(
+    source: SemanticSource, val: float | None = None, test: float | None = None, split_seed: int = 0,
+    splits_file: str | Path | None = None,
+) -> dict[str, list[str]]:
+    """The train/val/test ids: from ``splits_file``, else the dataset's own split files, else seeded from
+    ``split_seed`` with ``val`` and ``test`` images (counts or fractions; None: the format's default)."""
+    if splits_file:
+        path = Path(splits_file)
         splits = read_json(path, "splits file", "a splits.json from a run", dict)
         if not all(isinstance(splits.get(s), list) for s in SPLITS):
             raise DatasetError(f"splits file {path} must map train, val and test to lists of image ids")
@@ -235,12 +239,12 @@ def resolve_splits(source: SemanticSource, data_cfg: dict[str, Any]) -> dict[str
                 if image_id not in source.items:
                     raise DatasetError(f"splits file {path} names image id '{image_id}', which is not in {source.root}")
         return {s: list(splits[s]) for s in SPLITS}
-    if source.splits is not None and data_cfg.get("val") is None and data_cfg.get("test") is None:
+    if source.splits is not None and val is None and test is None:
         return source.splits
     default_val, default_test = DEFAULT_SPLIT_SIZES[source.format]
-    val = data_cfg["val"] if data_cfg.get("val") is not None else default_val
-    test = data_cfg["test"] if data_cfg.get("test") is not None else default_test
-    return make_splits(list(source.items), val, test, data_cfg.get("split_seed", 0))
+    val = val if val is not None else default_val
+    test = test if test is not None else default_test
+    return make_splits(list(source.items), val, test, split_seed)
 
 
 class SemanticSegDataset(Dataset):
@@ -316,22 +320,29 @@ class SemanticSegDataset(Dataset):
         return counts
 
 
-def semantic_data_root(data_cfg: dict[str, Any]) -> tuple[Path, str]:
-    """The dataset folder and format of a config; the built-in synthetic scenes when ``data.root`` is null."""
-    if data_cfg.get("root"):
-        return Path(data_cfg["root"]).expanduser(), data_cfg.get("format", "auto")
+def semantic_data_root(root: str | Path | None, format: str = "auto") -> tuple[Path, str]:
+    """The dataset folder and its format; the built-in synthetic scenes when ``root`` is None."""
+    if root:
+        return Path(root).expanduser(), format
     from seg_ext.data.synthetic import ensure_synthetic_scenes
 
     return ensure_synthetic_scenes(), "folder"
 
 
 def build_semantic_datasets(
-    cfg: dict[str, Any], transforms: dict[str, Callable | None]
+    root: str | Path | None,
+    transforms: dict[str, Callable | None],
+    format: str = "auto",
+    val: float | None = None,
+    test: float | None = None,
+    split_seed: int = 0,
+    splits_file: str | Path | None = None,
 ) -> tuple[dict[str, SemanticSegDataset], dict[str, list[str]]]:
-    """Datasets for each split of the config, each with its transform; also returns the split ids."""
-    root, fmt = semantic_data_root(cfg["data"])
+    """Datasets for each split (see :func:`resolve_splits`), each with its transform; also returns the split ids.
+    ``root`` None: the built-in synthetic scenes."""
+    root, fmt = semantic_data_root(root, format)
     source = open_semantic_source(root, fmt)
-    splits = resolve_splits(source, cfg["data"])
+    splits = resolve_splits(source, val, test, split_seed, splits_file)
     logger.info(
         "dataset %s (%s): %d classes, %s",
         root,

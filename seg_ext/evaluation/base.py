@@ -70,6 +70,9 @@ def run_inference(
 
     Returns:
         The evaluators' merged results, plus ``time/s_per_image`` (inference and evaluation time per image).
+
+    Raises:
+        ValueError: two evaluators report the same key (one would silently overwrite the other).
     """
     if isinstance(evaluators, Evaluator):
         evaluators = [evaluators]
@@ -90,7 +93,11 @@ def run_inference(
     elapsed = time.perf_counter() - start
     results: dict[str, float] = {}
     for ev in evaluators:
-        results.update(ev.evaluate())
+        metrics = ev.evaluate()
+        clash = sorted(set(metrics) & set(results))
+        if clash:
+            raise ValueError(f"evaluators report the same metric keys {clash}; each key must come from one evaluator")
+        results.update(metrics)
     results["time/s_per_image"] = elapsed / max(images, 1)
     logger.debug("%s: %d images in %.1fs", desc, images, elapsed)
     return results

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from seg_ext.errors import ConfigError
+from seg_ext.errors import ArgumentError, ConfigError
 from seg_ext.models.baseconv import BaseConv
 from seg_ext.models.baseline import PixelFrequencyBaseline
 from seg_ext.models.smp_unet import smp_unet
@@ -22,12 +22,16 @@ SEMANTIC_MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_from_block(
-    registry: dict[str, Callable[..., Any]], block: dict[str, Any], context: dict[str, Any], key: str = "model"
+    registry: dict[str, Callable[..., Any]], block: dict[str, Any], context: dict[str, Any], key: str = "model",
+    context_keys: dict[str, str] | None = None,
 ) -> Any:
     """Call ``registry[block['name']]`` with the block's other keys as keyword arguments.
 
     ``context`` values (``num_classes``, ``image_size``, ...) are passed to builders whose signature takes them,
-    unless the block sets them itself. An unknown name or argument is a ConfigError that lists the options.
+    unless the block sets them itself. This is the config boundary of the model builders: an unknown name or
+    argument is a ConfigError that lists the options, and a builder's :class:`ArgumentError` becomes a
+    ConfigError naming the config key (``<key>.<argument>``, or ``context_keys[argument]`` for a context value;
+    ``image_size`` comes from ``data.image_size`` unless said otherwise).
     """
     name = block.get("name")
     if name not in registry:
@@ -46,6 +50,10 @@ def build_from_block(
             kwargs[arg] = value
     try:
         return builder(**kwargs)
+    except ArgumentError as exc:
+        where = {"image_size": "data.image_size", **(context_keys or {})}
+        config_key = where.get(exc.argument, f"{key}.{exc.argument}") if exc.argument in context else f"{key}.{exc.argument}"
+        raise ConfigError(f"config key '{config_key}' {exc.detail}") from None
     except TypeError as exc:
         raise ConfigError(f"config block '{key}' does not fit {key} '{name}': {exc}") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import nn
+from seg_ext.models.base import SegmentationModel
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, batch_norm: bool = True) -> nn.Sequential:
@@ -16,7 +17,7 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, batc
     return nn.Sequential(*layers)
 
 
-class BaseConv(nn.Module):
+class BaseConv(SegmentationModel):
     """``depth`` Conv-BN-ReLU layers of ``width`` channels at full resolution, then a 1x1 classifier.
 
     With no downsampling its receptive field is ``depth * (kernel_size - 1) + 1`` pixels: it sees colour and

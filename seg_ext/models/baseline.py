@@ -7,9 +7,10 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from seg_ext.models.base import SegmentationModel
 
 
-class PixelFrequencyBaseline(nn.Module):
+class PixelFrequencyBaseline(SegmentationModel):
     """At each pixel, the class frequencies of the training set (images brought to a fixed size).
 
     Its prediction ignores the image: every image gets the same per-pixel class distribution, returned as
@@ -40,13 +41,22 @@ class PixelFrequencyBaseline(nn.Module):
         """
         self.counts.zero_()
         for batch in masks:
-            batch = batch.to(self.counts.device).long()
-            if batch.shape[-2:] != self.counts.shape[-2:]:
-                raise ValueError(f"masks of size {tuple(batch.shape[-2:])}, expected {tuple(self.counts.shape[-2:])}")
-            valid = batch != ignore_index
-            onehot = F.one_hot(torch.where(valid, batch, 0), self.num_classes).permute(0, 3, 1, 2)
-            self.counts += (onehot * valid.unsqueeze(1)).sum(0)
+            self.count(batch, ignore_index)
         return self
+
+    @torch.no_grad()
+    def count(self, masks: torch.Tensor, ignore_index: int = 255) -> None:
+        """Add one batch of masks to the counts (a training step of the counting trainer).
+
+        Shape:
+            masks: (N, H, W) class ids at the model's ``image_size``.
+        """
+        batch = masks.to(self.counts.device).long()
+        if batch.shape[-2:] != self.counts.shape[-2:]:
+            raise ValueError(f"masks of size {tuple(batch.shape[-2:])}, expected {tuple(self.counts.shape[-2:])}")
+        valid = batch != ignore_index
+        onehot = F.one_hot(torch.where(valid, batch, 0), self.num_classes).permute(0, 3, 1, 2)
+        self.counts += (onehot * valid.unsqueeze(1)).sum(0)
 
     def frequencies(self) -> torch.Tensor:
         """Per-pixel class frequencies. Shape: (C, H, W)."""

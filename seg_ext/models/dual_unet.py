@@ -7,9 +7,10 @@ from torch import nn
 
 from seg_ext.models.smp_unet import smp_unet
 from seg_ext.models.unet import UNet
+from seg_ext.models.base import SegmentationModel
 
 
-class DualHeadUNet(nn.Module):
+class DualHeadUNet(SegmentationModel):
     """Shared UNet features, then a 1x1 foreground head (2 classes) and a 1x1 energy head (``num_levels``).
 
     ``encoder``: ``None`` for the hand-written UNet (``base_width``, ``depth``, ``batch_norm``), or an smp encoder

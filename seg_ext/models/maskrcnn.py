@@ -28,7 +28,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 from torchvision.ops import misc as misc_nn_ops
 
-from seg_ext.errors import ConfigError, WeightsError
+from seg_ext.errors import ArgumentError, WeightsError
 from seg_ext.models.weights import load_into, load_state_dict_file
 
 logger = logging.getLogger(__name__)
@@ -96,20 +96,20 @@ def maskrcnn(
         images' pixels.
     """
     if backbone not in BACKBONES:
-        raise ConfigError(f"config key 'model.backbone' is {backbone!r}; expected one of: {', '.join(BACKBONES)}")
+        raise ArgumentError("backbone", f"is {backbone!r}; expected one of: {', '.join(BACKBONES)}")
     if norm not in NORMS:
-        raise ConfigError(f"config key 'model.norm' is {norm!r}; expected one of: {', '.join(NORMS)}")
+        raise ArgumentError("norm", f"is {norm!r}; expected one of: {', '.join(NORMS)}")
     if weights not in (None, "coco") and not Path(str(weights)).expanduser().suffix:
-        raise ConfigError(f"config key 'model.weights' is {weights!r}; expected null, coco, or the path of a .pth file")
+        raise ArgumentError("weights", f"is {weights!r}; expected null, coco, or the path of a .pth file")
     if weights == "coco" and backbone == "resnet18_fpn":
-        raise ConfigError("config key 'model.weights' is 'coco' but torchvision has no COCO Mask R-CNN with resnet18_fpn; use resnet50_fpn(_v2) or backbone_weights")
+        raise ArgumentError("weights", "is 'coco' but torchvision has no COCO Mask R-CNN with resnet18_fpn; use resnet50_fpn(_v2) or backbone_weights")
     if weights is not None and backbone_weights is not None:
-        raise ConfigError("config keys 'model.weights' and 'model.backbone_weights' exclude each other: whole-detector weights include the backbone")
+        raise ArgumentError("backbone_weights", "must be null when weights is set: whole-detector weights include the backbone")
     pretrained = weights is not None or backbone_weights is not None
     if trainable_backbone_layers is None:
         trainable_backbone_layers = 3 if pretrained else 5
     if not 0 <= trainable_backbone_layers <= 5:
-        raise ConfigError(f"config key 'model.trainable_backbone_layers' is {trainable_backbone_layers}; expected 0..5")
+        raise ArgumentError("trainable_backbone_layers", f"is {trainable_backbone_layers}; expected 0..5")
     sizes = dict(
         min_size=min_size, max_size=max_size, box_detections_per_img=detections_per_img,
         box_batch_size_per_image=box_batch_size_per_image, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
@@ -119,9 +119,9 @@ def maskrcnn(
 
     if backbone == "resnet50_fpn_v2":
         if norm not in ("auto", "batch"):
-            raise ConfigError("config key 'model.norm' must be auto or batch for resnet50_fpn_v2 (torchvision's builder fixes it)")
+            raise ArgumentError("norm", "must be auto or batch for resnet50_fpn_v2 (torchvision's builder fixes it)")
         if backbone_weights is not None:
-            raise ConfigError("config key 'model.backbone_weights' is not supported for resnet50_fpn_v2; use model.weights")
+            raise ArgumentError("backbone_weights", "is not supported for resnet50_fpn_v2; use model.weights")
         model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes,
                                          trainable_backbone_layers=trainable_backbone_layers if pretrained else None, **sizes)
         coco_enum = MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from seg_ext.models.base import SegmentationModel
 
 
 class DoubleConv(nn.Module):
@@ -51,7 +52,7 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """Encoder of ``depth`` Down steps, a mirrored decoder of Up steps with skip connections, 1x1 head.
 
     Channel widths are ``base_width * 2**level``. Any input size works (odd sizes are padded in ``Up``).

@@ -1,16 +1,15 @@
-"""Instance segmentation end to end: Penn-Fudan (or any COCO data) -> COCO files -> Mask R-CNN or the watershed
-UNet -> COCO box and mask AP on val and test -> results files, ``metrics.json`` and ``report.md``.
+"""Instance segmentation as a :class:`~seg_ext.tasks.base.Task`: Penn-Fudan (or any COCO data) -> COCO files
+-> an instance method (``seg_ext.methods``: Mask R-CNN or the watershed UNet) -> COCO box and mask AP on val and
+test -> results files, ``metrics.json`` and ``report.md``. Also the watershed oracle (:func:`run_oracle`).
 
-Both methods share the data, the engine, the evaluator and the report; what differs lives in a method object
-(``MaskRCNNMethod`` here, ``WatershedMethod`` in ``seg_ext.watershed``) with four parts: ``build_model``,
-``loss_step``, ``predict`` (model outputs -> per-image instances) and ``dataset`` (what training batches hold).
+A new method is a class in ``seg_ext/methods/`` and an entry in :data:`METHODS`, which turns its config block
+into the method's arguments.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,27 +17,48 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_ext.config import choice, save_config
-from seg_ext.data.coco import CocoInstanceDataset, coco_dataset, collate_instances
+from seg_ext.config import save_config
+from seg_ext.data.coco import CocoInstanceDataset
 from seg_ext.data.pennfudan import convert_pennfudan
-from seg_ext.engine import (
-    Precision, Trainer, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, place_model, setup_run,
-)
-from seg_ext.errors import ConfigError, DatasetError, SegExtError
+from seg_ext.data.transforms import build_instance_transforms
+from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation import run_inference
 from seg_ext.evaluation.coco import STAT_NAMES, COCOEvaluator
+from seg_ext.io import write_json
+from seg_ext.methods import InstanceMethod, MaskRCNNMethod, PostProcessing, WatershedMethod
 from seg_ext.models import build_from_block
-from seg_ext.models.maskrcnn import maskrcnn
-from seg_ext.report import Report, write_json
-from seg_ext.tasks.common import prepare_output_dir, run_facts
+from seg_ext.report import Report
+from seg_ext.tasks import base
+from seg_ext.tasks.run import Run
 from seg_ext.visualize import plot_instances, plot_loss_curves
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("maskrcnn", "watershed")
 SPLITS = ("train", "val", "test")
 PENNFUDAN_SPLIT = (15, 50)  # val, test: as torchvision's tutorial keeps 50 test images
 SYNTHETIC_SPLIT = (10, 20)
+
+
+def _watershed(cfg: dict[str, Any], device: torch.device) -> WatershedMethod:
+    ws = cfg["watershed"]
+    post = PostProcessing(ws["marker_level"], ws["foreground_threshold"], ws["min_marker_area"], ws["min_instance_area"])
+    return WatershedMethod(device, ws["input_size"], ws["levels"], ws["level_weights"], ws["area_weighting"],
+                           ws["foreground_loss_weight"], ws["energy_loss_weight"], post)
+
+
+# method name -> its builder from the config and the device
+METHODS: dict[str, Callable[[dict[str, Any], torch.device], InstanceMethod]] = {
+    "maskrcnn": lambda cfg, device: MaskRCNNMethod(device),
+    "watershed": _watershed,
+}
+IMAGE_SIZE_KEYS = {"watershed": "watershed.input_size"}  # where a method's model image_size comes from
+
+
+def build_method(cfg: dict[str, Any], device: torch.device) -> InstanceMethod:
+    """The method object named by ``cfg['method']``."""
+    if cfg["method"] not in METHODS:
+        raise ConfigError(f"config key 'method' is {cfg['method']!r}; expected one of: {', '.join(METHODS)}")
+    return METHODS[cfg["method"]](cfg, device)
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -51,7 +71,7 @@ def instance_data(cfg: dict[str, Any], output_dir: Path) -> tuple[dict[str, Path
     ``<output_dir>/coco``; a conversion that is already there with the same parameters is reused.
     """
     data = cfg["data"]
-    fmt = choice(data["format"], "data.format", ("auto", "pennfudan", "coco"))
+    fmt = data["format"]
     if data["root"] is None:
         if fmt == "coco":
             raise ConfigError("config key 'data.format' is coco but data.root is null; expected the COCO image folder")
@@ -82,7 +102,7 @@ def instance_data(cfg: dict[str, Any], output_dir: Path) -> tuple[dict[str, Path
     val = data["val"] if data["val"] is not None else default_split[0]
     test = data["test"] if data["test"] is not None else default_split[1]
     coco_dir = output_dir / "coco"
-    params = {"root": str(root.resolve()), "seed": int(data["split_seed"]), "val": val, "test": test}
+    params = {"root": str(root.resolve()), "seed": data["split_seed"], "val": val, "test": test}
     marker = coco_dir / "conversion.json"
     paths = {s: coco_dir / f"instances_{s}.json" for s in SPLITS}
     if not (marker.is_file() and json.loads(marker.read_text()) == params and all(p.is_file() for p in paths.values())):
@@ -91,208 +111,146 @@ def instance_data(cfg: dict[str, Any], output_dir: Path) -> tuple[dict[str, Path
     return dict(paths), root, what
 
 
-# ---- methods --------------------------------------------------------------------------------------------
+def coco_split(cfg: dict[str, Any], json_path: Path, image_root: Path, train: bool) -> CocoInstanceDataset:
+    """One COCO split as an instance config asks for it: training gets the augmentation."""
+    aug = cfg["augment"]
+    transform = build_instance_transforms(train, aug["hflip_prob"], aug["scale_jitter"], aug["crop_fraction"],
+                                          seed=cfg["train"]["seed"]) if train else None
+    return CocoInstanceDataset(json_path, image_root, transform, cfg["data"]["min_box_size"])
 
 
-def _to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
-    return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+# ---- the task -------------------------------------------------------------------------------------------
 
 
-class MaskRCNNMethod:
-    """torchvision Mask R-CNN: the model computes its own losses in training mode."""
+class InstanceTask(base.Task):
+    """Instances of COCO categories, found by the configured method and scored with COCO AP."""
 
-    name = "maskrcnn"
-    registry: dict[str, Callable[..., nn.Module]] = {"maskrcnn": maskrcnn}
-    collate = staticmethod(collate_instances)
+    name = "instance"
 
-    def __init__(self, cfg: dict[str, Any], device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    def build_datasets(self, run: Run) -> None:
+        self.method = build_method(run.cfg, run.device)
+        self.collate = self.method.collate
+        paths, root, self.what = instance_data(run.cfg, run.output_dir)
+        run.datasets = {s: self.method.dataset(coco_split(run.cfg, paths[s], root, s == "train"), s == "train")
+                        if paths[s] else None for s in SPLITS}
+        if run.datasets["train"].class_names != run.datasets["val"].class_names:
+            raise DatasetError(f"{paths['train']} and {paths['val']} have different categories; expected the same")
+        for s in ("train", "val"):
+            if not len(run.datasets[s]):
+                raise DatasetError(f"the {s} split ({paths[s]}) holds no image")
+        logger.info("dataset %s: %s; categories %s", self.what,
+                    ", ".join(f"{s} {len(d)} images" for s, d in run.datasets.items() if d is not None),
+                    run.datasets["train"].class_names)
 
-    def dataset(self, json_path: Path, image_root: Path, train: bool) -> CocoInstanceDataset:
-        return coco_dataset(self.cfg, json_path, image_root, train)
-
-    def build_model(self, num_classes: int) -> nn.Module:
-        return build_from_block(self.registry, self.cfg["model"], {"num_classes": num_classes})
+    def build_model(self, run: Run) -> nn.Module:
+        context = self.method.model_arguments(run.datasets["train"].num_classes)
+        image_key = IMAGE_SIZE_KEYS.get(self.method.name)
+        return build_from_block(self.method.models, run.cfg["model"], context,
+                                context_keys={"image_size": image_key} if image_key else None)
 
     def loss_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        images, targets = batch
-        losses = model([i.to(self.device, non_blocking=True) for i in images], _to_device(targets, self.device))
-        total = sum(losses.values())
-        return total, {k: float(v.detach()) for k, v in losses.items()}
+        return self.method.loss_step(model, batch)
 
-    def predict(self, model: nn.Module, images: list[torch.Tensor], sizes: Any = None) -> list[dict[str, torch.Tensor]]:
-        """Detections in each input image's own pixels (torchvision resizes internally and maps back)."""
-        outputs = model([i.to(self.device, non_blocking=True) for i in images])
-        return [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
+    def evaluate(self, run: Run, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
+        dataset, precision, method = run.datasets[split], run.precision, self.method
+        evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=run.cfg["eval"]["mask_threshold"],
+                                  backend=run.cfg["eval"]["backend"])
 
-    def extra_panel(self, model: nn.Module, image: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, str] | None:
-        return None
+        def forward(model: nn.Module, batch: Any) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
+            images, targets = batch
+            with precision.autocast():
+                outputs = method.predict(model, images, [t["orig_size"] for t in targets])
+            return outputs, targets
 
+        metrics = run_inference(model, run.loaders[split], evaluator, forward, desc=split)
+        if final:
+            for iou_type in ("segm", "bbox"):
+                evaluator.save_results(run.output_dir / f"results_{split}_{iou_type}.json", iou_type)
+            logger.info("%s: bbox AP %.2f  segm AP %.2f  (AP50 %.2f / %.2f)", split, metrics["bbox/AP"], metrics["segm/AP"],
+                        metrics["bbox/AP50"], metrics["segm/AP50"])
+        return metrics
 
-def make_method(cfg: dict[str, Any], device: torch.device):
-    """The method object named by ``cfg['method']``."""
-    method = choice(cfg["method"], "method", METHODS)
-    if method == "maskrcnn":
-        return MaskRCNNMethod(cfg, device)
-    from seg_ext.watershed import WatershedMethod
+    def draw_overlays(self, run: Run, model: nn.Module, split: str) -> None:
+        dataset, cfg = run.datasets[split], run.cfg
+        count = cfg["report"]["num_overlays"]
+        if count <= 0 or dataset is None or not len(dataset):
+            return
+        rows = []
+        model.eval()
+        with torch.no_grad():
+            for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int):
+                image, target = dataset[int(i)]
+                raw_image, gt_masks = dataset.raw(int(i))
+                size = tuple(raw_image.shape[:2])
+                output = self.method.predict(model, [image], [size])[0]
+                masks = output["masks"]
+                masks = (masks[:, 0] if masks.dim() == 4 else masks).float() > cfg["eval"]["mask_threshold"]
+                row = {
+                    "image": raw_image,
+                    "gt_masks": gt_masks,
+                    "pred_masks": masks.cpu().numpy(),
+                    "pred_scores": output["scores"].cpu().numpy(),
+                    "title": dataset.image_info(int(i))["file_name"].split("/")[-1],
+                }
+                extra = self.method.extra_panel(model, image, size)
+                if extra is not None:
+                    row["extra"], row["extra_title"] = extra
+                rows.append(row)
+        plot_instances(rows, run.output_dir / f"overlays_{split}.png", score_threshold=cfg["eval"]["score_threshold"])
 
-    return WatershedMethod(cfg, device)
+    def facts(self, run: Run) -> dict[str, Any]:
+        return {"method": run.cfg["method"]}
 
-
-# ---- training and evaluation ----------------------------------------------------------------------------
-
-
-def _forward(method, precision: Precision):
-    def forward(model: nn.Module, batch: Any) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
-        images, targets = batch
-        with precision.autocast():
-            outputs = method.predict(model, images, [t["orig_size"] for t in targets])
-        return outputs, targets
-
-    return forward
-
-
-def _eval_loaders(method, datasets: dict[str, Any], cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Loaders of the val and test splits, built once (their workers persist across evaluations)."""
-    return {
-        s: make_loader(datasets[s], batch_size=int(cfg["data"]["batch_size"]), shuffle=False,
-                       num_workers=int(cfg["data"]["num_workers"]), seed=int(cfg["train"]["seed"]),
-                       collate_fn=method.collate, pin_memory=device.type == "cuda")
-        for s in ("val", "test") if datasets[s] is not None and len(datasets[s])
-    }
-
-
-def _evaluate(method, model, dataset: CocoInstanceDataset, loader, cfg, precision: Precision,
-              desc: str) -> tuple[dict[str, float], COCOEvaluator]:
-    evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=float(cfg["eval"]["mask_threshold"]),
-                              backend=cfg["eval"]["backend"])
-    metrics = run_inference(model, loader, evaluator, _forward(method, precision), desc=desc)
-    return metrics, evaluator
-
-
-def _datasets(method, cfg, output_dir: Path) -> tuple[dict[str, Any], str]:
-    paths, root, what = instance_data(cfg, output_dir)
-    datasets = {s: method.dataset(paths[s], root, train=(s == "train")) if paths[s] else None for s in SPLITS}
-    if datasets["train"].class_names != datasets["val"].class_names:
-        raise DatasetError(f"{paths['train']} and {paths['val']} have different categories; expected the same")
-    for s in ("train", "val"):
-        if not len(datasets[s]):
-            raise DatasetError(f"the {s} split ({paths[s]}) holds no image")
-    logger.info("dataset %s: %s; categories %s", what,
-                ", ".join(f"{s} {len(d)} images" for s, d in datasets.items() if d is not None), datasets["train"].class_names)
-    return datasets, what
+    def write_report(self, run: Run, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        _write_report(run.output_dir, run.cfg, summary, history, self.what, run.command)
 
 
 def train_instance(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: str = "") -> dict[str, Any]:
     """Train Mask R-CNN or the watershed UNet, evaluate the best checkpoint on val and test, write the report."""
-    output_dir = prepare_output_dir(Path(output_dir), resume)
-    device = setup_run(cfg["train"])
-    method = make_method(cfg, device)
-    datasets, what = _datasets(method, cfg, output_dir)
-    save_config(cfg, output_dir / "config.yaml")
-    train_set = datasets["train"]
-    model, precision = place_model(method.build_model(train_set.num_classes), cfg["train"], device)
-    logger.info("%s: %s parameters, device %s", cfg["model"]["name"], f"{sum(p.numel() for p in model.parameters()):,}", device)
-
-    train_loader = make_loader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=True,
-                               num_workers=int(cfg["data"]["num_workers"]), seed=int(cfg["train"]["seed"]),
-                               collate_fn=method.collate, drop_last=len(train_set) > int(cfg["data"]["batch_size"]),
-                               pin_memory=device.type == "cuda")
-    loaders = _eval_loaders(method, datasets, cfg, device)
-    optimizer = build_optimizer(model.parameters(), cfg["train"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg["train"], len(train_loader)))
-    trainer = Trainer(
-        model, optimizer, scheduler, train_loader, method.loss_step,
-        lambda m: _evaluate(method, m, datasets["val"], loaders["val"], cfg, precision, "val")[0], output_dir,
-        epochs=int(cfg["train"]["epochs"]), best_metric=cfg["train"]["best_metric"], precision=precision,
-        grad_clip=cfg["train"]["grad_clip"], eval_every=int(cfg["train"]["eval_every"]),
-        meta={"config": cfg, "class_names": train_set.class_names, "task": "instance"},
-    )
-    if resume:
-        trainer.resume(output_dir / "last.pt")
-    start = time.perf_counter()
-    state = vars(trainer.fit())
-    best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
-    model.load_state_dict(load_checkpoint(best)["model"])
-    logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name, state["best_epoch"])
-    return _finish(method, model, datasets, loaders, cfg, precision, output_dir, state, int(cfg["train"]["epochs"]), what,
-                   command)
+    return base.train(InstanceTask(), cfg, output_dir, resume=resume, command=command)
 
 
 def evaluate_instance(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:
     """Evaluate a checkpoint on val and test; writes results files, metrics.json and the report."""
+    return base.evaluate(InstanceTask(), cfg, checkpoint, output_dir, command=command)
+
+
+# ---- the watershed oracle -------------------------------------------------------------------------------
+
+
+def run_oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict[str, Any]:
+    """Post-process targets made from the ground truth (one-hot foreground and energy) and score them with the
+    COCO evaluator on val and test: the AP the watershed method reaches with a perfect network."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("task") != "instance":
-        raise SegExtError(f"checkpoint {checkpoint} is not from an instance-segmentation run")
-    device = setup_run(cfg["train"])
-    method = make_method(cfg, device)
-    datasets, what = _datasets(method, cfg, output_dir)
+    run = Run.start(cfg, output_dir, command)
+    task = InstanceTask()
+    task.build_datasets(run)
+    method = task.method
+    if not isinstance(method, WatershedMethod):
+        raise ConfigError("the oracle is for method watershed")
     save_config(cfg, output_dir / "config.yaml")
-    model, precision = place_model(method.build_model(datasets["train"].num_classes), cfg["train"], device)
-    model.load_state_dict(ckpt["model"])
-    state = ckpt.get("state", {})
-    loaders = _eval_loaders(method, datasets, cfg, device)
-    return _finish(method, model, datasets, loaders, cfg, precision, output_dir, state, state.get("epoch"), what, command,
-                   checkpoint=str(checkpoint))
-
-
-def _finish(method, model, datasets, loaders, cfg, precision: Precision, output_dir: Path, state: dict[str, Any],
-            epochs: Any, what: str, command: str, **extra: Any) -> dict[str, Any]:
-    """Evaluate on val and test, then write metrics.json and the report; returns the summary."""
-    summary = _final_evaluation(method, model, datasets, loaders, cfg, precision, output_dir)
-    summary.update(extra, method=cfg["method"])
-    summary.update(run_facts(cfg, model, precision, {s: len(d) for s, d in datasets.items() if d is not None}, state, epochs))
-    write_json(summary, output_dir / "metrics.json")
-    _write_report(output_dir, cfg, summary, state.get("history", []), what, command)
-    return summary
-
-
-def _final_evaluation(method, model, datasets, loaders, cfg, precision: Precision, output_dir: Path) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"method": "watershed oracle", "input_size": list(method.input_size), "post": method.post.as_dict()}
     for split in ("val", "test"):
-        dataset = datasets[split]
-        if split not in loaders:
-            logger.warning("no %s split; not evaluated", split)
+        dataset = run.datasets[split]
+        if dataset is None:
             continue
-        metrics, evaluator = _evaluate(method, model, dataset, loaders[split], cfg, precision, split)
-        summary[split] = metrics
-        for iou_type in ("segm", "bbox"):
-            evaluator.save_results(output_dir / f"results_{split}_{iou_type}.json", iou_type)
-        logger.info("%s: bbox AP %.2f  segm AP %.2f  (AP50 %.2f / %.2f)", split, metrics["bbox/AP"], metrics["segm/AP"],
-                    metrics["bbox/AP50"], metrics["segm/AP50"])
-    split = "test" if "test" in summary else "val"
-    _overlays(method, model, datasets[split], cfg, output_dir / f"overlays_{split}.png")
+        evaluator = COCOEvaluator(dataset.coco, dataset.category_of, backend=cfg["eval"]["backend"])
+        for i in range(len(dataset)):
+            _, target = dataset[i]
+            evaluator.process([method.instances(target["foreground"].numpy().astype(np.float32),
+                                                target["level"].numpy().astype(np.float32), target["orig_size"])], [target])
+        summary[split] = evaluator.evaluate()
+        evaluator.save_results(output_dir / f"results_{split}_segm.json", "segm")
+        logger.info("oracle %s: segm AP %.2f (AP50 %.2f, AP75 %.2f), bbox AP %.2f", split, summary[split]["segm/AP"],
+                    summary[split]["segm/AP50"], summary[split]["segm/AP75"], summary[split]["bbox/AP"])
+    summary["splits"] = task.split_sizes(run)
+    write_json(summary, output_dir / "metrics.json")
+    _oracle_report(output_dir, cfg, summary, task.what, command)
     return summary
 
 
-def _overlays(method, model: nn.Module, dataset: CocoInstanceDataset, cfg: dict[str, Any], path: Path) -> None:
-    count = int(cfg["report"]["num_overlays"])
-    if count <= 0 or dataset is None or not len(dataset):
-        return
-    rows = []
-    model.eval()
-    with torch.no_grad():
-        for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int):
-            image, target = dataset[int(i)]
-            raw_image, gt_masks = dataset.raw(int(i))
-            size = tuple(raw_image.shape[:2])
-            output = method.predict(model, [image], [size])[0]
-            masks = output["masks"]
-            masks = (masks[:, 0] if masks.dim() == 4 else masks).float() > float(cfg["eval"]["mask_threshold"])
-            row = {
-                "image": raw_image,
-                "gt_masks": gt_masks,
-                "pred_masks": masks.cpu().numpy(),
-                "pred_scores": output["scores"].cpu().numpy(),
-                "title": dataset.image_info(int(i))["file_name"].split("/")[-1],
-            }
-            extra = method.extra_panel(model, image, size)
-            if extra is not None:
-                row["extra"], row["extra_title"] = extra
-            rows.append(row)
-    plot_instances(rows, path, score_threshold=float(cfg["eval"]["score_threshold"]))
+# ---- reports --------------------------------------------------------------------------------------------
 
 
 def _write_report(output_dir: Path, cfg: dict[str, Any], summary: dict[str, Any], history: list[dict[str, Any]],

@@ -1,0 +1,118 @@
+"""Training targets of the watershed method (after the Deep Watershed Transform, Bai & Urtasun, CVPR 2017).
+
+The foreground, and each instance pixel's distance to its own instance's boundary (Euclidean distance transform
+per instance, so touching instances stay apart: their shared edge is a valley), quantised into K energy levels.
+They are computed after augmentation and resizing, so they always match the masks the network sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from seg_ext.data.coco import CocoInstanceDataset
+from seg_ext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def quantize(distance: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Energy level of each distance: the index of the last edge at or below it. Shape kept, int64."""
+    return np.clip(np.searchsorted(np.asarray(edges, np.float64), distance, side="right") - 1, 0, len(edges) - 1)
+
+
+def energy_targets(
+    masks: np.ndarray,
+    edges: Sequence[float],
+    level_weights: Sequence[float] = (3, 3, 3, 2),
+    area_weighting: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground, energy level and energy-loss weight of every pixel, from instance masks.
+
+    The distance of an instance pixel is its Euclidean distance to the nearest pixel outside its own instance,
+    minus 1 (so the instance's boundary pixels have distance 0); a pixel in two overlapping instances takes the
+    larger. Level weights: ``level_weights[k]`` for the lowest levels, 1 above; times ``1 / sqrt(area)`` of the
+    pixel's instance with ``area_weighting``; 0 off the foreground.
+
+    Shape:
+        masks: (N, H, W) binary -> foreground (H, W) int64, level (H, W) int64, weight (H, W) float32
+    """
+    h, w = masks.shape[1:]
+    distance = np.full((h, w), -1.0, np.float32)
+    area = np.zeros((h, w), np.float32)
+    for mask in masks.astype(bool):
+        ys, xs = np.nonzero(mask)
+        if not len(ys):
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        crop = np.pad(mask[y0:y1, x0:x1], 1)  # a zero border: the distance to outside the instance
+        d = ndimage.distance_transform_edt(crop)[1:-1, 1:-1].astype(np.float32) - 1
+        region = distance[y0:y1, x0:x1]
+        inside = mask[y0:y1, x0:x1] & (d > region)
+        region[inside] = d[inside]
+        area[y0:y1, x0:x1][inside] = len(ys)
+    foreground = distance >= 0
+    level = np.where(foreground, quantize(np.maximum(distance, 0), edges), 0)
+    table = np.ones(len(edges), np.float32)
+    table[: min(len(level_weights), len(edges))] = np.asarray(level_weights, np.float32)[: len(edges)]
+    weight = np.where(foreground, table[level], 0).astype(np.float32)
+    if area_weighting:
+        weight = np.where(foreground, weight / np.sqrt(np.maximum(area, 1)), 0).astype(np.float32)
+    return foreground.astype(np.int64), level.astype(np.int64), weight
+
+
+class WatershedDataset(Dataset):
+    """A COCO instance dataset resized to the network's input size, with foreground/energy targets.
+
+    ``__getitem__`` returns ``(image, target)``: ``image`` a normalised float tensor (3, h, w) at ``input_size``;
+    ``target`` holds ``foreground``, ``level`` (h, w) int64, ``energy_weight`` (h, w) float (the per-pixel energy-loss weight), ``image_id`` and
+    ``orig_size`` (the size predictions are scored at). Class-agnostic: every category is "foreground".
+    """
+
+    def __init__(self, base: CocoInstanceDataset, input_size: tuple[int, int], edges: Sequence[float],
+                 level_weights: Sequence[float], area_weighting: bool) -> None:
+        self.base = base
+        self.input_size = input_size
+        self.edges, self.level_weights, self.area_weighting = list(edges), list(level_weights), area_weighting
+        self.coco, self.category_of = base.coco, {1: base.cat_ids[0]}
+        self.class_names, self.num_classes = base.class_names, base.num_classes
+        self.transform = base.transform  # re-seeded per DataLoader worker
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def image_info(self, index: int) -> dict[str, Any]:
+        return self.base.image_info(index)
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.base.raw(index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image, target = self.base[index]
+        h, w = self.input_size
+        image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+        image = (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        masks = target["masks"]
+        if len(masks):
+            # area-weighted resampling, then the majority: boundaries as faithful as the resolution allows
+            masks = (F.interpolate(masks[None].float(), size=(h, w), mode="bilinear", antialias=True)[0] >= 0.5).to(torch.uint8)
+        else:
+            masks = torch.zeros((0, h, w), dtype=torch.uint8)
+        foreground, level, weight = energy_targets(masks.numpy(), self.edges, self.level_weights, self.area_weighting)
+        info = self.base.image_info(index)
+        return image, {
+            "foreground": torch.from_numpy(foreground),
+            "level": torch.from_numpy(level),
+            "energy_weight": torch.from_numpy(weight),
+            "image_id": target["image_id"],
+            "orig_size": (int(info["height"]), int(info["width"])),
+        }
+
+
+def collate_watershed(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Images stacked (they share the network's input size); targets as a list."""
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)

@@ -1,0 +1,24 @@
+"""The training engine, split by concern: where a run computes (``runtime``), in what precision (``precision``),
+its loaders (``loader``), optimiser and schedule (``optim``), checkpoint files (``checkpoint``) and the open
+training loop with its hooks (``trainer``). Functions here take plain arguments; they know no config keys.
+"""
+
+from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
+from seg_ext.engine.loader import make_loader, seed_worker
+from seg_ext.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, lr_factor_fn
+from seg_ext.engine.precision import (
+    AMP_MODES, CHANNELS_LAST_MODES, Precision, bf16_safe, native_bf16_cpu, place_model, resolve_precision,
+)
+from seg_ext.engine.runtime import seed_everything, select_device, set_threads
+from seg_ext.engine.trainer import (
+    Checkpoints, CountingTrainer, EpochLog, History, Hook, NonFiniteStop, ProgressBar, Trainer, TrainState, Validation,
+    default_hooks,
+)
+
+__all__ = [
+    "AMP_MODES", "CHANNELS_LAST_MODES", "CHECKPOINT_VERSION", "OPTIMIZERS", "SCHEDULERS", "Checkpoints",
+    "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TrainState",
+    "Trainer", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
+    "lr_factor_fn", "make_loader", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
+    "seed_worker", "select_device", "set_threads",
+]

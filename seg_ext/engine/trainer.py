@@ -1,0 +1,354 @@
+"""The training loop: ``run_step(batch)`` plus hooks, after detectron2's ``train_loop.py`` and ``hooks.py``.
+
+The trainer owns the model, optimiser, schedule, gradient scaler and progress (:class:`TrainState`); it runs
+epochs of steps. Everything around the steps is a :class:`Hook`: the progress bar, the stop on a non-finite
+loss, validation and the best checkpoint, the history (``metrics.jsonl``), the checkpoints and the epoch log
+line. :func:`default_hooks` gives the usual set; pass ``hooks=`` to choose others, or subclass and override
+``run_step`` (the counting baseline does: :class:`CountingTrainer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
+from seg_ext.engine.precision import Precision
+from seg_ext.errors import ConfigError, SegExtError, TrainingStopped
+from seg_ext.io import write_jsonl
+
+logger = logging.getLogger(__name__)
+
+LossStep = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainState:
+    """What the loop has done so far; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    iteration: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+class Hook:
+    """Something done around the steps. Every method receives the trainer; the default does nothing.
+
+    ``after_loss`` runs before the backward pass with the step's loss value; during ``after_epoch`` the
+    trainer's ``record`` (the epoch's line of ``metrics.jsonl``) may be read and extended.
+    """
+
+    def before_train(self, trainer: "Trainer") -> None: ...
+
+    def before_epoch(self, trainer: "Trainer") -> None: ...
+
+    def after_loss(self, trainer: "Trainer", value: float) -> None: ...
+
+    def after_step(self, trainer: "Trainer") -> None: ...
+
+    def after_epoch(self, trainer: "Trainer") -> None: ...
+
+    def after_train(self, trainer: "Trainer") -> None: ...
+
+
+class ProgressBar(Hook):
+    """A tqdm bar per epoch with the running mean loss and the learning rate (off when not on a terminal)."""
+
+    def before_epoch(self, trainer: "Trainer") -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(trainer.train_loader), desc=f"epoch {trainer.epoch}/{trainer.epochs}", leave=False,
+                        disable=None, dynamic_ncols=True)
+
+    def after_step(self, trainer: "Trainer") -> None:
+        postfix = {}
+        if trainer.epoch_count and "loss" in trainer.epoch_sums:
+            postfix["loss"] = f"{trainer.epoch_sums['loss'] / trainer.epoch_count:.4f}"
+        if trainer.optimizer is not None:
+            postfix["lr"] = f"{trainer.optimizer.param_groups[0]['lr']:.2e}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        self.bar.close()
+
+
+class NonFiniteStop(Hook):
+    """Stop before a non-finite loss reaches the weights, naming the last good checkpoint."""
+
+    def after_loss(self, trainer: "Trainer", value: float) -> None:
+        if math.isfinite(value):
+            return
+        last = trainer.output_dir / "last.pt"
+        kept = f"the last good checkpoint is {last} (epoch {trainer.state.epoch})" if last.is_file() else "no checkpoint was written yet"
+        raise TrainingStopped(
+            f"training stopped: the loss became {value} at epoch {trainer.epoch}, iteration {trainer.state.iteration}; "
+            f"{kept}; try a lower train.lr or set train.grad_clip"
+        )
+
+
+class Validation(Hook):
+    """Validate every ``trainer.eval_every`` epochs and after the last; note whether ``trainer.best_metric``
+    improved (higher is better, except for metrics naming a loss)."""
+
+    def __init__(self, validate: Callable[[nn.Module], dict[str, float]]) -> None:
+        self.validate = validate
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        epoch = trainer.epoch
+        if epoch % trainer.eval_every and epoch != trainer.epochs:
+            return
+        start = time.perf_counter()
+        val = self.validate(trainer.model)
+        trainer.record["val_seconds"] = round(time.perf_counter() - start, 3)
+        trainer.record.update({f"val/{k}": v for k, v in val.items()})
+        if trainer.best_metric not in val:
+            raise ConfigError(
+                f"config key 'train.best_metric' is {trainer.best_metric!r}, which validation does not report; "
+                f"expected one of: {', '.join(k for k in val if not k.startswith('time/'))}"
+            )
+        value = float(val[trainer.best_metric])
+        best = trainer.state.best_value
+        minimize = "loss" in trainer.best_metric
+        if math.isfinite(value) and (best is None or (value < best if minimize else value > best)):
+            trainer.improved = True
+            trainer.state.best_value, trainer.state.best_epoch = value, epoch
+
+
+class History(Hook):
+    """Keep the epoch's record in the state and rewrite ``metrics.jsonl`` (one line per epoch)."""
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        trainer.state.history.append(trainer.record)
+        write_jsonl(trainer.state.history, trainer.output_dir / "metrics.jsonl")
+
+
+class Checkpoints(Hook):
+    """``last.pt`` after every epoch, ``best.pt`` when validation improved; both written atomically."""
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        ckpt = trainer.checkpoint()
+        atomic_save(ckpt, trainer.output_dir / "last.pt")
+        if trainer.improved:
+            atomic_save(ckpt, trainer.output_dir / "best.pt")
+
+
+class EpochLog(Hook):
+    """One log line per epoch: losses, the best metric, learning rate, time, and whether it was the best."""
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        record = trainer.record
+        parts = [f"epoch {record['epoch']}/{trainer.epochs}"]
+        if "train/loss" in record:
+            parts.append(f"train loss {record['train/loss']:.4f}")
+        if "val/loss" in record:
+            parts.append(f"val loss {record['val/loss']:.4f}")
+        key = f"val/{trainer.best_metric}"
+        if key in record and trainer.best_metric != "loss":
+            parts.append(f"val {trainer.best_metric} {record[key]:.2f}")
+        if "lr" in record:
+            parts.append(f"lr {record['lr']:.2e}")
+        parts.append(f"{record['train_seconds'] + record.get('val_seconds', 0):.1f}s")
+        logger.info("  ".join(parts) + ("  (best)" if trainer.improved else ""))
+
+
+def default_hooks(validate: Callable[[nn.Module], dict[str, float]]) -> list[Hook]:
+    """The usual hooks, in the order they run: progress, non-finite stop, validation, history, checkpoints, log."""
+    return [ProgressBar(), NonFiniteStop(), Validation(validate), History(), Checkpoints(), EpochLog()]
+
+
+class Trainer:
+    """Epochs of ``run_step`` with hooks around them, checkpoints and resume.
+
+    Args:
+        model: the network (already on ``precision.device``).
+        optimizer, scheduler: the optimiser and a per-iteration ``LambdaLR`` (None for a trainer that does not
+            descend a gradient, like :class:`CountingTrainer`).
+        train_loader: batches for ``loss_step``.
+        loss_step: ``loss_step(model, batch) -> (loss, parts)``; runs under autocast; ``parts`` maps names of
+            loss components to floats for the log.
+        validate: ``validate(model) -> metrics`` on the validation split (``loss`` among them if it has one);
+            used by the default hooks.
+        output_dir: where ``last.pt``, ``best.pt`` and ``metrics.jsonl`` go.
+        epochs: epochs to train in all (a resumed run continues up to this).
+        best_metric: validation key that picks ``best.pt``; higher is better, except for keys naming a loss.
+        meta: extra entries for every checkpoint (config, class names, ...).
+        hooks: replaces :func:`default_hooks` when given.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        train_loader: Iterable,
+        loss_step: LossStep,
+        validate: Callable[[nn.Module], dict[str, float]] | None,
+        output_dir: str | Path,
+        epochs: int,
+        best_metric: str,
+        precision: Precision,
+        grad_clip: float | None = None,
+        eval_every: int = 1,
+        meta: dict[str, Any] | None = None,
+        hooks: Sequence[Hook] | None = None,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.train_loader = train_loader
+        self.loss_step = loss_step
+        self.output_dir = Path(output_dir)
+        self.epochs, self.best_metric = int(epochs), best_metric
+        self.precision = precision
+        self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_scaler)
+        self.grad_clip = grad_clip
+        self.eval_every = max(int(eval_every), 1)
+        self.meta = dict(meta or {})
+        self.state = TrainState()
+        if hooks is None:
+            hooks = default_hooks(validate) if validate is not None else [ProgressBar(), NonFiniteStop(), History(), Checkpoints(), EpochLog()]
+        self.hooks = list(hooks)
+        # the epoch under way: its number, its record (a line of metrics.jsonl), whether validation improved
+        self.epoch, self.record, self.improved = 0, {}, False
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_count = 0
+
+    # -- checkpoints
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything :meth:`resume` needs, plus ``meta``."""
+        gen = self._loader_generator()
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": vars(self.state).copy(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "loader": None if gen is None else gen.get_state(),
+            },
+            **self.meta,
+        }
+
+    def _loader_generator(self) -> torch.Generator | None:
+        return getattr(self.train_loader, "generator", None)
+
+    def resume(self, path: str | Path) -> None:
+        """Restore model, optimiser, schedule, scaler, progress and random state from ``path``."""
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainState(**ckpt["state"])
+        rng = ckpt.get("rng", {})
+        if rng:
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            gen = self._loader_generator()
+            if rng.get("loader") is not None and gen is not None:
+                gen.set_state(rng["loader"])
+        logger.info("resumed from %s after epoch %d", path, self.state.epoch)
+
+    # -- one step, one epoch
+
+    def _call(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, name)(self, *args)
+
+    def run_step(self, batch: Any) -> tuple[float | None, dict[str, float]]:
+        """Forward under autocast, the hooks' look at the loss, backward, optimiser and schedule step.
+
+        Returns:
+            The loss value and its named parts.
+        """
+        with self.precision.autocast():
+            loss, parts = self.loss_step(self.model, batch)
+        value = float(loss.detach())
+        self._call("after_loss", value)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return value, parts
+
+    def train_one_epoch(self) -> dict[str, float]:
+        """One pass over the loader; returns the mean loss and parts."""
+        self.model.train()
+        self.epoch_sums, self.epoch_count = {}, 0
+        for batch in self.train_loader:
+            value, parts = self.run_step(batch)
+            self.state.iteration += 1
+            self.epoch_count += 1
+            if value is not None:
+                self.epoch_sums["loss"] = self.epoch_sums.get("loss", 0.0) + value
+            for k, v in parts.items():
+                self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + float(v)
+            self._call("after_step")
+        if self.epoch_count == 0:
+            raise SegExtError("the training split gave no batch; expected at least one training image")
+        return {k: v / self.epoch_count for k, v in self.epoch_sums.items()}
+
+    # -- the loop
+
+    def fit(self) -> TrainState:
+        """Train up to ``epochs``; the hooks validate, log and checkpoint after every epoch."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._call("before_train")
+        for epoch in range(self.state.epoch + 1, self.epochs + 1):
+            self.epoch, self.improved = epoch, False
+            self._call("before_epoch")
+            start = time.perf_counter()
+            train_metrics = self.train_one_epoch()
+            seconds = time.perf_counter() - start
+            self.state.train_seconds += seconds
+            self.record = {"epoch": epoch}
+            if self.optimizer is not None:
+                self.record["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.record["train_seconds"] = round(seconds, 3)
+            self.record.update({f"train/{k}": v for k, v in train_metrics.items()})
+            self.state.epoch = epoch
+            self._call("after_epoch")
+        self._call("after_train")
+        return self.state
+
+
+class CountingTrainer(Trainer):
+    """A trainer whose step counts instead of descending a gradient (the per-pixel frequency baseline).
+
+    ``count_step(model, batch)`` adds the batch to the model's counts; one pass over the loader is one epoch,
+    followed by the same validation, checkpoints and history as any run.
+    """
+
+    def __init__(self, model: nn.Module, train_loader: Iterable, count_step: Callable[[nn.Module, Any], None],
+                 validate: Callable[[nn.Module], dict[str, float]], output_dir: str | Path, best_metric: str,
+                 precision: Precision, meta: dict[str, Any] | None = None, epochs: int = 1) -> None:
+        super().__init__(model, None, None, train_loader, count_step, validate, output_dir, epochs, best_metric,
+                         precision, meta=meta)
+
+    @torch.no_grad()
+    def run_step(self, batch: Any) -> tuple[float | None, dict[str, float]]:
+        self.loss_step(self.model, batch)
+        return None, {}

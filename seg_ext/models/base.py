@@ -1,0 +1,18 @@
+"""What every model of the project declares about itself (capability flags with their defaults)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class SegmentationModel(nn.Module):
+    """Base class of the hand-written models.
+
+    Attributes:
+        fitted_by_counting: trained by counting labels (``count``), not by gradient descent.
+        bf16_safe: bf16 autocast keeps its gradients close to fp32's (``benchmarks/cpu_throughput.py`` measures
+            it); the engine keeps a model that holds any module declaring False in fp32 under ``train.amp=auto``.
+    """
+
+    fitted_by_counting: bool = False
+    bf16_safe: bool = True

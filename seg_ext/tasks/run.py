@@ -1,0 +1,96 @@
+"""The run object, and where config blocks become the plain arguments of the engine, data code and builders.
+
+Config values are checked once, when the config is loaded (``seg_ext.config.validate_config``); the functions
+here only read them and pass them on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from seg_ext.engine import (
+    Precision, build_optimizer, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
+)
+from seg_ext.errors import SegExtError
+
+
+@dataclass
+class Run:
+    """One training or evaluation run: its config, folder and device, and what the driver builds for it.
+
+    Attributes:
+        cfg: the validated config.
+        output_dir: the run folder.
+        command: how the run was started (for the report).
+        device: where it computes; precision: how (set by :meth:`place`).
+        datasets: ``train``/``val``/``test`` (None for a split the data does not have).
+        loaders: evaluation loaders of the splits that have images, built once.
+    """
+
+    cfg: dict[str, Any]
+    output_dir: Path
+    command: str
+    device: torch.device
+    precision: Precision | None = None
+    datasets: dict[str, Any] = field(default_factory=dict)
+    loaders: dict[str, DataLoader] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, cfg: dict[str, Any], output_dir: Path, command: str = "") -> "Run":
+        """Apply ``train.threads`` and ``train.seed`` and pick ``train.device``."""
+        train = cfg["train"]
+        set_threads(train["threads"])
+        seed_everything(train["seed"])
+        return cls(cfg, Path(output_dir), command, select_device(train["device"]))
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device in the precision ``train.amp`` / ``train.channels_last`` ask for."""
+        model, self.precision = place_model(model, self.device, self.cfg["train"]["amp"], self.cfg["train"]["channels_last"])
+        return model
+
+    def loader(self, dataset: Dataset, train: bool = False, collate_fn: Callable | None = None) -> DataLoader:
+        """A loader of ``data.batch_size`` and ``data.num_workers``: shuffled and dropping a last partial batch
+        for training, in order for evaluation."""
+        batch_size = self.cfg["data"]["batch_size"]
+        return make_loader(
+            dataset, batch_size=batch_size, shuffle=train, num_workers=self.cfg["data"]["num_workers"],
+            seed=self.cfg["train"]["seed"], collate_fn=collate_fn, drop_last=train and len(dataset) > batch_size,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        t = self.cfg["train"]
+        return build_optimizer(model.parameters(), t["optimizer"], t["lr"], t["weight_decay"], t["momentum"])
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+        t = self.cfg["train"]
+        factor = lr_factor_fn(t["scheduler"], t["epochs"], iters_per_epoch, t["step_size"], t["gamma"], t["warmup_iters"],
+                              t["warmup_factor"])
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def image_size(cfg: dict[str, Any]) -> tuple[int, int]:
+    """The (height, width) of ``data.image_size`` (a number means a square)."""
+    value = cfg["data"]["image_size"]
+    h, w = (value, value) if isinstance(value, int) else value
+    return int(h), int(w)
+
+
+def prepare_output_dir(output_dir: Path, resume: bool) -> Path:
+    """Check the run folder: a new run must not overwrite an earlier one; a resumed run must have one."""
+    last = output_dir / "last.pt"
+    if resume and not last.is_file():
+        raise SegExtError(f"cannot resume: {last} does not exist; expected the folder of an earlier run")
+    if not resume and last.is_file():
+        raise SegExtError(
+            f"output folder {output_dir} already holds a run ({last}); pass --resume to continue it or choose "
+            "another --output-dir"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
