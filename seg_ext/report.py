@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from seg_ext.io import atomic_write_text, write_json
+from seg_ext.io import atomic_write_text
 
 
 def fmt(value: Any, digits: int = 2) -> str:

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from conftest import write_folder_dataset
-from seg_ext.config import load_config
 from seg_ext.data.semantic import (
     SemanticSegDataset,
     detect_format,

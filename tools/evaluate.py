@@ -36,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     from seg_ext.data.coco import coco_from_dict, load_coco_json
     from seg_ext.evaluation.coco import coco_evaluate, load_results
-    from seg_ext.report import write_json
+    from seg_ext.io import write_json
 
     setup_logging()
     coco_gt = coco_from_dict(load_coco_json(args.gt))

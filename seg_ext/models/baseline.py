@@ -6,7 +6,6 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from seg_ext.models.base import SegmentationModel
 
 

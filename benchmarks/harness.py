@@ -1,0 +1,95 @@
+"""What every benchmark shares: timing, peak memory in a fresh process, and the data and runs they measure on.
+
+Benchmarks use only the library's public API (``seg_ext.tasks``, ``seg_ext.engine``, ``seg_ext.evaluation``,
+``seg_ext.methods``, ``seg_ext.models``, ``seg_ext.data``): the step they time is the one training runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+PENNFUDAN = ROOT.parent / "shared" / "data" / "PennFudanPed"
+
+
+def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``repeat`` calls of ``fn`` after ``warmup`` calls; also every time."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Run the worker ``name`` (``module.function`` of this folder) in a fresh interpreter, for clean peak-memory
+    figures; returns what it printed as JSON."""
+    cmd = [sys.executable, str(Path(__file__).with_name("run.py")), "--worker", name, "--worker-args", json.dumps(kwargs)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def semantic_config(data_root: str | None = None, opts: list[str] | None = None) -> dict[str, Any]:
+    """The default semantic config with ``opts``, on ``data_root`` (None: the synthetic scenes)."""
+    from seg_ext.config import load_config, merge_config
+
+    cfg = load_config(overrides=opts or [])
+    if data_root:
+        cfg = merge_config(cfg, {"data": {"root": data_root}}, "benchmark")
+    return cfg
+
+
+def semantic_run(cfg: dict[str, Any], output_dir: str | Path, precision: Any = None):
+    """A semantic run set up as training sets it up: ``(run, task, model, trainer)``; ``trainer.run_step(batch)``
+    is the training step. ``precision`` (a ``Precision``) replaces the run's own when given."""
+    from seg_ext.tasks.run import Run
+    from seg_ext.tasks.semantic import SemanticTask
+
+    run = Run.start(cfg, Path(output_dir))
+    task = SemanticTask()
+    task.build_datasets(run)
+    model = run.place(task.build_model(run))
+    if precision is not None:
+        run.precision = precision
+        model = precision.prepare(model)
+    task.prepare(run)
+    trainer = task.build_trainer(run, model, meta={})
+    return run, task, model, trainer
+
+
+def pennfudan_test_split(tmp: str, method: Any = None, cfg: dict[str, Any] | None = None):
+    """Penn-Fudan's test split (the synthetic pedestrians without it) converted to COCO in ``tmp``, as the
+    ``method``'s dataset when given (else the COCO split itself); the image root comes back too."""
+    from seg_ext.config import instance_defaults
+    from seg_ext.data.pennfudan import convert_pennfudan
+    from seg_ext.data.synthetic import ensure_synthetic_pedestrians
+    from seg_ext.tasks.instance import coco_split
+
+    root = PENNFUDAN if PENNFUDAN.is_dir() else ensure_synthetic_pedestrians()
+    split = coco_split(cfg or instance_defaults("maskrcnn"), convert_pennfudan(root, tmp)["test"], root, train=False)
+    return root, (split if method is None else method.dataset(split, train=False))
+
+
+def temporary_folder() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory()
