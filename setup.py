@@ -31,5 +31,5 @@ setup(
         "pyyaml>=6.0",
         "pillow>=10.0",
     ],
-    extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4"], "fast-coco": ["faster-coco-eval>=1.6"]},
+    extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4", "import-linter>=2.0"], "fast-coco": ["faster-coco-eval>=1.6"]},
 )

@@ -6,9 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seg_ext.config import choice
-
-CLASS_WEIGHT_MODES = ("none", "inverse", "median")
+from seg_ext.config import CLASS_WEIGHT_MODES, choice
 
 
 def weighted_cross_entropy(

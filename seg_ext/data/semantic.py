@@ -2,7 +2,7 @@
 
 ``open_semantic_source(root, format)`` finds the image/label pairs of a dataset folder (detecting its layout when
 ``format`` is ``"auto"``); ``SemanticSegDataset`` reads one pair, checks it and applies the albumentations
-transform. ``build_semantic_datasets(cfg)`` does both for the train/val/test splits of a config.
+transform. ``build_semantic_datasets(root, transforms, ...)`` does both for the train/val/test splits.
 
 Formats:
 
