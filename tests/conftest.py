@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,10 @@ def call_tool(name: str, argv: list[str]) -> int:
 
     module = load_tool(name)
     return run_tool(module.main, module.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def run_tool_process(name: str, argv: list, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run tools/<name>.py in a process of its own, as a user would; returns the finished process (text output)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "tools" / f"{name}.py"), *[str(a) for a in argv]],
+                          capture_output=True, text=True, env=env, timeout=timeout)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, call_tool, write_folder_dataset
+from conftest import ROOT, call_tool, run_tool_process, write_folder_dataset
 
 FAST = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "train.epochs=1",
         "model.base_width=4", "model.depth=2", "report.num_overlays=2"]
@@ -122,12 +119,8 @@ def test_bad_input_is_one_sentence_and_exit_2(case, pattern, tmp_path, scenes_ro
 def test_error_inside_a_loader_worker_is_still_one_line(tmp_path):
     """A bad label found by a DataLoader worker process comes back wrapped; the tool still prints one sentence."""
     root = _bad_dataset(tmp_path, "label")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools/train_semantic.py"), "--data-root", str(root), "--output-dir",
-         str(tmp_path / "out"), "--opts", *[o for o in FAST if "num_workers" not in o], "data.num_workers=2"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    proc = run_tool_process("train_semantic", ["--data-root", root, "--output-dir", tmp_path / "out", "--opts",
+                                               *[o for o in FAST if "num_workers" not in o], "data.num_workers=2"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
