@@ -34,7 +34,7 @@ def _precision_cases(device: torch.device, size: int | None, batch: int | None) 
     from seg_ext.config import instance_defaults
     from seg_ext.losses import weighted_cross_entropy
     from seg_ext.models import build_from_block, build_model
-    from seg_ext.tasks.instance import build_method
+    from seg_ext.methods import build_method
     from seg_ext.tasks.semantic import semantic_datasets, semantic_transforms
 
     cfg = semantic_config(opts=[f"data.image_size=[{size},{size}]"] if size else [])
@@ -65,7 +65,7 @@ def _precision_cases(device: torch.device, size: int | None, batch: int | None) 
             infer = lambda m, images=images: torch.cat([v.float().flatten() for v in m(images.to(device)).values()])
         else:
             # detections are not comparable one to one; inference is timed, not compared
-            infer = lambda m, method=method, images=images: (method.predict(m, images), None)[1]
+            infer = lambda m, method=method, images=images: (method.forward(m, images), None)[1]
         cases["dual_unet" if name == "watershed" else "maskrcnn"] = {
             "make": lambda method=method, block=icfg["model"]: build_from_block(
                 method.models, block, method.model_arguments(2)).to(device),

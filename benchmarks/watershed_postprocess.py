@@ -15,7 +15,7 @@ from harness import median_time, pennfudan_test_split
 def bench(quick: bool, repeat: int) -> dict[str, Any]:
     from seg_ext.config import instance_defaults
     from seg_ext.models.maskrcnn import maskrcnn
-    from seg_ext.tasks.instance import build_method
+    from seg_ext.methods import build_method
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the target is per image on one core

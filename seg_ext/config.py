@@ -60,6 +60,9 @@ SEMANTIC_DEFAULTS: dict[str, Any] = {
         "eval_every": 1,  # validate every N epochs (and always after the last)
         "threads": 0,  # torch CPU threads; 0 keeps torch's default
     },
+    # full_resolution: the final val/test evaluation (and --eval-only) scores each image at its own size, with the
+    # probabilities upsampled and the masks untouched; per-epoch validation stays at data.image_size
+    "eval": {"full_resolution": True},
     "report": {"num_overlays": 6},
 }
 
@@ -272,12 +275,29 @@ RENAMED_KEYS = {("watershed", "foreground_weight"): "foreground_loss_weight", ("
 
 
 def upgrade_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a config saved by an earlier version, with renamed keys under their new names."""
+    """A copy of a config saved by an earlier version: renamed keys under their new names, and keys added since
+    (``eval.full_resolution``, ...) at their defaults."""
     out = copy.deepcopy(cfg)
     for (block, old), new in RENAMED_KEYS.items():
         if isinstance(out.get(block), dict) and old in out[block]:
             out[block][new] = out[block].pop(old)
+    defaults = instance_defaults(out["method"]) if "method" in out else SEMANTIC_DEFAULTS
+    for block, values in defaults.items():
+        if block in FREE_BLOCKS or not isinstance(values, dict):
+            continue
+        if not isinstance(out.get(block), dict):
+            out[block] = copy.deepcopy(values)
+            continue
+        for key, value in values.items():
+            out[block].setdefault(key, copy.deepcopy(value))
     return out
+
+
+def image_size(cfg: dict[str, Any]) -> tuple[int, int]:
+    """The (height, width) of ``data.image_size`` (a number means a square)."""
+    value = cfg["data"]["image_size"]
+    h, w = (value, value) if isinstance(value, int) else value
+    return int(h), int(w)
 
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> None:
@@ -359,7 +379,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config key 'train.device' is {train['device']!r}; expected auto, cpu, cuda or cuda:N")
         _at_least(train["epochs"], "train.epochs", 0, "0 or more")
         _at_least(train["eval_every"], "train.eval_every", 1, "at least 1")
-    if "method" in cfg:  # an instance config (the method's name is checked by seg_ext.tasks.instance.build_method)
+    if "method" in cfg:  # an instance config (the method's name is checked by seg_ext.methods.build_method)
         choice(data["format"], "data.format", ("auto", "pennfudan", "coco"))
     ws = cfg.get("watershed")
     if ws:

@@ -225,3 +225,60 @@ def plot_instances(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _text_strip(width: int, entries: Sequence[tuple[tuple[int, int, int] | None, str]]) -> np.ndarray:
+    """A white strip with coloured squares and labels, wrapped to ``width`` (drawn with PIL: fast per image)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    pad, box, line = 4, 10, 16
+    widths = [box + 4 + int(font.getlength(text)) + 12 for _, text in entries]
+    lines, x = 1, pad
+    for w in widths:
+        if x + w > width - pad and x > pad:
+            lines, x = lines + 1, pad
+        x += w
+    strip = Image.new("RGB", (width, lines * line + 2 * pad), "white")
+    draw = ImageDraw.Draw(strip)
+    x, y = pad, pad
+    for (colour, text), w in zip(entries, widths):
+        if x + w > width - pad and x > pad:
+            x, y = pad, y + line
+        if colour is not None:
+            draw.rectangle([x, y + 2, x + box, y + 2 + box], fill=tuple(int(c) for c in colour), outline="black")
+        draw.text((x + box + 4, y), text, fill="black", font=font)
+        x += w
+    return np.asarray(strip)
+
+
+def semantic_overlay_picture(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5) -> np.ndarray:
+    """The prediction blended over the image, with a legend of the classes present below it.
+
+    Shape:
+        image: (H, W, 3) uint8; labels: (H, W) class ids -> (H + legend, W, 3) uint8
+    """
+    pal = palette(len(class_names))
+    picture = blend(image, colourize(labels, len(class_names)), alpha)
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(class_names)))
+    legend = _text_strip(image.shape[1], [(pal[c], class_names[c]) for c in present if c < len(class_names)])
+    return np.concatenate([picture, legend], axis=0)
+
+
+def instance_overlay_picture(image: np.ndarray, masks: np.ndarray, scores: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Each instance blended in its own colour and outlined, its score at its box's corner, and a count below.
+
+    Shape:
+        image: (H, W, 3) uint8; masks: (N, H, W) bool; scores: (N,); boxes: (N, 4) xyxy -> (H + strip, W, 3) uint8
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.fromarray(instance_overlay(image, masks))
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    for score, (x0, y0, _, _) in zip(scores, boxes):
+        text = f"{float(score):.2f}"
+        left, top = max(0, int(x0)), max(0, int(y0) - 12)
+        draw.rectangle([left, top, left + int(font.getlength(text)) + 4, top + 12], fill="black")
+        draw.text((left + 2, top), text, fill="white", font=font)
+    strip = _text_strip(image.shape[1], [(None, f"{len(masks)} instance(s)")])
+    return np.concatenate([np.asarray(picture), strip], axis=0)

@@ -182,8 +182,12 @@ class CocoInstanceDataset(Dataset):
             "iscrowd": torch.zeros(len(labels), dtype=torch.int64),
             "orig_size": tuple(image.shape[:2]),  # where predictions are scored (the image as returned)
         }
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-        return tensor, target
+        return image_tensor(image), target
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """An HxWx3 uint8 image as the float tensor (3, H, W) in [0, 1] that instance models take."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
 
 
 def collate_instances(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

@@ -64,6 +64,16 @@ def energy_targets(
     return foreground.astype(np.int64), level.astype(np.int64), weight
 
 
+def network_input(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """What the dual-head UNet sees of an image: resized (bilinear, antialiased) to ``size`` and normalised.
+
+    Shape:
+        image: (3, H, W) float in [0, 1] -> (3, h, w)
+    """
+    image = F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
 class WatershedDataset(Dataset):
     """A COCO instance dataset resized to the network's input size, with foreground/energy targets.
 
@@ -93,8 +103,7 @@ class WatershedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image, target = self.base[index]
         h, w = self.input_size
-        image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
-        image = (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        image = network_input(image, self.input_size)
         masks = target["masks"]
         if len(masks):
             # area-weighted resampling, then the majority: boundaries as faithful as the resolution allows

@@ -119,7 +119,11 @@ class SemSegEvaluator(Evaluator):
         Shape:
             logits: (N, C, H, W) -> (N, C, H, W) int32
         """
-        prob = torch.softmax(logits.float(), dim=1)
+        return self.probability_bins(torch.softmax(logits.float(), dim=1))
+
+    def probability_bins(self, prob: torch.Tensor) -> torch.Tensor:
+        """:meth:`score_bins` of probabilities (float32, any shape)."""
+        prob = prob.float()
         scaled_complement = torch.rsub(prob, 1 / ODDS_SCALE, alpha=1 / ODDS_SCALE)  # (1 - p) / 2^64, exact scaling
         odds = torch.addcdiv(prob.new_tensor(ODDS_FLOOR), prob, scaled_complement, out=scaled_complement)
         bins = odds.view(torch.int32).bitwise_right_shift_(self.shift)
@@ -131,12 +135,20 @@ class SemSegEvaluator(Evaluator):
         Shape:
             logits: (N, C, H, W) raw scores; target: (N, H, W) class ids or ``ignore_index``.
         """
-        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"expected logits of shape (N, {self.num_classes}, H, W), got {tuple(logits.shape)}")
-        if target.shape != (logits.shape[0], *logits.shape[2:]):
-            raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+        self._accumulate(logits, target, probabilities=False)
+
+    def process_probs(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate a batch of class probabilities (softmax already applied, e.g. upsampled to the image's
+        size) and their targets. Shape as :meth:`process`."""
+        self._accumulate(probs, target, probabilities=True)
+
+    def _accumulate(self, scores: torch.Tensor, target: torch.Tensor, probabilities: bool) -> None:
+        if scores.dim() != 4 or scores.shape[1] != self.num_classes:
+            raise ValueError(f"expected scores of shape (N, {self.num_classes}, H, W), got {tuple(scores.shape)}")
+        if target.shape != (scores.shape[0], *scores.shape[2:]):
+            raise ValueError(f"target shape {tuple(target.shape)} does not match scores {tuple(scores.shape)}")
         c, b = self.num_classes, self.num_bins
-        logits = logits.detach()
+        logits = scores.detach()
         target = target.detach().to(logits.device).long()
         valid = target != self.ignore_index
         some_ignored = not bool(valid.all())
@@ -145,7 +157,7 @@ class SemSegEvaluator(Evaluator):
             raise ValueError(f"target holds values outside 0..{c - 1} other than ignore_index {self.ignore_index}")
 
         cells = labels * c + argmax_channels(logits)
-        bins = self.score_bins(logits)
+        bins = self.probability_bins(logits) if probabilities else self.score_bins(logits)
         bins += (torch.arange(c, dtype=torch.int32, device=bins.device) * b).view(1, c, 1, 1)
         own = bins.gather(1, labels.unsqueeze(1))  # each pixel's bin for its own class
         if some_ignored:  # ignored pixels go to one extra slot past the end, dropped below

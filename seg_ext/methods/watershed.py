@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_ext.data.coco import CocoInstanceDataset
-from seg_ext.data.energy import WatershedDataset, collate_watershed
+from seg_ext.data.coco import CocoInstanceDataset, image_tensor
+from seg_ext.data.energy import WatershedDataset, collate_watershed, network_input
 from seg_ext.losses import watershed_loss
 from seg_ext.methods.base import InstanceMethod
 from seg_ext.models.dual_unet import DualHeadUNet
@@ -88,14 +88,25 @@ class WatershedMethod(InstanceMethod):
         return watershed_loss(out["foreground"].float(), out["energy"].float(), stack("foreground"), stack("level"),
                               stack("energy_weight"), self.foreground_loss_weight, self.energy_loss_weight)
 
-    def maps(self, model: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Foreground probability and expected energy at the input size. Shapes: (N, h, w) each."""
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        return network_input(image_tensor(image), self.input_size)
+
+    def maps(self, model: nn.Module, images: torch.Tensor, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Foreground probability and expected energy at the input size; ``tta``: the probabilities averaged with
+        those of the horizontally flipped images (flipped back). Shapes: (N, h, w) each."""
         if isinstance(images, (list, tuple)):
             images = torch.stack(list(images))
-        out = model(images.to(self.device, non_blocking=True))
-        fg = torch.softmax(out["foreground"].float(), 1)[:, 1].cpu().numpy()
-        prob = torch.softmax(out["energy"].float(), 1).cpu().numpy()
-        return fg, np.stack([expected_energy(p) for p in prob])
+        images = images.to(self.device, non_blocking=True)
+        fg, prob = self._probabilities(model, images)
+        if tta:
+            fg_flip, prob_flip = self._probabilities(model, images.flip(-1))
+            fg, prob = (fg + fg_flip.flip(-1)) / 2, (prob + prob_flip.flip(-1)) / 2
+        return fg.cpu().numpy(), np.stack([expected_energy(p) for p in prob.cpu().numpy()])
+
+    @staticmethod
+    def _probabilities(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(images)
+        return torch.softmax(out["foreground"].float(), 1)[:, 1], torch.softmax(out["energy"].float(), 1)
 
     def instances(self, foreground: np.ndarray, energy: np.ndarray, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """The post-processing of one image's maps (network resolution) into instances at ``size``; the oracle
@@ -103,13 +114,16 @@ class WatershedMethod(InstanceMethod):
         labels, scores = watershed_instances(foreground, energy, **self.post.as_dict())
         return instances_from_labels(labels, scores, size)
 
-    def predict(self, model: nn.Module, images: Any, sizes: Sequence[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
-        fg, energy = self.maps(model, images)
-        return [self.instances(f, e, size) for f, e, size in zip(fg, energy, sizes)]
+    def forward(self, model: nn.Module, images: Any, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        return self.maps(model, images, tta)
 
-    def extra_panel(self, model: nn.Module, image: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    def postprocess(self, outputs: tuple[np.ndarray, np.ndarray], index: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        fg, energy = outputs
+        return self.instances(fg[index], energy[index], size)
+
+    def extra_panel(self, outputs: tuple[np.ndarray, np.ndarray], index: int, size: tuple[int, int]) -> tuple[np.ndarray, str]:
         """The expected energy where the foreground is predicted (the energy head is not trained elsewhere)."""
-        fg, energy = self.maps(model, image[None])
-        shown = torch.from_numpy(np.where(fg >= self.post.foreground_threshold, energy, 0.0))
-        resized = F.interpolate(shown[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        fg, energy = outputs
+        shown = torch.from_numpy(np.where(fg[index] >= self.post.foreground_threshold, energy[index], 0.0))
+        resized = F.interpolate(shown[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
         return resized.numpy(), "predicted energy on the foreground"

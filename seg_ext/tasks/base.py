@@ -81,6 +81,10 @@ class Task:
     def draw_overlays(self, run: Run, model: nn.Module, split: str) -> None:
         """Predictions drawn over a few images of ``split`` (``overlays_<split>.png``)."""
 
+    def checkpoint_facts(self, run: Run) -> dict[str, Any]:
+        """What checkpoints hold besides the config, class names and task (what prediction needs)."""
+        return {}
+
     def facts(self, run: Run) -> dict[str, Any]:
         """Task-specific entries of metrics.json."""
         return {}
@@ -123,7 +127,7 @@ def train(task: Task, cfg: dict[str, Any], output_dir: Path, resume: bool = Fals
     output_dir = prepare_output_dir(Path(output_dir), resume)
     run = _start(task, cfg, output_dir, command)
     model = _model_and_loaders(task, run)
-    meta = {"config": cfg, "class_names": task.class_names(run), "task": task.name}
+    meta = {"config": cfg, "class_names": task.class_names(run), "task": task.name, **task.checkpoint_facts(run)}
     start = time.perf_counter()
     trainer = task.build_trainer(run, model, meta)
     if resume:

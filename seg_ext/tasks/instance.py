@@ -2,8 +2,7 @@
 -> an instance method (``seg_ext.methods``: Mask R-CNN or the watershed UNet) -> COCO box and mask AP on val and
 test -> results files, ``metrics.json`` and ``report.md``. Also the watershed oracle (:func:`run_oracle`).
 
-A new method is a class in ``seg_ext/methods/`` and an entry in :data:`METHODS`, which turns its config block
-into the method's arguments.
+A new method is a class in ``seg_ext/methods/`` and an entry in ``seg_ext.methods.METHODS``.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +23,9 @@ from seg_ext.data.transforms import build_instance_transforms
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation import run_inference
 from seg_ext.evaluation.coco import STAT_NAMES, COCOEvaluator
+from seg_ext.inference import Predictor
 from seg_ext.io import write_json
-from seg_ext.methods import InstanceMethod, MaskRCNNMethod, PostProcessing, WatershedMethod
+from seg_ext.methods import IMAGE_SIZE_KEYS, WatershedMethod, build_method
 from seg_ext.models import build_from_block
 from seg_ext.report import Report
 from seg_ext.tasks import base
@@ -37,28 +37,6 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 PENNFUDAN_SPLIT = (15, 50)  # val, test: as torchvision's tutorial keeps 50 test images
 SYNTHETIC_SPLIT = (10, 20)
-
-
-def _watershed(cfg: dict[str, Any], device: torch.device) -> WatershedMethod:
-    ws = cfg["watershed"]
-    post = PostProcessing(ws["marker_level"], ws["foreground_threshold"], ws["min_marker_area"], ws["min_instance_area"])
-    return WatershedMethod(device, ws["input_size"], ws["levels"], ws["level_weights"], ws["area_weighting"],
-                           ws["foreground_loss_weight"], ws["energy_loss_weight"], post)
-
-
-# method name -> its builder from the config and the device
-METHODS: dict[str, Callable[[dict[str, Any], torch.device], InstanceMethod]] = {
-    "maskrcnn": lambda cfg, device: MaskRCNNMethod(device),
-    "watershed": _watershed,
-}
-IMAGE_SIZE_KEYS = {"watershed": "watershed.input_size"}  # where a method's model image_size comes from
-
-
-def build_method(cfg: dict[str, Any], device: torch.device) -> InstanceMethod:
-    """The method object named by ``cfg['method']``."""
-    if cfg["method"] not in METHODS:
-        raise ConfigError(f"config key 'method' is {cfg['method']!r}; expected one of: {', '.join(METHODS)}")
-    return METHODS[cfg["method"]](cfg, device)
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -151,16 +129,26 @@ class InstanceTask(base.Task):
     def loss_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         return self.method.loss_step(model, batch)
 
+    def predictor(self, run: Run, model: nn.Module) -> Predictor:
+        train = run.datasets["train"]
+        categories = [train.category_of[k] for k in sorted(train.category_of)]
+        return Predictor(model, run.cfg, self.name, train.class_names, run.precision, self.method, categories)
+
+    def checkpoint_facts(self, run: Run) -> dict[str, Any]:
+        """The COCO categories of the model's labels 1..K, for prediction without the dataset."""
+        train = run.datasets["train"]
+        names = train.class_names
+        return {"categories": [{"id": int(train.category_of[k]), "name": names[k - 1] if k - 1 < len(names) else str(k)}
+                               for k in sorted(train.category_of)]}
+
     def evaluate(self, run: Run, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
-        dataset, precision, method = run.datasets[split], run.precision, self.method
+        dataset, predictor = run.datasets[split], self.predictor(run, model)
         evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=run.cfg["eval"]["mask_threshold"],
                                   backend=run.cfg["eval"]["backend"])
 
         def forward(model: nn.Module, batch: Any) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
             images, targets = batch
-            with precision.autocast():
-                outputs = method.predict(model, images, [t["orig_size"] for t in targets])
-            return outputs, targets
+            return predictor.run(images, [t["orig_size"] for t in targets]), targets
 
         metrics = run_inference(model, run.loaders[split], evaluator, forward, desc=split)
         if final:
@@ -175,27 +163,26 @@ class InstanceTask(base.Task):
         count = cfg["report"]["num_overlays"]
         if count <= 0 or dataset is None or not len(dataset):
             return
+        predictor = self.predictor(run, model)
         rows = []
-        model.eval()
-        with torch.no_grad():
-            for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int):
-                image, target = dataset[int(i)]
-                raw_image, gt_masks = dataset.raw(int(i))
-                size = tuple(raw_image.shape[:2])
-                output = self.method.predict(model, [image], [size])[0]
-                masks = output["masks"]
-                masks = (masks[:, 0] if masks.dim() == 4 else masks).float() > cfg["eval"]["mask_threshold"]
-                row = {
-                    "image": raw_image,
-                    "gt_masks": gt_masks,
-                    "pred_masks": masks.cpu().numpy(),
-                    "pred_scores": output["scores"].cpu().numpy(),
-                    "title": dataset.image_info(int(i))["file_name"].split("/")[-1],
-                }
-                extra = self.method.extra_panel(model, image, size)
-                if extra is not None:
-                    row["extra"], row["extra_title"] = extra
-                rows.append(row)
+        for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int):
+            raw_image, gt_masks = dataset.raw(int(i))
+            size = tuple(raw_image.shape[:2])
+            outputs = predictor.forward([predictor.prepare(raw_image)])
+            output = predictor.postprocess(outputs, 0, size)
+            masks = output["masks"]
+            masks = (masks[:, 0] if masks.dim() == 4 else masks).float() > cfg["eval"]["mask_threshold"]
+            row = {
+                "image": raw_image,
+                "gt_masks": gt_masks,
+                "pred_masks": masks.cpu().numpy(),
+                "pred_scores": output["scores"].cpu().numpy(),
+                "title": dataset.image_info(int(i))["file_name"].split("/")[-1],
+            }
+            extra = self.method.extra_panel(outputs, 0, size)
+            if extra is not None:
+                row["extra"], row["extra_title"] = extra
+            rows.append(row)
         plot_instances(rows, run.output_dir / f"overlays_{split}.png", score_threshold=cfg["eval"]["score_threshold"])
 
     def facts(self, run: Run) -> dict[str, Any]:

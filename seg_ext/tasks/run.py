@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from seg_ext.engine import (
     Precision, build_optimizer, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
 )
+from seg_ext.config import image_size  # noqa: F401 (the tasks' import of it)
 from seg_ext.errors import SegExtError
 
 
@@ -73,13 +74,6 @@ class Run:
         factor = lr_factor_fn(t["scheduler"], t["epochs"], iters_per_epoch, t["step_size"], t["gamma"], t["warmup_iters"],
                               t["warmup_factor"])
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def image_size(cfg: dict[str, Any]) -> tuple[int, int]:
-    """The (height, width) of ``data.image_size`` (a number means a square)."""
-    value = cfg["data"]["image_size"]
-    h, w = (value, value) if isinstance(value, int) else value
-    return int(h), int(w)
 
 
 def prepare_output_dir(output_dir: Path, resume: bool) -> Path:

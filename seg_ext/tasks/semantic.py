@@ -14,12 +14,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from seg_ext.data.semantic import SemanticSegDataset, build_semantic_datasets
-from seg_ext.data.transforms import build_transforms, denormalize
+from seg_ext.data.transforms import build_transforms
 from seg_ext.engine import CountingTrainer, Trainer, seed_everything
 from seg_ext.errors import DatasetError
-from seg_ext.evaluation import MeanMetric, SemSegEvaluator, run_inference
+from seg_ext.evaluation import Evaluator, MeanMetric, SemSegEvaluator, run_inference
+from seg_ext.inference import Predictor
 from seg_ext.io import write_json
 from seg_ext.losses import class_weights, weighted_cross_entropy
 from seg_ext.models import build_model
@@ -49,10 +51,59 @@ def semantic_datasets(cfg: dict[str, Any], transforms: dict[str, Callable | None
                                    split_seed=data["split_seed"], splits_file=data["splits_file"])
 
 
+class FullResolutionDataset(Dataset):
+    """A split as the final evaluation reads it: the network's input (``prepare`` of the image) and the label
+    map untouched, at the image's own size."""
+
+    def __init__(self, dataset: SemanticSegDataset, prepare: Callable[[np.ndarray], torch.Tensor]) -> None:
+        self.dataset, self.prepare = dataset, prepare
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.dataset.load_pair(index)
+        return {"image": self.prepare(image), "mask": torch.from_numpy(mask.astype(np.int64))}
+
+
+def collate_full_resolution(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Images stacked (they share the network's size); masks as a list (each at its image's size)."""
+    return {"image": torch.stack([b["image"] for b in batch]), "mask": [b["mask"] for b in batch]}
+
+
+class AtImageSize(Evaluator):
+    """Feeds evaluators each image's class probabilities at the image's own size (``Predictor.postprocess``)."""
+
+    def __init__(self, predictor: Predictor, *evaluators: Evaluator) -> None:
+        self.predictor, self.evaluators = predictor, evaluators
+
+    def reset(self) -> None:
+        for ev in self.evaluators:
+            ev.reset()
+
+    def process(self, outputs: torch.Tensor, masks: list[torch.Tensor]) -> None:
+        for i, mask in enumerate(masks):
+            probs = self.predictor.postprocess(outputs, i, tuple(mask.shape), probs=True)["probs"][None]
+            for ev in self.evaluators:
+                if isinstance(ev, SemSegEvaluator):
+                    ev.process_probs(probs, mask[None])
+                else:
+                    ev.process(probs, mask[None])
+
+    def evaluate(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for ev in self.evaluators:
+            results.update(ev.evaluate())
+        return results
+
+
 class SemanticTask(base.Task):
     """Per-pixel classification of a folder / Stanford Background / Penn-Fudan dataset (or synthetic scenes)."""
 
     name = "semantic"
+
+    def __init__(self) -> None:
+        self.full_resolution_loaders: dict[str, Any] = {}
 
     def build_datasets(self, run: Run) -> None:
         transforms = {"train": semantic_transforms(run.cfg, train=True), "val": semantic_transforms(run.cfg, train=False),
@@ -97,18 +148,27 @@ class SemanticTask(base.Task):
                                run.precision, meta=meta)
 
     def evaluate(self, run: Run, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
+        """Per-epoch validation scores at ``data.image_size``; the final evaluation with ``eval.full_resolution``
+        scores each image at its own size, through the :class:`~seg_ext.inference.Predictor`."""
         dataset, precision = run.datasets[split], run.precision
         evaluator = SemSegEvaluator(dataset.num_classes, dataset.ignore_index, dataset.class_names)
-        loss = MeanMetric("loss", lambda logits, target: (
-            float(weighted_cross_entropy(logits, target, self.device_weight, dataset.ignore_index)), len(target)))
+        if final and run.cfg["eval"]["full_resolution"]:
+            predictor = Predictor(model, run.cfg, self.name, dataset.class_names, precision)
+            loader = self.full_resolution_loaders.get(split)
+            if loader is None:
+                full = FullResolutionDataset(dataset, predictor.prepare)
+                loader = self.full_resolution_loaders[split] = run.loader(full, collate_fn=collate_full_resolution)
+            scorer = AtImageSize(predictor, evaluator, self._loss(dataset, probabilities=True))
+            metrics = run_inference(model, loader, scorer, lambda m, batch: (predictor.forward(batch["image"]), batch["mask"]),
+                                    desc=split)
+        else:
+            def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                images = batch["image"].to(precision.device, non_blocking=True)
+                with precision.autocast():
+                    logits = model(images)
+                return logits.float(), batch["mask"].to(precision.device, non_blocking=True)
 
-        def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-            images = batch["image"].to(precision.device, non_blocking=True)
-            with precision.autocast():
-                logits = model(images)
-            return logits.float(), batch["mask"].to(precision.device, non_blocking=True)
-
-        metrics = run_inference(model, run.loaders[split], [evaluator, loss], forward, desc=split)
+            metrics = run_inference(model, run.loaders[split], [evaluator, self._loss(dataset)], forward, desc=split)
         if final:
             class_names = dataset.class_names
             plot_confusion(
@@ -120,19 +180,26 @@ class SemanticTask(base.Task):
             logger.info("%s: %s", split, "  ".join(f"{k} {metrics[k]:.2f}" for k in SUMMARY_KEYS))
         return metrics
 
+    def _loss(self, dataset: SemanticSegDataset, probabilities: bool = False) -> MeanMetric:
+        """The mean weighted cross entropy of the batches (of logits, or of probabilities)."""
+        def value(scores: torch.Tensor, target: torch.Tensor) -> tuple[float, int]:
+            logits = torch.log(scores.clamp_min(1e-30)) if probabilities else scores
+            return float(weighted_cross_entropy(logits, target.to(logits.device), self.device_weight, dataset.ignore_index)), len(target)
+
+        return MeanMetric("loss", value)
+
     def draw_overlays(self, run: Run, model: nn.Module, split: str) -> None:
+        """A few images of ``split`` at their own size: the ground truth and the prediction."""
         dataset, count = run.datasets[split], run.cfg["report"]["num_overlays"]
         if count <= 0 or not len(dataset):
             return
+        predictor = Predictor(model, run.cfg, self.name, dataset.class_names, run.precision)
         indices = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
         rows, titles = [], []
-        model.eval()
-        with torch.no_grad():
-            for i in indices:
-                sample = dataset[int(i)]
-                logits = model(sample["image"].unsqueeze(0).to(run.device))
-                rows.append((denormalize(sample["image"]), sample["mask"].numpy(), logits.argmax(1)[0].cpu().numpy()))
-                titles.append(sample["image_id"])
+        for i in indices:
+            image, mask = dataset.load_pair(int(i))
+            rows.append((image, mask, predictor(image)["labels"]))
+            titles.append(dataset.ids[int(i)])
         plot_overlays(rows, dataset.class_names, run.output_dir / f"overlays_{split}.png", dataset.ignore_index, titles)
 
     def check_checkpoint(self, ckpt: dict[str, Any], path: Path, run: Run) -> None:
@@ -169,7 +236,9 @@ def _write_report(
         f"command: `{command}`" if command else "command: (library call)",
         f"dataset: `{data['root'] or 'built-in synthetic scenes'}` ({len(class_names)} classes: {', '.join(class_names)})",
         "split sizes: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + " (ids in `splits.json`)",
-        f"image size (H, W): {image_size(cfg)}; metrics are computed at this size",
+        f"image size (H, W): {image_size(cfg)}; " + ("the final val and test metrics score each image at its own size "
+        "(probabilities upsampled, masks untouched); per-epoch validation at the network's size"
+        if cfg["eval"]["full_resolution"] else "metrics are computed at this size (masks resized)"),
         f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
         f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
         f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
