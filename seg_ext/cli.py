@@ -119,14 +119,15 @@ def setup_logging(output_dir: Path | None = None, verbose: bool = False) -> None
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "huggingface_hub", "httpcore"):
+    for noisy in ("matplotlib", "PIL", "urllib3", "httpx", "huggingface_hub", "httpcore", "onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
-    """Call ``main(args)``; a user error becomes one line on stderr and exit code 2, never a traceback."""
+    """Call ``main(args)``; a user error becomes one line on stderr and exit code 2, never a traceback. An int
+    that ``main`` returns is the exit code (tools that finish their work but report failures)."""
     try:
-        main(args)
+        code = main(args)
     except TrainingStopped as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return EXIT_TRAINING_STOPPED
@@ -145,4 +146,4 @@ def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace
     except KeyboardInterrupt:
         print("interrupted; the last finished epoch is kept in last.pt (continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0
+    return code if isinstance(code, int) else 0

@@ -47,7 +47,9 @@ class Up(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
         dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
-        if dy or dx:  # odd input sizes: pad the upsampled map to the skip's size
+        # odd input sizes: pad the upsampled map to the skip's size (always while exporting, so an ONNX export
+        # keeps the padding for every input size instead of the one it was traced at)
+        if torch.compiler.is_exporting() or dy or dx:
             x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
         return self.conv(torch.cat([skip, x], dim=1))
 

@@ -1,0 +1,251 @@
+"""ONNX export of a checkpoint's network, checked with onnxruntime against PyTorch before it is kept.
+
+The exported graph takes what :class:`~seg_ext.inference.Predictor` feeds the network (``images``: N x 3 x H x W,
+normalised) and returns the raw outputs (``logits``; or ``foreground`` and ``energy`` for the dual-head UNet);
+``tools/predict.py --onnx`` adds the same preparation and post-processing as for PyTorch. The batch size is
+always dynamic; ``dynamic=True`` makes height and width dynamic too, in the model's size multiple
+(:data:`SIZE_MULTIPLES`). Mask R-CNN is tried through torchvision's path (batch 1, a fixed image size); an
+export that fails or does not match is an error, and no file is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg_ext.config import image_size
+from seg_ext.data.files import read_image
+from seg_ext.data.semantic import IMAGE_EXTENSIONS
+from seg_ext.errors import SegExtError
+from seg_ext.inference import SemanticPreprocess, model_from_checkpoint
+
+logger = logging.getLogger(__name__)
+
+RELATIVE_TOLERANCE = 1e-3  # largest |onnx - torch| over the largest |torch| that an export may show
+MAX_SIDE = 8192
+
+
+class ExportError(SegExtError):
+    """The model cannot be exported, or its export does not match PyTorch."""
+
+
+def size_multiple(cfg: dict[str, Any], task: str) -> int | None:
+    """The multiple that input height and width must be of (1: any size; None: only the trained size)."""
+    block = cfg["model"]
+    name = block["name"]
+    if name == "baseline":
+        return None  # per-pixel frequencies at the training size; other sizes are interpolated, not learnt
+    if name == "smp_unet" or (name == "dual_unet" and block.get("encoder")):
+        return 32  # the ResNet encoder halves the size five times
+    return 1  # the hand-written UNet pads odd sizes (always, in an export), BaseConv has no stride
+
+
+class _Outputs(nn.Module):
+    """The dual-head UNet with its dict of outputs as a tuple (ONNX outputs are positional)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out["foreground"], out["energy"]
+
+
+def find_image(cfg: dict[str, Any], task: str) -> Path:
+    """A real image to check an export on: the first image (sorted) under the checkpoint's data folder, or of
+    the built-in synthetic data the run used."""
+    root = cfg["data"]["root"]
+    if root is None:
+        from seg_ext.data.synthetic import ensure_synthetic_pedestrians, ensure_synthetic_scenes
+
+        root = ensure_synthetic_scenes() if task == "semantic" else ensure_synthetic_pedestrians()
+    root = Path(root).expanduser()
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and "mask" not in path.name.lower() and path.is_file():
+                return path
+    raise ExportError(f"no image found under the checkpoint's data folder {root}; pass --image FILE to check the export on")
+
+
+def export_onnx(checkpoint: str | Path, output: str | Path, dynamic: bool = False, image: str | Path | None = None,
+                opset: int = 18) -> dict[str, Any]:
+    """Export ``checkpoint``'s network to ``output`` and check it on a real image with onnxruntime.
+
+    Returns:
+        What was exported and checked: input size, dynamic axes, size multiple and the largest differences.
+
+    Raises:
+        ExportError: the model does not export, or onnxruntime's outputs differ from PyTorch's by more than
+            :data:`RELATIVE_TOLERANCE` of their largest value (the file is then not written).
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise ExportError(f"--output {output} is a folder; expected a file name such as model.onnx")
+    device = torch.device("cpu")
+    model, cfg, task, method, names, _ = model_from_checkpoint(checkpoint, device)
+    image_path = Path(image) if image else find_image(cfg, task)
+    picture = read_image(image_path)
+    if task == "instance" and method.name == "maskrcnn":
+        if dynamic:
+            raise ExportError("Mask R-CNN exports for one image size only (torchvision's limitation, pytorch/vision#2311); "
+                              "export it without --dynamic, with --image of the size you will predict on")
+        return _export_maskrcnn(model, method, picture, image_path, output, opset)
+    if task == "semantic":
+        net, prepare, outputs, size = model, SemanticPreprocess(image_size(cfg)), ["logits"], image_size(cfg)
+    else:
+        net, prepare, outputs, size = _Outputs(model), method.prepare, ["foreground", "energy"], method.input_size
+    multiple = size_multiple(cfg, task)
+    if dynamic and multiple is None:
+        raise ExportError(f"model {cfg['model']['name']} predicts at its training size {size[0]}x{size[1]} only; "
+                          "export it without --dynamic")
+    example = prepare(picture)[None]
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    axes: dict[int, Any] = {0: batch}
+    if dynamic:
+        step = multiple or 1
+        axes[2] = step * torch.export.Dim("height", min=max(1, 32 // step), max=MAX_SIDE // step)
+        axes[3] = step * torch.export.Dim("width", min=max(1, 32 // step), max=MAX_SIDE // step)
+    checks = [example, torch.cat([example, example.flip(-1)])]  # batch 1 and 2
+    if dynamic:  # the real image near its own size, in the model's multiple
+        h, w = picture.shape[:2]
+        step = multiple or 1
+        other = (max(32, h // step * step), max(32, w // step * step))
+        if other == tuple(size):
+            other = (size[0] + 2 * step * max(1, 16 // step), size[1] + step * max(1, 16 // step))
+        resized = torch.nn.functional.interpolate(example, size=other, mode="bilinear", align_corners=False)
+        checks.append(resized)
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+        path = Path(tmp) / output.name
+        _torch_export(net, example, path, outputs, {"images": axes}, opset)
+        _add_metadata(path, {"task": task, "method": method.name if method else None, "model": cfg["model"]["name"],
+                             "input_size": list(size), "size_multiple": multiple if dynamic else None,
+                             "classes": names})
+        differences = _compare(net, path, checks, outputs)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, output)
+    return {"output": str(output), "image": str(image_path), "input_size": list(size), "dynamic": dynamic,
+            "size_multiple": multiple if dynamic else None, "outputs": outputs,
+            "checked_shapes": [list(c.shape) for c in checks], "max_abs_difference": differences[0],
+            "max_relative_difference": differences[1]}
+
+
+def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, outputs: list[str], dynamic_shapes: dict[str, Any],
+                  opset: int, dynamo: bool = True) -> None:
+    """``torch.onnx.export``: the torch.export-based exporter, or (``dynamo=False``) the TorchScript one that
+    torchvision's detection models are tested with."""
+    net.eval()
+    kwargs: dict[str, Any] = {"dynamic_shapes": (dynamic_shapes["images"],)} if dynamo else {}
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=outputs, dynamo=dynamo,
+                              opset_version=opset, verbose=False, **kwargs)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise ExportError(f"torch.onnx.export failed ({exc.__class__.__name__}: {message})") from None
+
+
+def _add_metadata(path: Path, facts: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "seg_ext", json.dumps(facts)
+    onnx.save(model, str(path))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the Mask R-CNN graph warns about its data-dependent shapes
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _compare(net: nn.Module, path: Path, inputs: list[torch.Tensor], outputs: list[str]) -> tuple[float, float]:
+    """Largest absolute and relative difference of onnxruntime's outputs from PyTorch's (fp32) over ``inputs``."""
+    session = _session(path)
+    worst_abs, worst_rel = 0.0, 0.0
+    for x in inputs:
+        with torch.no_grad():
+            expected = net(x)
+        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        try:
+            got = session.run(None, {"images": x.numpy()})
+        except Exception as exc:
+            raise ExportError(f"onnxruntime cannot run the export on a {tuple(x.shape)} input ({exc.__class__.__name__})") from None
+        for name, e, g in zip(outputs, expected, got):
+            e = e.float().numpy()
+            if e.shape != g.shape:
+                raise ExportError(f"the export's {name} has shape {g.shape} on a {tuple(x.shape)} input; PyTorch gives {e.shape}")
+            diff = float(np.abs(e - g).max())
+            rel = diff / max(float(np.abs(e).max()), 1e-12)
+            worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
+            if rel > RELATIVE_TOLERANCE:
+                raise ExportError(f"the export's {name} differs from PyTorch's by {diff:.3g} ({rel:.3g} of its largest value) "
+                                  f"on a {tuple(x.shape)} input; expected at most {RELATIVE_TOLERANCE:g}; the file is not written")
+    return worst_abs, worst_rel
+
+
+def _export_maskrcnn(model: nn.Module, method: Any, picture: np.ndarray, image_path: Path, output: Path, opset: int) -> dict[str, Any]:
+    """torchvision's Mask R-CNN through the TorchScript-based ONNX exporter (as torchvision tests it): batch 1 and
+    the check image's size, fixed (pytorch/vision#2311: dynamic axes do not work for it)."""
+    example = method.prepare(picture)
+    h, w = picture.shape[:2]
+
+    class _Detections(nn.Module):
+        def __init__(self, detector: nn.Module) -> None:
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, image: torch.Tensor):
+            out = self.detector([image[0]])[0]
+            return out["boxes"], out["labels"], out["scores"], out["masks"]
+
+    net = _Detections(model).eval()
+    outputs = ["boxes", "labels", "scores", "masks"]
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+        path = Path(tmp) / output.name
+        try:
+            _torch_export(net, example[None], path, outputs, {"images": {}}, opset, dynamo=False)
+        except ExportError as exc:
+            raise ExportError(f"Mask R-CNN does not export to ONNX with this torch/torchvision ({exc}); "
+                              "use the PyTorch checkpoint (tools/predict.py without --onnx)") from None
+        with torch.no_grad():
+            expected = net(example[None])
+        try:
+            got = _session(path).run(None, {"images": example[None].numpy()})
+        except Exception as exc:
+            raise ExportError(f"onnxruntime cannot run the Mask R-CNN export ({exc.__class__.__name__}); use the PyTorch "
+                              "checkpoint (tools/predict.py without --onnx)") from None
+        worst_abs, worst_rel = 0.0, 0.0
+        for name, e, g in zip(outputs, expected, got):
+            e = e.float().numpy()
+            if e.shape != g.shape:
+                raise ExportError(f"the Mask R-CNN export's {name} has shape {g.shape}, PyTorch's {e.shape}; use the "
+                                  "PyTorch checkpoint (tools/predict.py without --onnx)")
+            diff = float(np.abs(e - g.astype(np.float32)).max()) if e.size else 0.0
+            rel = diff / max(float(np.abs(e).max()) if e.size else 0.0, 1e-12)
+            worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
+            if rel > RELATIVE_TOLERANCE:
+                raise ExportError(f"the Mask R-CNN export's {name} differs from PyTorch's by {diff:.3g} ({rel:.3g} of its "
+                                  f"largest value); expected at most {RELATIVE_TOLERANCE:g}; the file is not written")
+        _add_metadata(path, {"task": "instance", "method": "maskrcnn", "model": "maskrcnn", "input_size": [h, w],
+                             "size_multiple": None})
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, output)
+    return {"output": str(output), "image": str(image_path), "input_size": [h, w], "dynamic": False, "outputs": outputs,
+            "batch": 1, "checked_shapes": [[1, 3, h, w]], "max_abs_difference": worst_abs, "max_relative_difference": worst_rel}

@@ -1,0 +1,275 @@
+"""Predict on image files with a :class:`~seg_ext.inference.Predictor` and write what a person or a program
+reads: label or instance maps at each image's own size, overlays, ``predictions.json`` and, for instances, COCO
+results files (scored against ``--coco-gt`` when given). What ``tools/predict.py`` calls.
+
+Images are read and prepared in DataLoader workers; the network runs on batches in the main process; each
+image's post-processing and file writing go to a thread, so decoding, the network and writing overlap. An
+unreadable image is named in a warning and skipped; every other image is still written.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from seg_ext.data.coco import coco_from_dict, load_coco_json
+from seg_ext.data.files import read_image
+from seg_ext.data.semantic import IMAGE_EXTENSIONS
+from seg_ext.errors import DatasetError, SegExtError
+from seg_ext.evaluation.coco import coco_evaluate, detections_to_results
+from seg_ext.inference import Predictor
+from seg_ext.io import write_json
+from seg_ext.visualize import instance_overlay_picture, palette, semantic_overlay_picture
+
+logger = logging.getLogger(__name__)
+
+GLOB_CHARACTERS = set("*?[")
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from files, folders (their images by extension, sorted; no recursion) and quoted globs.
+
+    Raises:
+        SegExtError: a path that does not exist, a folder without images, a glob that matches no image.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text).expanduser()
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise SegExtError(f"input folder {path} holds no images; expected files ending in {', '.join(IMAGE_EXTENSIONS)}")
+            files.extend(found)
+        elif GLOB_CHARACTERS & set(text):
+            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                           if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise SegExtError(f"input pattern {text} matches no image file")
+            files.extend(found)
+        else:
+            raise SegExtError(f"input path {text} does not exist; expected an image, a folder of images or a quoted glob")
+    return list(dict.fromkeys(files))
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """A file-name stem per input, unique (``name-2``, ... where two inputs share a stem)."""
+    names, taken = [], set()
+    for path in files:
+        name, k = path.stem, 1
+        while name in taken:
+            k += 1
+            name = f"{path.stem}-{k}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+class ImageFiles(Dataset):
+    """Reads and prepares one image per item; a file that cannot be read becomes an item with its ``error``."""
+
+    def __init__(self, files: Sequence[Path], prepare: Any) -> None:
+        self.files, self.prepare = list(files), prepare
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image = read_image(self.files[index])
+        except DatasetError as exc:
+            return {"index": index, "error": str(exc)}
+        return {"index": index, "input": self.prepare(image), "image": torch.from_numpy(image)}
+
+
+def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+@dataclass
+class CocoTarget:
+    """Image ids and category ids of a ground-truth COCO file, for results scored against it."""
+
+    path: Path
+    coco: Any
+    image_ids: dict[str, int] = field(default_factory=dict)  # base file name -> image id
+
+    @classmethod
+    def load(cls, path: Path) -> "CocoTarget":
+        coco = coco_from_dict(load_coco_json(path))
+        ids: dict[str, int] = {}
+        for image in coco.dataset["images"]:
+            ids.setdefault(Path(str(image["file_name"])).name, int(image["id"]))
+        return cls(Path(path), coco, ids)
+
+    def category_of(self, class_names: Sequence[str]) -> dict[int, int]:
+        """Model label (1..K) -> the category id of the same name in the file."""
+        by_name = {c["name"]: int(c["id"]) for c in self.coco.dataset["categories"]}
+        missing = [n for n in class_names if n not in by_name]
+        if missing:
+            raise SegExtError(f"--coco-gt {self.path} has no category named {missing[0]!r}; the model's categories are "
+                              f"{list(class_names)}")
+        return {k + 1: by_name[n] for k, n in enumerate(class_names)}
+
+
+@dataclass
+class PredictSummary:
+    images: int
+    failed: list[str]
+    seconds: float
+    metrics: dict[str, float] | None = None
+
+
+def predict_files(
+    predictor: Predictor,
+    files: Sequence[Path],
+    output_dir: Path,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    coco_gt: Path | None = None,
+    overlays: bool = True,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every file and write the outputs into ``output_dir`` (see the module docstring).
+
+    Returns:
+        How many images were written, the files that could not be read, the time, and COCO metrics (instance
+        predictions with ``coco_gt``).
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SegExtError(f"--output-dir {output_dir} is a file; expected a folder (new or existing)")
+    target = CocoTarget.load(coco_gt) if coco_gt is not None else None
+    names = output_names(files)
+    instance = predictor.task == "instance"
+    if target is not None:
+        if not instance:
+            raise SegExtError("--coco-gt is for instance checkpoints; a semantic checkpoint's masks are PNGs")
+        unknown = [f for f in files if f.name not in target.image_ids]
+        if unknown:
+            raise SegExtError(f"image {unknown[0]} is not in --coco-gt {coco_gt} (images are matched by base file name)")
+        image_ids = [target.image_ids[f.name] for f in files]
+        category_of = target.category_of(predictor.class_names)
+    else:
+        image_ids = list(range(1, len(files) + 1))
+        category_of = {k + 1: int(c) for k, c in enumerate(predictor.categories)}
+    folders = ["instances" if instance else "masks"] + (["overlays"] if overlays else [])
+    for folder in folders:
+        (output_dir / folder).mkdir(parents=True, exist_ok=True)
+
+    loader = DataLoader(ImageFiles(files, predictor.prepare), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_as_list, pin_memory=predictor.device.type == "cuda")
+    entries: list[dict[str, Any] | None] = [None] * len(files)
+    results: dict[str, list[dict[str, Any]]] = {"bbox": [], "segm": []}
+    failed: list[str] = []
+    pending: list[Future] = []
+    start = time.perf_counter()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True, leave=False, dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for batch in loader:
+            good = []
+            for item in batch:
+                if "error" in item:
+                    logger.warning("skipped: %s", item["error"])
+                    failed.append(str(files[item["index"]]))
+                else:
+                    good.append(item)
+            if good:
+                t0 = time.perf_counter()
+                inputs = [item["input"] for item in good]
+                outputs = predictor.forward(torch.stack(inputs) if not instance else inputs)
+                network_seconds = (time.perf_counter() - t0) / len(good)
+                for i, item in enumerate(good):
+                    k = item["index"]
+                    pending.append(pool.submit(
+                        _finish, k, predictor, outputs, i, item["image"].numpy(), files[k], names[k], image_ids[k],
+                        category_of, output_dir, overlays, network_seconds))
+            # collect what is done, keeping memory bounded and errors prompt
+            pending = _collect(pending, entries, results, wait=len(pending) > 4 * batch_size)
+            bar.update(len(batch))
+        _collect(pending, entries, results, wait=True)
+    bar.close()
+    seconds = time.perf_counter() - start
+    written = [e for e in entries if e is not None]
+    write_json({"checkpoint_task": predictor.task, "classes": predictor.class_names, "images": written,
+                "failed": failed, "seconds": round(seconds, 3)}, output_dir / "predictions.json")
+    metrics = None
+    if instance:
+        for iou_type in ("segm", "bbox"):
+            write_json(results[iou_type], output_dir / f"results_{iou_type}.json")
+        if target is not None:
+            metrics = {}
+            scored = [image_ids[i] for i, e in enumerate(entries) if e is not None]
+            for iou_type in ("segm", "bbox"):
+                values, text = coco_evaluate(target.coco, results[iou_type], iou_type, image_ids=scored)
+                print(f"IoU type: {iou_type} ({len(results[iou_type])} results, {len(scored)} of "
+                      f"{len(target.image_ids)} ground-truth images)")
+                print(text)
+                metrics.update(values)
+            write_json(metrics, output_dir / "metrics.json")
+    return PredictSummary(len(written), failed, seconds, metrics)
+
+
+def _collect(pending: list[Future], entries: list, results: dict[str, list], wait: bool) -> list[Future]:
+    left = []
+    for future in pending:
+        if wait or future.done():
+            index, entry, bbox, segm = future.result()
+            entries[index] = entry
+            results["bbox"].extend(bbox)
+            results["segm"].extend(segm)
+        else:
+            left.append(future)
+    return left
+
+
+def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.ndarray, path: Path, name: str, image_id: int,
+            category_of: dict[int, int], output_dir: Path, overlays: bool, network_seconds: float) -> tuple:
+    """Post-process image ``i`` of a batch and write its files; returns its predictions.json entry and results."""
+    t0 = time.perf_counter()
+    size = image.shape[:2]
+    raw = predictor.postprocess(outputs, i, size)
+    result = predictor.result(raw)
+    entry: dict[str, Any] = {"file": str(path), "name": name, "size": [int(size[0]), int(size[1])]}
+    bbox: list[dict[str, Any]] = []
+    segm: list[dict[str, Any]] = []
+    if predictor.task == "semantic":
+        labels = result["labels"].astype(np.uint8)
+        mask = Image.fromarray(labels, mode="P")
+        mask.putpalette(palette(len(predictor.class_names)).ravel().tolist())
+        mask.save(output_dir / "masks" / f"{name}.png")
+        counts = np.bincount(labels.ravel(), minlength=len(predictor.class_names))
+        entry["class_share"] = {c: round(float(n) / labels.size, 6) for c, n in zip(predictor.class_names, counts)}
+        if overlays:
+            picture = semantic_overlay_picture(image, labels, predictor.class_names)
+            Image.fromarray(picture).save(output_dir / "overlays" / f"{name}.jpg", quality=90)
+    else:
+        bbox, segm = detections_to_results(raw, image_id, category_of, predictor.mask_threshold)
+        Image.fromarray(result["instance_map"]).save(output_dir / "instances" / f"{name}.png")
+        entry["image_id"] = int(image_id)
+        entry["instances"] = [
+            {"id": k + 1, "score": round(float(s), 5), "box": [round(float(v), 2) for v in b],
+             "category": predictor.class_names[int(label) - 1] if 0 < int(label) <= len(predictor.class_names) else str(int(label)),
+             "area": int(m.sum())}
+            for k, (s, b, label, m) in enumerate(zip(result["scores"], result["boxes"], result["labels"], result["masks"]))
+        ]
+        entry["score_threshold"] = predictor.score_threshold
+        if overlays:
+            picture = instance_overlay_picture(image, result["masks"], result["scores"], result["boxes"])
+            Image.fromarray(picture).save(output_dir / "overlays" / f"{name}.jpg", quality=90)
+    entry["seconds"] = round(network_seconds + time.perf_counter() - t0, 4)
+    return index, entry, bbox, segm

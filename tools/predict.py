@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Run a trained model on your own images: label maps or instance maps at each image's own size, overlays,
+predictions.json and (instances) COCO results files.
+
+Everything needed comes from the checkpoint (task, config, classes, method); the training data is not needed.
+
+Outputs in --output-dir:
+    semantic:  masks/<stem>.png (class ids, palette PNG), overlays/<stem>.jpg, predictions.json
+    instance:  instances/<stem>.png (16-bit ids, 1..N by decreasing score), overlays/<stem>.jpg,
+               results_segm.json, results_bbox.json (COCO results, every detection), predictions.json;
+               with --coco-gt: image ids from that file, and COCO AP printed and written to metrics.json
+
+Examples:
+    python tools/predict.py --checkpoint runs/x/best.pt --input photo.jpg --output-dir out
+    python tools/predict.py --checkpoint runs/x/best.pt --input ../shared/data/PennFudanPed/PNGImages --output-dir out --tta
+    python tools/predict.py --checkpoint runs/y/best.pt --input 'pics/*.png' --output-dir out --coco-gt runs/y/coco/instances_test.json
+    python tools/predict.py --checkpoint runs/x/best.pt --onnx model.onnx --input pics --output-dir out
+
+Exit codes: 0 done; 1 done, but some images could not be read (each named in a warning); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from seg_ext.cli import run_tool, setup_logging  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt of a training run")
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="image files, folders (their images, sorted) or quoted globs such as 'dir/*.jpg'")
+    parser.add_argument("--output-dir", type=Path, required=True, help="folder for the outputs (created)")
+    parser.add_argument("--coco-gt", type=Path, default=None,
+                        help="instance checkpoints: a COCO instances file; image ids come from it (matched by base file "
+                             "name) and COCO AP is printed and written")
+    parser.add_argument("--onnx", type=Path, default=None, help="run this ONNX export of the checkpoint with onnxruntime")
+    parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the checkpoint's)")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: the checkpoint's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="instances: the lowest score kept in instance maps, overlays and predictions.json "
+                             "(default: the checkpoint's eval.score_threshold; COCO results keep every detection)")
+    parser.add_argument("--no-overlays", action="store_true", help="do not write overlays/")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the checkpoint's config, e.g. watershed.marker_level=2 eval.mask_threshold=0.4")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from seg_ext.errors import SegExtError
+    from seg_ext.inference import Predictor
+    from seg_ext.tasks.predict import collect_inputs, predict_files
+
+    setup_logging()
+    for name in ("batch_size", "num_workers"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "batch_size" else 0):
+            raise SegExtError(f"--{name.replace('_', '-')} is {value}; expected {'1' if name == 'batch_size' else '0'} or more")
+    files = collect_inputs(args.input)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, onnx=args.onnx, tta=args.tta,
+                                          score_threshold=args.score_threshold, opts=args.opts)
+    data = predictor.cfg["data"]
+    summary = predict_files(
+        predictor, files, args.output_dir, batch_size=args.batch_size or data["batch_size"],
+        num_workers=data["num_workers"] if args.num_workers is None else args.num_workers, coco_gt=args.coco_gt,
+        overlays=not args.no_overlays,
+    )
+    print(f"{summary.images} image(s) in {summary.seconds:.1f}s ({summary.images / max(summary.seconds, 1e-9):.1f} images/s) "
+          f"-> {args.output_dir}")
+    if summary.failed:
+        logging.getLogger(__name__).error("%d of %d image(s) could not be read (named above); the others were written",
+                                          len(summary.failed), len(files))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main, get_args_parser().parse_args()))
