@@ -93,3 +93,47 @@ def pennfudan_test_split(tmp: str, method: Any = None, cfg: dict[str, Any] | Non
 
 def temporary_folder() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory()
+
+
+def prediction_checkpoint(kind: str, folder: str | Path) -> Path:
+    """A checkpoint to predict with: ``$SEG_EXT_BENCH_<KIND>_CHECKPOINT`` when set (a trained run's best.pt),
+    else the Penn-Fudan config's model with its initial weights, saved in ``folder`` (``kind``: ``unet`` or
+    ``watershed``)."""
+    env = os.environ.get(f"SEG_EXT_BENCH_{kind.upper()}_CHECKPOINT")
+    if env:
+        return Path(env)
+    import torch
+
+    from seg_ext.config import load_config
+    from seg_ext.methods import build_method
+    from seg_ext.models import build_from_block, build_model
+
+    torch.manual_seed(0)
+    if kind == "unet":
+        cfg = load_config(ROOT / "configs/semantic/pennfudan_unet.yaml")
+        names = ["background", "person"]
+        model = build_model(cfg["model"], num_classes=2, image_size=tuple(cfg["data"]["image_size"]))
+        task = "semantic"
+    else:
+        from seg_ext.config import instance_defaults
+
+        cfg = load_config(ROOT / "configs/instance/pennfudan_watershed_unet.yaml", defaults=instance_defaults("watershed"))
+        method = build_method(cfg, torch.device("cpu"))
+        names = ["person"]
+        model = build_from_block(method.models, cfg["model"], method.model_arguments(2))
+        task = "instance"
+    path = Path(folder) / f"{kind}.pt"
+    torch.save({"version": 1, "model": model.state_dict(), "config": cfg, "class_names": names, "task": task}, path)
+    return path
+
+
+def pennfudan_test_images() -> list[Path]:
+    """The 50 Penn-Fudan test images of the instance split (seed 0); the synthetic pedestrians' test split without
+    the dataset."""
+    from seg_ext.data.pennfudan import convert_pennfudan
+    from seg_ext.data.synthetic import ensure_synthetic_pedestrians
+
+    root = PENNFUDAN if PENNFUDAN.is_dir() else ensure_synthetic_pedestrians()
+    with tempfile.TemporaryDirectory() as tmp:
+        test = json.loads(Path(convert_pennfudan(root, tmp)["test"]).read_text())
+    return [root / image["file_name"] for image in test["images"]]

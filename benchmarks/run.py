@@ -45,6 +45,8 @@ BENCHMARKS = {
     "coco_eval": "coco_eval:bench",
     "cpu_throughput": "throughput:bench_cpu",
     "cuda_throughput": "throughput:bench_cuda",
+    "predict_throughput": "predict_throughput:bench",
+    "onnx_vs_torch": "onnx_vs_torch:bench",
 }
 
 

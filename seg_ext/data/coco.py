@@ -187,6 +187,8 @@ class CocoInstanceDataset(Dataset):
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
     """An HxWx3 uint8 image as the float tensor (3, H, W) in [0, 1] that instance models take."""
+    if not image.flags.writeable:  # e.g. np.asarray of a PIL image
+        image = image.copy()
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
 
 

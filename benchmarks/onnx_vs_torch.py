@@ -1,0 +1,61 @@
+"""onnx_vs_torch: onnxruntime against PyTorch, images/s of the network on prepared batches of Penn-Fudan test
+images (the Penn-Fudan UNet at 128x128, batch 8; the dual-head UNet at 256x256, batch 4), PyTorch in the engine's
+default precision for the device and in fp32. The ONNX models are written by ``seg_ext.export``."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import median_time, pennfudan_test_images, prediction_checkpoint
+
+
+def _one(kind: str, quick: bool, repeat: int, tmp: str, device: torch.device) -> dict[str, Any]:
+    from seg_ext.data.files import read_image
+    from seg_ext.export import export_onnx
+    from seg_ext.inference import Predictor
+
+    files = pennfudan_test_images()[: 16 if quick else 48]
+    checkpoint = prediction_checkpoint(kind, tmp)
+    onnx = Path(tmp) / f"{kind}.onnx"
+    export_onnx(checkpoint, onnx, image=files[0])
+    default = Predictor.from_checkpoint(checkpoint, device=device)
+    fp32 = Predictor.from_checkpoint(checkpoint, device=device, opts=["train.amp=off", "train.channels_last=false"])
+    ort = Predictor.from_checkpoint(checkpoint, device=device, onnx=onnx)
+    batch = default.cfg["data"]["batch_size"]
+    inputs = [default.prepare(read_image(f)) for f in files]
+    batches = [torch.stack(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
+
+    def rate(predictor: Predictor) -> float:
+        def network():
+            with torch.no_grad(), predictor.precision.autocast():
+                for x in batches:
+                    out = predictor.model(x.to(device))
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+            return out
+
+        seconds, _ = median_time(network, repeat)
+        return len(files) / seconds
+
+    rates = {"onnxruntime": rate(ort), "torch_default": rate(default), "torch_fp32": rate(fp32)}
+    return {**{f"{k}_images_per_s": round(v, 2) for k, v in rates.items()},
+            "vs_default": rates["onnxruntime"] / rates["torch_default"], "vs_fp32": rates["onnxruntime"] / rates["torch_fp32"],
+            "default_precision": default.precision.describe(), "providers": ort.model.session.get_providers()}
+
+
+def bench(quick: bool, repeat: int) -> dict[str, Any]:
+    device = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {kind: _one(kind, quick, repeat, tmp, device) for kind in ("unet", "watershed")}
+    return {
+        "ours_s": 1 / results["unet"]["onnxruntime_images_per_s"], "reference_s": 1 / results["unet"]["torch_default_images_per_s"],
+        "ratio": results["unet"]["vs_default"],
+        **{f"{k}_{m}": (round(v[m], 3) if isinstance(v[m], float) else v[m]) for k, v in results.items() for m in v},
+        "target": "reported (no target)", "met": True,
+        "note": "; ".join(f"{k}: onnxruntime {v['onnxruntime_images_per_s']:.1f} images/s = {v['vs_default']:.2f}x torch "
+                          f"{v['default_precision']}, {v['vs_fp32']:.2f}x torch fp32" for k, v in results.items()),
+    }

@@ -1,0 +1,237 @@
+"""tools/predict.py, the Predictor API and tools/export.py on tiny trained runs: every output kind, the two
+consistency properties (predicting a run's test images reproduces its test mIoU / mask AP), TTA, ONNX equality,
+and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import call_tool, run_tool_process
+
+SEMANTIC = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "train.epochs=2",
+            "model.base_width=4", "model.depth=2", "report.num_overlays=1"]
+INSTANCE = ["data.val=2", "data.test=4", "data.batch_size=4", "data.num_workers=0", "train.epochs=2", "report.num_overlays=1"]
+WATERSHED = INSTANCE + ["watershed.input_size=[64,64]", "model.base_width=4", "model.depth=2", "train.lr=0.01"]
+MASKRCNN = INSTANCE + ["model.min_size=96", "model.max_size=128", "model.detections_per_img=20", "train.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def semantic_run(scenes_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("predict") / "semantic"
+    assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *SEMANTIC]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def watershed_run(pennfudan_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("predict") / "watershed"
+    assert call_tool("train_instance", ["--method", "watershed", "--data-root", pennfudan_root, "--output-dir", out,
+                                        "--opts", *WATERSHED]) == 0
+    return out
+
+
+def _test_images(run: Path, root: Path) -> list[Path]:
+    ids = json.loads((run / "splits.json").read_text())["test"]
+    return [root / "images" / f"{i}.png" for i in ids]
+
+
+def _coco_images(run: Path, root: Path) -> list[Path]:
+    gt = json.loads((run / "coco" / "instances_test.json").read_text())
+    return [root / image["file_name"] for image in gt["images"]]
+
+
+def _mean_iou(pairs: list[tuple[np.ndarray, np.ndarray]], classes: int, ignore: int = 255) -> float:
+    from seg_ext.evaluation.semantic import iou_from_confusion
+
+    confusion = np.zeros((classes, classes), np.int64)
+    for truth, pred in pairs:
+        valid = truth != ignore
+        confusion += np.bincount(truth[valid].astype(np.int64) * classes + pred[valid], minlength=classes**2).reshape(classes, classes)
+    return 100 * float(iou_from_confusion(confusion).mean())
+
+
+def test_semantic_masks_at_image_size_reproduce_the_run_test_miou(semantic_run, scenes_root, tmp_path):
+    files = _test_images(semantic_run, scenes_root)
+    out = tmp_path / "pred"
+    # real loader worker processes, as a user's run has
+    assert call_tool("predict", ["--checkpoint", semantic_run / "best.pt", "--input", *files, "--output-dir", out,
+                                 "--num-workers", "2", "--batch-size", "4"]) == 0
+    classes = (scenes_root / "classes.txt").read_text().split()
+    pairs = []
+    for path in files:
+        mask = Image.open(out / "masks" / f"{path.stem}.png")
+        assert mask.mode == "P"  # class ids with the report's palette
+        pred = np.asarray(mask)
+        truth = np.asarray(Image.open(scenes_root / "masks" / path.name))
+        assert pred.shape == truth.shape == np.asarray(Image.open(path)).shape[:2]  # 64x80, not the 64x64 network size
+        assert pred.max() < len(classes)
+        assert (out / "overlays" / f"{path.stem}.jpg").is_file()
+        pairs.append((truth, pred))
+    metrics = json.loads((semantic_run / "metrics.json").read_text())
+    assert _mean_iou(pairs, len(classes)) == pytest.approx(metrics["test"]["mIoU"], abs=1e-9)
+    entries = json.loads((out / "predictions.json").read_text())["images"]
+    assert [e["name"] for e in entries] == [p.stem for p in files]
+    assert all(e["size"] == [64, 80] and sum(e["class_share"].values()) == pytest.approx(1, abs=1e-4) for e in entries)
+    assert "own size" in (semantic_run / "report.md").read_text()
+
+
+def test_full_resolution_evaluation_scores_the_untouched_masks(semantic_run, tmp_path):
+    """eval.full_resolution=false scores at the network's size (masks resized): a different number."""
+    ev = tmp_path / "eval"
+    assert call_tool("train_semantic", ["--eval-only", "--checkpoint", semantic_run / "best.pt", "--output-dir", ev,
+                                        "--opts", "eval.full_resolution=false"]) == 0
+    resized = json.loads((ev / "metrics.json").read_text())["test"]
+    full = json.loads((semantic_run / "metrics.json").read_text())["test"]
+    assert resized["mIoU"] != full["mIoU"]
+    assert "masks resized" in (ev / "report.md").read_text()
+
+
+def test_predictor_api_and_tta(semantic_run, scenes_root):
+    from seg_ext.inference import Predictor
+
+    image = np.asarray(Image.open(_test_images(semantic_run, scenes_root)[0]).convert("RGB"))
+    predictor = Predictor.from_checkpoint(semantic_run / "best.pt", device="cpu", opts=["train.amp=off"])
+    out = predictor(image, probs=True)
+    assert out["labels"].shape == image.shape[:2] and out["probs"].shape == (9, *image.shape[:2])
+    np.testing.assert_allclose(out["probs"].sum(0), 1, atol=1e-5)
+    assert (out["labels"] == out["probs"].argmax(0)).all()
+    batch = predictor.predict_batch([image, image[:, ::-1].copy()])
+    assert (batch[0]["labels"] == out["labels"]).all()
+    # TTA averages the image and its mirror: the prediction of the mirrored image is the mirrored prediction
+    tta = Predictor.from_checkpoint(semantic_run / "best.pt", device="cpu", tta=True, opts=["train.amp=off"])
+    a, b = tta(image, probs=True)["probs"], tta(image[:, ::-1].copy(), probs=True)["probs"]
+    np.testing.assert_allclose(a, b[:, :, ::-1], atol=1e-5)
+    assert np.abs(a - out["probs"]).max() > 1e-4  # and it is not the plain prediction
+
+
+def test_watershed_results_scored_by_evaluate_give_the_run_test_mask_ap(watershed_run, pennfudan_root, tmp_path, capsys):
+    from pycocotools.coco import COCO
+
+    files = _coco_images(watershed_run, pennfudan_root)
+    gt = watershed_run / "coco" / "instances_test.json"
+    out = tmp_path / "pred"
+    assert call_tool("predict", ["--checkpoint", watershed_run / "best.pt", "--input", *files, "--output-dir", out,
+                                 "--coco-gt", gt, "--num-workers", "2", "--score-threshold", "0"]) == 0
+    run = json.loads((watershed_run / "metrics.json").read_text())["test"]
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["segm/AP"] == pytest.approx(run["segm/AP"], abs=1e-9)
+    assert written["bbox/AP"] == pytest.approx(run["bbox/AP"], abs=1e-9)
+    assert call_tool("evaluate", ["--gt", gt, "--results", out / "results_segm.json", "--output", tmp_path / "m.json"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["segm/AP"] == pytest.approx(run["segm/AP"], abs=1e-9)
+    coco = COCO(str(gt))
+    for iou_type in ("segm", "bbox"):
+        results = json.loads((out / f"results_{iou_type}.json").read_text())
+        if results:
+            coco.loadRes(results)  # loads in pycocotools
+    entries = {e["name"]: e for e in json.loads((out / "predictions.json").read_text())["images"]}
+    for path in files:
+        ids = Image.open(out / "instances" / f"{path.stem}.png")
+        assert ids.mode == "I;16"
+        array = np.asarray(ids)
+        assert array.shape == np.asarray(Image.open(path)).shape[:2]
+        n = len(entries[path.stem]["instances"])
+        assert set(np.unique(array)) <= set(range(n + 1))
+        scores = [i["score"] for i in entries[path.stem]["instances"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_maskrcnn_outputs_and_refused_tta(pennfudan_root, tmp_path, capsys):
+    run = tmp_path / "maskrcnn"
+    assert call_tool("train_instance", ["--method", "maskrcnn", "--data-root", pennfudan_root, "--output-dir", run,
+                                        "--opts", *MASKRCNN]) == 0
+    files = _coco_images(run, pennfudan_root)
+    out = tmp_path / "pred"
+    assert call_tool("predict", ["--checkpoint", run / "best.pt", "--input", *files, "--output-dir", out,
+                                 "--coco-gt", run / "coco" / "instances_test.json", "--score-threshold", "0.05"]) == 0
+    run_metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert json.loads((out / "metrics.json").read_text())["segm/AP"] == pytest.approx(run_metrics["segm/AP"], abs=1e-9)
+    for path in files:
+        assert np.asarray(Image.open(out / "instances" / f"{path.stem}.png")).shape == np.asarray(Image.open(path)).shape[:2]
+    capsys.readouterr()
+    assert call_tool("predict", ["--checkpoint", run / "best.pt", "--input", files[0], "--output-dir", out, "--tta"]) == 2
+    assert "test-time augmentation is for" in capsys.readouterr().err
+
+    # torchvision's ONNX path: one image size, batch 1, checked against PyTorch
+    onnx = tmp_path / "maskrcnn.onnx"
+    assert call_tool("export", ["--checkpoint", run / "best.pt", "--output", onnx, "--image", files[0]]) == 0
+    assert "largest difference from PyTorch" in capsys.readouterr().out
+    assert call_tool("predict", ["--checkpoint", run / "best.pt", "--onnx", onnx, "--input", files[0],
+                                 "--output-dir", tmp_path / "onnx_pred"]) == 0
+
+
+@pytest.mark.parametrize("which", ["semantic", "watershed"])
+def test_onnx_export_matches_pytorch(which, semantic_run, watershed_run, scenes_root, pennfudan_root, tmp_path, capsys):
+    from seg_ext.inference import Predictor
+
+    run = semantic_run if which == "semantic" else watershed_run
+    image_path = _test_images(run, scenes_root)[0] if which == "semantic" else _coco_images(run, pennfudan_root)[0]
+    onnx = tmp_path / "model.onnx"
+    assert call_tool("export", ["--checkpoint", run / "best.pt", "--output", onnx, "--dynamic", "--image", image_path]) == 0
+    printed = capsys.readouterr().out
+    assert "dynamic height and width" in printed and "largest difference from PyTorch" in printed
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    fp32 = ["train.amp=off", "train.channels_last=false"]
+    torch_predictor = Predictor.from_checkpoint(run / "best.pt", device="cpu", opts=fp32)
+    onnx_predictor = Predictor.from_checkpoint(run / "best.pt", device="cpu", onnx=onnx)
+    prepared = torch.stack([torch_predictor.prepare(image)] * 2)
+    ours, theirs = torch_predictor.forward(prepared), onnx_predictor.forward(prepared)
+    for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (ours, theirs))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+    # and the dynamic graph runs at another size
+    bigger = np.concatenate([image, image], axis=0)
+    session = onnx_predictor.model.session
+    x = torch.nn.functional.interpolate(prepared[:1], size=(96, 112), mode="bilinear")
+    assert session.run(None, {"images": x.numpy()})[0].shape[-2:] == (96, 112)
+    assert onnx_predictor(bigger)["labels" if which == "semantic" else "instance_map"].shape == bigger.shape[:2]
+
+
+def test_bad_input_is_one_sentence(semantic_run, watershed_run, scenes_root, tmp_path, capsys):
+    best = semantic_run / "best.pt"
+    image = _test_images(semantic_run, scenes_root)[0]
+    not_ours = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, not_ours)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    semantic_onnx = tmp_path / "semantic.onnx"
+    assert call_tool("export", ["--checkpoint", best, "--output", semantic_onnx, "--image", image]) == 0
+    cases = [
+        (["--checkpoint", not_ours, "--input", image], "is not a seg_ext checkpoint"),
+        (["--checkpoint", tmp_path / "missing.pt", "--input", image], "does not exist"),
+        (["--checkpoint", best, "--input", tmp_path / "nope.png"], "input path .* does not exist"),
+        (["--checkpoint", best, "--input", tmp_path / "notes"], "holds no images"),
+        (["--checkpoint", best, "--input", str(tmp_path / "empty" / "*.png")], "matches no image"),
+        (["--checkpoint", watershed_run / "best.pt", "--input", image, "--onnx", semantic_onnx], "expected an export of this checkpoint"),
+        (["--checkpoint", best, "--input", image, "--onnx", not_ours], "cannot load ONNX file"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert call_tool("predict", [*argv, "--output-dir", tmp_path / "out"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and len(err.splitlines()) == 1, err
+        import re
+
+        assert re.search(message, err), (message, err)
+
+
+def test_an_unreadable_image_is_named_and_the_rest_are_written(semantic_run, scenes_root, tmp_path):
+    """A real tool process with loader workers: the broken file is named, every other image is written, exit 1."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    files = _test_images(semantic_run, scenes_root)
+    for path in files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    proc = run_tool_process("predict", ["--checkpoint", semantic_run / "best.pt", "--input", str(folder / "*.png"),
+                                        "--output-dir", out, "--num-workers", "2"])
+    assert proc.returncode == 1, proc.stderr
+    assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted(p.stem for p in files)
+    assert json.loads((out / "predictions.json").read_text())["failed"] == [str(folder / "broken.png")]
