@@ -62,7 +62,8 @@ SEMANTIC_DEFAULTS: dict[str, Any] = {
     },
     # full_resolution: the final val/test evaluation (and --eval-only) scores each image at its own size, with the
     # probabilities upsampled and the masks untouched; per-epoch validation stays at data.image_size
-    "eval": {"full_resolution": True},
+    # tta: horizontal-flip test-time augmentation in the final val/test evaluation (as tools/predict.py --tta)
+    "eval": {"full_resolution": True, "tta": False},
     "report": {"num_overlays": 6},
 }
 
@@ -113,7 +114,8 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
         "best_metric": "segm/AP",
     },
     # score_threshold: only for drawing; backend: pycocotools, or faster_coco_eval (same numbers, faster)
-    "eval": {"mask_threshold": 0.5, "score_threshold": 0.5, "backend": "pycocotools"},
+    # tta: horizontal-flip test-time augmentation in the final val/test evaluation (watershed only)
+    "eval": {"mask_threshold": 0.5, "score_threshold": 0.5, "backend": "pycocotools", "tta": False},
     "watershed": {
         "input_size": [256, 256],  # (H, W) the UNet sees; outputs are resized back to each image's own size
         "levels": [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54],  # lower bin edges in pixels

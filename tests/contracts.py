@@ -151,3 +151,11 @@ class InstanceMethodContract:
             assert masks.shape[0] == n and tuple(masks.shape[-2:]) == tuple(size) and masks.dim() in (3, 4)
         metrics = task.evaluate(run, model, "val")
         assert "segm/AP" in metrics and "bbox/AP" in metrics
+
+    def test_prepare_gives_what_the_evaluation_dataset_gives(self, setup):
+        """Prediction on a file prepares the image as evaluation does (the one-path property's first half)."""
+        run, task, _ = setup
+        dataset = run.datasets["val"]
+        image, _ = dataset[0]
+        raw, _ = dataset.raw(0)
+        torch.testing.assert_close(task.method.prepare(raw), image, rtol=0, atol=0)

@@ -90,6 +90,11 @@ def test_full_resolution_evaluation_scores_the_untouched_masks(semantic_run, tmp
     full = json.loads((semantic_run / "metrics.json").read_text())["test"]
     assert resized["mIoU"] != full["mIoU"]
     assert "masks resized" in (ev / "report.md").read_text()
+    tta = tmp_path / "tta"
+    assert call_tool("train_semantic", ["--eval-only", "--checkpoint", semantic_run / "best.pt", "--output-dir", tta,
+                                        "--opts", "eval.tta=true"]) == 0
+    assert json.loads((tta / "metrics.json").read_text())["test"]["mAP"] != full["mAP"]
+    assert "test-time augmentation" in (tta / "report.md").read_text()
 
 
 def test_predictor_api_and_tta(semantic_run, scenes_root):

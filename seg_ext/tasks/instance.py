@@ -129,10 +129,10 @@ class InstanceTask(base.Task):
     def loss_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         return self.method.loss_step(model, batch)
 
-    def predictor(self, run: Run, model: nn.Module) -> Predictor:
+    def predictor(self, run: Run, model: nn.Module, tta: bool = False) -> Predictor:
         train = run.datasets["train"]
         categories = [train.category_of[k] for k in sorted(train.category_of)]
-        return Predictor(model, run.cfg, self.name, train.class_names, run.precision, self.method, categories)
+        return Predictor(model, run.cfg, self.name, train.class_names, run.precision, self.method, categories, tta=tta)
 
     def checkpoint_facts(self, run: Run) -> dict[str, Any]:
         """The COCO categories of the model's labels 1..K, for prediction without the dataset."""
@@ -142,7 +142,7 @@ class InstanceTask(base.Task):
                                for k in sorted(train.category_of)]}
 
     def evaluate(self, run: Run, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
-        dataset, predictor = run.datasets[split], self.predictor(run, model)
+        dataset, predictor = run.datasets[split], self.predictor(run, model, tta=final and run.cfg["eval"]["tta"])
         evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=run.cfg["eval"]["mask_threshold"],
                                   backend=run.cfg["eval"]["backend"])
 
@@ -251,6 +251,7 @@ def _write_report(output_dir: Path, cfg: dict[str, Any], summary: dict[str, Any]
         f"model: `{model}`, {summary['parameters']:,} parameters",
         f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
         f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
+        *(["final evaluation with horizontal-flip test-time augmentation (eval.tta)"] if cfg["eval"]["tta"] else []),
         "COCO evaluation with pycocotools; results files: `results_<split>_segm.json` (masks, without boxes, so "
         "areas are mask areas) and `results_<split>_bbox.json`",
     ])

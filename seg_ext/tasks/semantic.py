@@ -53,15 +53,18 @@ def semantic_datasets(cfg: dict[str, Any], transforms: dict[str, Callable | None
 
 class FullResolutionDataset(Dataset):
     """A split as the final evaluation reads it: the network's input (``prepare`` of the image) and the label
-    map untouched, at the image's own size."""
+    map untouched, at the image's own size (``full`` False: as the evaluation transform resizes it)."""
 
-    def __init__(self, dataset: SemanticSegDataset, prepare: Callable[[np.ndarray], torch.Tensor]) -> None:
-        self.dataset, self.prepare = dataset, prepare
+    def __init__(self, dataset: SemanticSegDataset, prepare: Callable[[np.ndarray], torch.Tensor], full: bool = True) -> None:
+        self.dataset, self.prepare, self.full = dataset, prepare, full
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if not self.full:  # the evaluation transform's resized mask (eval.full_resolution false, with eval.tta)
+            sample = self.dataset[index]
+            return {"image": sample["image"], "mask": sample["mask"]}
         image, mask = self.dataset.load_pair(index)
         return {"image": self.prepare(image), "mask": torch.from_numpy(mask.astype(np.int64))}
 
@@ -152,11 +155,11 @@ class SemanticTask(base.Task):
         scores each image at its own size, through the :class:`~seg_ext.inference.Predictor`."""
         dataset, precision = run.datasets[split], run.precision
         evaluator = SemSegEvaluator(dataset.num_classes, dataset.ignore_index, dataset.class_names)
-        if final and run.cfg["eval"]["full_resolution"]:
-            predictor = Predictor(model, run.cfg, self.name, dataset.class_names, precision)
+        if final and (run.cfg["eval"]["full_resolution"] or run.cfg["eval"]["tta"]):
+            predictor = Predictor(model, run.cfg, self.name, dataset.class_names, precision, tta=run.cfg["eval"]["tta"])
             loader = self.full_resolution_loaders.get(split)
             if loader is None:
-                full = FullResolutionDataset(dataset, predictor.prepare)
+                full = FullResolutionDataset(dataset, predictor.prepare, run.cfg["eval"]["full_resolution"])
                 loader = self.full_resolution_loaders[split] = run.loader(full, collate_fn=collate_full_resolution)
             scorer = AtImageSize(predictor, evaluator, self._loss(dataset, probabilities=True))
             metrics = run_inference(model, loader, scorer, lambda m, batch: (predictor.forward(batch["image"]), batch["mask"]),
@@ -236,7 +239,8 @@ def _write_report(
         f"command: `{command}`" if command else "command: (library call)",
         f"dataset: `{data['root'] or 'built-in synthetic scenes'}` ({len(class_names)} classes: {', '.join(class_names)})",
         "split sizes: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + " (ids in `splits.json`)",
-        f"image size (H, W): {image_size(cfg)}; " + ("the final val and test metrics score each image at its own size "
+        f"image size (H, W): {image_size(cfg)}; " + ("final evaluation with horizontal-flip test-time augmentation; "
+                                                      if cfg["eval"]["tta"] else "") + ("the final val and test metrics score each image at its own size "
         "(probabilities upsampled, masks untouched); per-epoch validation at the network's size"
         if cfg["eval"]["full_resolution"] else "metrics are computed at this size (masks resized)"),
         f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
