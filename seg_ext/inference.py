@@ -30,6 +30,7 @@ from torch import nn
 from seg_ext.config import image_size, merge_config, parse_overrides, upgrade_config, validate_config
 from seg_ext.data.files import read_image
 from seg_ext.data.transforms import build_transforms
+from seg_ext.evaluation.semantic import argmax_channels
 from seg_ext.engine import Precision, load_checkpoint, place_model, select_device
 from seg_ext.errors import ConfigError, SegExtError
 from seg_ext.methods import IMAGE_SIZE_KEYS, InstanceMethod, build_method
@@ -146,12 +147,11 @@ def model_from_checkpoint(path: str | Path, device: torch.device, opts: Sequence
     settings such as ``watershed.marker_level`` or ``eval.mask_threshold``)."""
     ckpt = read_predictor_checkpoint(path)
     try:
-        cfg = upgrade_config(ckpt["config"])
-        for nested in parse_overrides(opts):
-            cfg = merge_config(cfg, nested, source="--opts")
-        cfg = validate_config(cfg)
+        cfg = validate_config(upgrade_config(ckpt["config"]))
     except ConfigError as exc:
         raise SegExtError(f"checkpoint {path} holds a config this version cannot use: {exc}") from None
+    for nested in parse_overrides(opts):  # errors name the key given in --opts
+        cfg = merge_config(cfg, nested, source="--opts")
     task = ckpt.get("task", "semantic")
     names = list(ckpt["class_names"])
     method = None
@@ -282,8 +282,8 @@ class Predictor:
         size = (int(size[0]), int(size[1]))
         if self.task == "instance":
             return self.method.postprocess(outputs, index, size)
-        full = probabilities_at(outputs[index], size)
-        out = {"labels": full.argmax(0)}
+        full = probabilities_at(outputs[index].contiguous(), size)
+        out = {"labels": argmax_channels(full[None])[0]}  # argmax over a strided dim is slow on CPUs
         if probs:
             out["probs"] = full
         return out

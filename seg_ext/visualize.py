@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,10 @@ def palette(num_classes: int) -> np.ndarray:
 def colourize(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
     """Class-id map to an RGB picture (ignored pixels grey). Shape: (H, W) -> (H, W, 3)."""
     pal = palette(num_classes)
+    if mask.dtype == np.uint8 and num_classes <= 256:  # one table lookup (prediction writes one per image)
+        table = np.tile(IGNORE_COLOUR, (256, 1))
+        table[:num_classes] = pal
+        return table[mask]
     out = np.empty((*mask.shape, 3), np.uint8)
     valid = (mask >= 0) & (mask < num_classes)
     out[valid] = pal[mask[valid]]
@@ -227,8 +232,10 @@ def plot_instances(
     plt.close(fig)
 
 
-def _text_strip(width: int, entries: Sequence[tuple[tuple[int, int, int] | None, str]]) -> np.ndarray:
-    """A white strip with coloured squares and labels, wrapped to ``width`` (drawn with PIL: fast per image)."""
+@functools.lru_cache(maxsize=256)
+def _text_strip(width: int, entries: tuple[tuple[tuple[int, int, int] | None, str], ...]) -> np.ndarray:
+    """A white strip with coloured squares and labels, wrapped to ``width`` (drawn with PIL; cached, since most
+    images of a folder share their width and classes). Read-only: callers copy it into their picture."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
@@ -249,7 +256,9 @@ def _text_strip(width: int, entries: Sequence[tuple[tuple[int, int, int] | None,
             draw.rectangle([x, y + 2, x + box, y + 2 + box], fill=tuple(int(c) for c in colour), outline="black")
         draw.text((x + box + 4, y), text, fill="black", font=font)
         x += w
-    return np.asarray(strip)
+    array = np.asarray(strip)
+    array.flags.writeable = False
+    return array
 
 
 def semantic_overlay_picture(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5) -> np.ndarray:
@@ -258,27 +267,47 @@ def semantic_overlay_picture(image: np.ndarray, labels: np.ndarray, class_names:
     Shape:
         image: (H, W, 3) uint8; labels: (H, W) class ids -> (H + legend, W, 3) uint8
     """
+    import cv2
+
     pal = palette(len(class_names))
-    picture = blend(image, colourize(labels, len(class_names)), alpha)
+    colour = colourize(labels, len(class_names))
+    picture = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, colour, alpha, 0.0)
     present = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(class_names)))
-    legend = _text_strip(image.shape[1], [(pal[c], class_names[c]) for c in present if c < len(class_names)])
+    legend = _text_strip(image.shape[1], tuple((tuple(int(v) for v in pal[c]), class_names[c])
+                                               for c in present if c < len(class_names)))
     return np.concatenate([picture, legend], axis=0)
 
 
-def instance_overlay_picture(image: np.ndarray, masks: np.ndarray, scores: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Each instance blended in its own colour and outlined, its score at its box's corner, and a count below.
+def instance_overlay_picture(image: np.ndarray, instance_map: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
+                             alpha: float = 0.55) -> np.ndarray:
+    """Each instance of an instance-id map blended in its own colour and outlined in white, its score at its box's
+    corner, and a count below (vectorised over the map: one pass however many instances).
 
     Shape:
-        image: (H, W, 3) uint8; masks: (N, H, W) bool; scores: (N,); boxes: (N, 4) xyxy -> (H + strip, W, 3) uint8
+        image: (H, W, 3) uint8; instance_map: (H, W), 0 background and 1..N; scores: (N,); boxes: (N, 4) xyxy
+        -> (H + strip, W, 3) uint8
     """
+    import cv2
     from PIL import Image, ImageDraw, ImageFont
 
-    picture = Image.fromarray(instance_overlay(image, masks))
-    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    colours = (np.array(plt.get_cmap("tab20").colors) * 255).astype(np.uint8)
+    ids = instance_map.astype(np.int64)
+    colour = colours[(ids - 1) % len(colours)]
+    blended = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, np.ascontiguousarray(colour), alpha, 0.0)
+    inside = ids > 0
+    picture = np.where(inside[..., None], blended, image)
+    edge = np.zeros_like(inside)  # an instance pixel with a 4-neighbour of another id
+    edge[1:] |= ids[1:] != ids[:-1]
+    edge[:-1] |= ids[:-1] != ids[1:]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    picture[edge & inside] = 255
+    canvas = Image.fromarray(picture)
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for score, (x0, y0, _, _) in zip(scores, boxes):
         text = f"{float(score):.2f}"
         left, top = max(0, int(x0)), max(0, int(y0) - 12)
         draw.rectangle([left, top, left + int(font.getlength(text)) + 4, top + 12], fill="black")
         draw.text((left + 2, top), text, fill="white", font=font)
-    strip = _text_strip(image.shape[1], [(None, f"{len(masks)} instance(s)")])
-    return np.concatenate([np.asarray(picture), strip], axis=0)
+    strip = _text_strip(image.shape[1], ((None, f"{len(scores)} instance(s)"),))
+    return np.concatenate([np.asarray(canvas), strip], axis=0)

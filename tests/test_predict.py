@@ -41,8 +41,8 @@ def _test_images(run: Path, root: Path) -> list[Path]:
     return [root / "images" / f"{i}.png" for i in ids]
 
 
-def _coco_images(run: Path, root: Path) -> list[Path]:
-    gt = json.loads((run / "coco" / "instances_test.json").read_text())
+def _coco_images(run: Path, root: Path, split: str = "test") -> list[Path]:
+    gt = json.loads((run / "coco" / f"instances_{split}.json").read_text())
     return [root / image["file_name"] for image in gt["images"]]
 
 
@@ -121,8 +121,10 @@ def test_watershed_results_scored_by_evaluate_give_the_run_test_mask_ap(watershe
     files = _coco_images(watershed_run, pennfudan_root)
     gt = watershed_run / "coco" / "instances_test.json"
     out = tmp_path / "pred"
-    assert call_tool("predict", ["--checkpoint", watershed_run / "best.pt", "--input", *files, "--output-dir", out,
-                                 "--coco-gt", gt, "--num-workers", "2", "--score-threshold", "0"]) == 0
+    train_image = _coco_images(watershed_run, pennfudan_root, "train")[0]  # not in the test file: predicted, not scored
+    assert call_tool("predict", ["--checkpoint", watershed_run / "best.pt", "--input", *files, train_image,
+                                 "--output-dir", out, "--coco-gt", gt, "--num-workers", "2", "--score-threshold", "0"]) == 0
+    assert "not in" in capsys.readouterr().err and (out / "instances" / f"{train_image.stem}.png").is_file()
     run = json.loads((watershed_run / "metrics.json").read_text())["test"]
     written = json.loads((out / "metrics.json").read_text())
     assert written["segm/AP"] == pytest.approx(run["segm/AP"], abs=1e-9)

@@ -157,10 +157,14 @@ def predict_files(
     if target is not None:
         if not instance:
             raise SegExtError("--coco-gt is for instance checkpoints; a semantic checkpoint's masks are PNGs")
-        unknown = [f for f in files if f.name not in target.image_ids]
+        image_ids = [target.image_ids.get(f.name) for f in files]
+        unknown = [f for f, i in zip(files, image_ids) if i is None]
+        if len(unknown) == len(files):
+            raise SegExtError(f"no input image is in --coco-gt {coco_gt} (images are matched by base file name, e.g. "
+                              f"{files[0].name})")
         if unknown:
-            raise SegExtError(f"image {unknown[0]} is not in --coco-gt {coco_gt} (images are matched by base file name)")
-        image_ids = [target.image_ids[f.name] for f in files]
+            logger.warning("%d input image(s) are not in %s (e.g. %s): they are predicted, but left out of the COCO "
+                           "results and AP", len(unknown), coco_gt, unknown[0].name)
         category_of = target.category_of(predictor.class_names)
     else:
         image_ids = list(range(1, len(files) + 1))
@@ -213,7 +217,7 @@ def predict_files(
             write_json(results[iou_type], output_dir / f"results_{iou_type}.json")
         if target is not None:
             metrics = {}
-            scored = [image_ids[i] for i, e in enumerate(entries) if e is not None]
+            scored = [image_ids[i] for i, e in enumerate(entries) if e is not None and image_ids[i] is not None]
             for iou_type in ("segm", "bbox"):
                 values, text = coco_evaluate(target.coco, results[iou_type], iou_type, image_ids=scored)
                 print(f"IoU type: {iou_type} ({len(results[iou_type])} results, {len(scored)} of "
@@ -237,7 +241,7 @@ def _collect(pending: list[Future], entries: list, results: dict[str, list], wai
     return left
 
 
-def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.ndarray, path: Path, name: str, image_id: int,
+def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.ndarray, path: Path, name: str, image_id: int | None,
             category_of: dict[int, int], output_dir: Path, overlays: bool, network_seconds: float) -> tuple:
     """Post-process image ``i`` of a batch and write its files; returns its predictions.json entry and results."""
     t0 = time.perf_counter()
@@ -251,16 +255,17 @@ def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.nd
         labels = result["labels"].astype(np.uint8)
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(palette(len(predictor.class_names)).ravel().tolist())
-        mask.save(output_dir / "masks" / f"{name}.png")
+        mask.save(output_dir / "masks" / f"{name}.png", compress_level=1)  # fast; label maps compress well anyway
         counts = np.bincount(labels.ravel(), minlength=len(predictor.class_names))
         entry["class_share"] = {c: round(float(n) / labels.size, 6) for c, n in zip(predictor.class_names, counts)}
         if overlays:
             picture = semantic_overlay_picture(image, labels, predictor.class_names)
             Image.fromarray(picture).save(output_dir / "overlays" / f"{name}.jpg", quality=90)
     else:
-        bbox, segm = detections_to_results(raw, image_id, category_of, predictor.mask_threshold)
-        Image.fromarray(result["instance_map"]).save(output_dir / "instances" / f"{name}.png")
-        entry["image_id"] = int(image_id)
+        if image_id is not None:  # None: not in --coco-gt
+            bbox, segm = detections_to_results(raw, image_id, category_of, predictor.mask_threshold)
+        Image.fromarray(result["instance_map"]).save(output_dir / "instances" / f"{name}.png", compress_level=1)
+        entry["image_id"] = None if image_id is None else int(image_id)
         entry["instances"] = [
             {"id": k + 1, "score": round(float(s), 5), "box": [round(float(v), 2) for v in b],
              "category": predictor.class_names[int(label) - 1] if 0 < int(label) <= len(predictor.class_names) else str(int(label)),
@@ -269,7 +274,7 @@ def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.nd
         ]
         entry["score_threshold"] = predictor.score_threshold
         if overlays:
-            picture = instance_overlay_picture(image, result["masks"], result["scores"], result["boxes"])
+            picture = instance_overlay_picture(image, result["instance_map"], result["scores"], result["boxes"])
             Image.fromarray(picture).save(output_dir / "overlays" / f"{name}.jpg", quality=90)
     entry["seconds"] = round(network_seconds + time.perf_counter() - t0, 4)
     return index, entry, bbox, segm
