@@ -56,12 +56,13 @@ def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -
     from seg_ext.config import load_config, merge_config, parse_overrides, validate_config
 
     check_run_arguments(args)
+    check_output_dir(args.output_dir)
     if args.eval_only or args.resume:
         ckpt_path = args.checkpoint if args.eval_only else args.output_dir / "last.pt"
-        if not ckpt_path.is_file():
+        if not ckpt_path.is_file() and not (args.resume and (args.output_dir / "last.prev.pt").is_file()):
             what = "the checkpoint to evaluate" if args.eval_only else "the last.pt of the run to continue"
             raise SegExtError(f"{ckpt_path} does not exist; expected {what}")
-        cfg = config_from_checkpoint(ckpt_path)
+        cfg = config_from_checkpoint(ckpt_path, resume=args.resume)
         if args.config is not None:
             logging.getLogger(__name__).warning("--config is ignored: the run keeps the config saved in %s", ckpt_path)
         for nested in parse_overrides(args.opts):
@@ -75,12 +76,22 @@ def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -
     return validate_config(cfg), output_dir
 
 
-def config_from_checkpoint(path: Path) -> dict[str, Any]:
-    """The config saved in a run's checkpoint."""
-    from seg_ext.config import upgrade_config
-    from seg_ext.engine import load_checkpoint
+def check_output_dir(output_dir: Path | None) -> None:
+    """``--output-dir`` must be a folder (new or existing), not a file."""
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        raise SegExtError(f"--output-dir {output_dir} is a file; expected a folder (new, or the run's own)")
 
-    ckpt = load_checkpoint(path)
+
+def config_from_checkpoint(path: Path, resume: bool = False) -> dict[str, Any]:
+    """The config saved in a run's checkpoint (``resume``: the run folder's last.pt, or last.prev.pt when that is
+    damaged)."""
+    from seg_ext.config import upgrade_config
+    from seg_ext.engine import load_checkpoint, resume_checkpoint
+
+    if resume:
+        path, ckpt = resume_checkpoint(path.parent, continuing=False)  # the run itself warns when it continues
+    else:
+        ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise SegExtError(f"checkpoint {path} holds no config; expected a last.pt or best.pt of a training run")
     return upgrade_config(ckpt["config"])

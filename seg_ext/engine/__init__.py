@@ -3,7 +3,7 @@ its loaders (``loader``), optimiser and schedule (``optim``), checkpoint files (
 training loop with its hooks (``trainer``). Functions here take plain arguments; they know no config keys.
 """
 
-from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
+from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint, previous_path, resume_checkpoint
 from seg_ext.engine.loader import make_loader, seed_worker
 from seg_ext.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, lr_factor_fn
 from seg_ext.engine.precision import (
@@ -19,6 +19,6 @@ __all__ = [
     "AMP_MODES", "CHANNELS_LAST_MODES", "CHECKPOINT_VERSION", "OPTIMIZERS", "SCHEDULERS", "Checkpoints",
     "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TrainState",
     "Trainer", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
-    "lr_factor_fn", "make_loader", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
+    "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
     "seed_worker", "select_device", "set_threads",
 ]

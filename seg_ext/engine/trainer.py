@@ -136,11 +136,12 @@ class History(Hook):
 
 
 class Checkpoints(Hook):
-    """``last.pt`` after every epoch, ``best.pt`` when validation improved; both written atomically."""
+    """``last.pt`` after every epoch (the one before kept as ``last.prev.pt``), ``best.pt`` when validation
+    improved; all written atomically."""
 
     def after_epoch(self, trainer: "Trainer") -> None:
         ckpt = trainer.checkpoint()
-        atomic_save(ckpt, trainer.output_dir / "last.pt")
+        atomic_save(ckpt, trainer.output_dir / "last.pt", keep_previous=True)  # last.prev.pt: the epoch before
         if trainer.improved:
             atomic_save(ckpt, trainer.output_dir / "best.pt")
 
@@ -248,9 +249,10 @@ class Trainer:
     def _loader_generator(self) -> torch.Generator | None:
         return getattr(self.train_loader, "generator", None)
 
-    def resume(self, path: str | Path) -> None:
-        """Restore model, optimiser, schedule, scaler, progress and random state from ``path``."""
-        ckpt = load_checkpoint(path)
+    def resume(self, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
+        """Restore model, optimiser, schedule, scaler, progress and random state from ``path`` (or from ``ckpt``,
+        that file already read)."""
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path)
         self.model.load_state_dict(ckpt["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])

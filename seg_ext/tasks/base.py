@@ -18,10 +18,10 @@ from typing import Any, Callable
 from torch import nn
 
 from seg_ext.config import save_config
-from seg_ext.engine import Trainer, load_checkpoint
+from seg_ext.engine import Trainer, load_checkpoint, resume_checkpoint
 from seg_ext.errors import SegExtError
 from seg_ext.io import write_json
-from seg_ext.tasks.run import Run, prepare_output_dir
+from seg_ext.tasks.run import Run, RunLock, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +124,18 @@ def train(task: Task, cfg: dict[str, Any], output_dir: Path, resume: bool = Fals
     Returns:
         The content of ``metrics.json``.
     """
-    output_dir = prepare_output_dir(Path(output_dir), resume)
+    with RunLock(Path(output_dir)):  # one run writes into a folder at a time
+        return _train(task, cfg, prepare_output_dir(Path(output_dir), resume), resume, command)
+
+
+def _train(task: Task, cfg: dict[str, Any], output_dir: Path, resume: bool, command: str) -> dict[str, Any]:
     run = _start(task, cfg, output_dir, command)
     model = _model_and_loaders(task, run)
     meta = {"config": cfg, "class_names": task.class_names(run), "task": task.name, **task.checkpoint_facts(run)}
     start = time.perf_counter()
     trainer = task.build_trainer(run, model, meta)
     if resume:
-        trainer.resume(output_dir / "last.pt")
+        trainer.resume(*resume_checkpoint(output_dir))  # last.pt, or last.prev.pt if that is damaged
     state = vars(trainer.fit())
     best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
     model.load_state_dict(load_checkpoint(best)["model"])
@@ -141,8 +145,11 @@ def train(task: Task, cfg: dict[str, Any], output_dir: Path, resume: bool = Fals
 
 def evaluate(task: Task, cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:
     """Evaluate ``checkpoint`` on val and test of the configured data; write metrics.json and the report."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(Path(output_dir)):
+        return _evaluate(task, cfg, checkpoint, Path(output_dir), command)
+
+
+def _evaluate(task: Task, cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str) -> dict[str, Any]:
     ckpt = load_checkpoint(checkpoint)
     run = _start(task, cfg, output_dir, command)
     task.check_checkpoint(ckpt, Path(checkpoint), run)

@@ -6,6 +6,9 @@ here only read them and pass them on.
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,10 +18,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from seg_ext.engine import (
+    previous_path,
     Precision, build_optimizer, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
 )
 from seg_ext.config import image_size  # noqa: F401 (the tasks' import of it)
 from seg_ext.errors import SegExtError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +85,7 @@ class Run:
 def prepare_output_dir(output_dir: Path, resume: bool) -> Path:
     """Check the run folder: a new run must not overwrite an earlier one; a resumed run must have one."""
     last = output_dir / "last.pt"
-    if resume and not last.is_file():
+    if resume and not last.is_file() and not previous_path(last).is_file():
         raise SegExtError(f"cannot resume: {last} does not exist; expected the folder of an earlier run")
     if not resume and last.is_file():
         raise SegExtError(
@@ -88,3 +94,44 @@ def prepare_output_dir(output_dir: Path, resume: bool) -> Path:
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
+
+
+class RunLock:
+    """``<output_dir>/.lock`` held for a run's lifetime: a second run into the same folder refuses, naming the
+    first's pid. The lock is an OS record lock (``lockf``), so it dies with its process; a lock file left by a
+    killed run is taken over with a warning."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir, self.path = Path(output_dir), Path(output_dir) / ".lock"
+        self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            # a POSIX record lock, which (unlike flock) forked loader workers do not inherit: it is released the
+            # moment this process dies, even while its workers linger
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise SegExtError(f"output folder {self.output_dir} is in use by another run (pid {owner}); wait for it to "
+                              "finish or choose another --output-dir") from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous and previous != str(os.getpid()):
+            logger.warning("output folder %s was locked by pid %s, which is no longer running; taking the lock over",
+                           self.output_dir, previous)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+        fcntl.lockf(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
