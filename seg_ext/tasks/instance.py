@@ -269,7 +269,7 @@ def _write_report(output_dir: Path, cfg: dict[str, Any], summary: dict[str, Any]
     report.bullets([
         "`config.yaml`: the resolved config; `coco/`: the COCO files of each split (for Penn-Fudan data)",
         "`metrics.jsonl`: one line per epoch; `metrics.json`: the final val and test metrics",
-        "`last.pt`, `best.pt`: checkpoints; `log.txt`: the log",
+        "`last.pt` (`last.prev.pt`: the one before), `best.pt`: checkpoints; `log.txt`: the log",
     ])
     report.save(output_dir / "report.md")
 

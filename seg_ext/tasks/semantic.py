@@ -274,7 +274,7 @@ def _write_report(
     report.bullets([
         "`config.yaml`: the resolved config; `splits.json`: the image ids of each split",
         "`metrics.jsonl`: one line per epoch; `metrics.json`: the final val and test metrics",
-        "`last.pt`, `best.pt`: checkpoints; `log.txt`: the log",
+        "`last.pt` (`last.prev.pt`: the one before), `best.pt`: checkpoints; `log.txt`: the log",
     ])
     report.save(output_dir / "report.md")
 
