@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from seg_ext.errors import SegExtError, TrainingStopped, user_message
+from seg_ext.errors import Preempted, SegExtError, TrainingStopped, user_message
 
 EXIT_USER_ERROR = 2
 EXIT_TRAINING_STOPPED = 3
@@ -139,6 +139,9 @@ def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace
     that ``main`` returns is the exit code (tools that finish their work but report failures)."""
     try:
         code = main(args)
+    except Preempted as exc:
+        print(user_message(exc), file=sys.stderr)
+        return exc.exit_code
     except TrainingStopped as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return EXIT_TRAINING_STOPPED

@@ -58,6 +58,7 @@ SEMANTIC_DEFAULTS: dict[str, Any] = {
         # the channels_last memory format: auto = on for the CPU, off on CUDA; true; false (benchmarks/README.md)
         "channels_last": "auto",
         "eval_every": 1,  # validate every N epochs (and always after the last)
+        "checkpoint_every": 0,  # also write last.pt every N iterations inside an epoch (resumable there); 0: off
         "threads": 0,  # torch CPU threads; 0 keeps torch's default
     },
     # full_resolution: the final val/test evaluation (and --eval-only) scores each image at its own size, with the
@@ -381,6 +382,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config key 'train.device' is {train['device']!r}; expected auto, cpu, cuda or cuda:N")
         _at_least(train["epochs"], "train.epochs", 0, "0 or more")
         _at_least(train["eval_every"], "train.eval_every", 1, "at least 1")
+        _at_least(train["checkpoint_every"], "train.checkpoint_every", 0, "0 (off) or a number of iterations")
     if "method" in cfg:  # an instance config (the method's name is checked by seg_ext.methods.build_method)
         choice(data["format"], "data.format", ("auto", "pennfudan", "coco"))
     ws = cfg.get("watershed")

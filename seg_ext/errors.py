@@ -26,6 +26,15 @@ class TrainingStopped(SegExtError):
     """Training stopped early (for example the loss became non-finite); the last good checkpoint is kept."""
 
 
+class Preempted(SegExtError):
+    """The run was asked to stop (SIGTERM, SIGINT) and saved its position in ``last.pt``."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT, as shells report them
+
+
 def user_message(exc: BaseException) -> str:
     """Return the one-sentence message of a user error.
 

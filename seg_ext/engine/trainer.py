@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from torch import nn
 
 from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
 from seg_ext.engine.precision import Precision
-from seg_ext.errors import ConfigError, SegExtError, TrainingStopped
+from seg_ext.errors import ConfigError, Preempted, SegExtError, TrainingStopped
 from seg_ext.io import write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class TrainState:
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    position: int = 0  # batches done of the epoch under way (a checkpoint written inside an epoch)
+    partial: dict[str, Any] = field(default_factory=dict)  # that epoch's loss sums, batch count and seconds so far
 
 
 class Hook:
@@ -135,13 +139,46 @@ class History(Hook):
         write_jsonl(trainer.state.history, trainer.output_dir / "metrics.jsonl")
 
 
+class StopOnSignal:
+    """While training: SIGTERM (what SLURM and Kubernetes send before a kill) or SIGINT asks the trainer to stop
+    after the current iteration; a second SIGINT stops at once. Only in the main thread."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        self.received = signum
+        logger.warning("%s received: stopping after this iteration (press Ctrl-C again to stop at once)",
+                       signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
 class Checkpoints(Hook):
     """``last.pt`` after every epoch (the one before kept as ``last.prev.pt``), ``best.pt`` when validation
     improved; all written atomically."""
 
+    def after_step(self, trainer: "Trainer") -> None:
+        every = trainer.checkpoint_every
+        if every and trainer.state.iteration % every == 0 and trainer.can_stop_inside_epoch():
+            trainer.save_position()
+
     def after_epoch(self, trainer: "Trainer") -> None:
         ckpt = trainer.checkpoint()
-        atomic_save(ckpt, trainer.output_dir / "last.pt", keep_previous=True)  # last.prev.pt: the epoch before
+        atomic_save(ckpt, trainer.output_dir / "last.pt", keep_previous=True)  # last.prev.pt: the one before
         if trainer.improved:
             atomic_save(ckpt, trainer.output_dir / "best.pt")
 
@@ -187,6 +224,11 @@ class Trainer:
         best_metric: validation key that picks ``best.pt``; higher is better, except for keys naming a loss.
         meta: extra entries for every checkpoint (config, class names, ...).
         hooks: replaces :func:`default_hooks` when given.
+        checkpoint_every: also write ``last.pt`` every this many iterations, inside epochs (0: only after each).
+
+    A loader whose ``sampler`` has ``set_epoch(epoch, start)`` (``engine.make_loader``'s training loaders) makes
+    the run resumable inside an epoch: SIGTERM/SIGINT and ``checkpoint_every`` save the position, and
+    :meth:`resume` continues from that batch. Other loaders resume at epoch boundaries only.
     """
 
     def __init__(
@@ -205,6 +247,7 @@ class Trainer:
         eval_every: int = 1,
         meta: dict[str, Any] | None = None,
         hooks: Sequence[Hook] | None = None,
+        checkpoint_every: int = 0,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_loader = train_loader
@@ -224,6 +267,9 @@ class Trainer:
         self.epoch, self.record, self.improved = 0, {}, False
         self.epoch_sums: dict[str, float] = {}
         self.epoch_count = 0
+        self.checkpoint_every = max(int(checkpoint_every), 0)
+        self.stop = StopOnSignal()
+        self._epoch_start = 0.0
 
     # -- checkpoints
 
@@ -296,33 +342,72 @@ class Trainer:
         self.scheduler.step()
         return value, parts
 
+    def can_stop_inside_epoch(self) -> bool:
+        """Whether the loader can start an epoch at a given batch (see the class docstring)."""
+        return hasattr(getattr(self.train_loader, "sampler", None), "set_epoch")
+
+    def save_position(self) -> Path:
+        """Write ``last.pt`` with the position inside the epoch under way."""
+        self.state.partial = {"sums": dict(self.epoch_sums), "count": self.epoch_count,
+                              "seconds": time.perf_counter() - self._epoch_start}
+        path = self.output_dir / "last.pt"
+        atomic_save(self.checkpoint(), path, keep_previous=True)
+        return path
+
     def train_one_epoch(self) -> dict[str, float]:
-        """One pass over the loader; returns the mean loss and parts."""
+        """One pass over the loader (from the saved position of a resumed epoch); returns the mean loss and parts.
+
+        Raises:
+            Preempted: SIGTERM or SIGINT arrived; ``last.pt`` holds the position after the finished iteration.
+        """
         self.model.train()
-        self.epoch_sums, self.epoch_count = {}, 0
+        partial = self.state.partial if self.state.position else {}
+        self.epoch_sums, self.epoch_count = dict(partial.get("sums", {})), int(partial.get("count", 0))
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch, start=self.state.position * self.train_loader.batch_size)
         for batch in self.train_loader:
             value, parts = self.run_step(batch)
             self.state.iteration += 1
+            self.state.position += 1
             self.epoch_count += 1
             if value is not None:
                 self.epoch_sums["loss"] = self.epoch_sums.get("loss", 0.0) + value
             for k, v in parts.items():
                 self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + float(v)
             self._call("after_step")
+            if self.stop.received is not None:
+                self._preempt()
         if self.epoch_count == 0:
             raise SegExtError("the training split gave no batch; expected at least one training image")
+        self.state.position, self.state.partial = 0, {}
         return {k: v / self.epoch_count for k, v in self.epoch_sums.items()}
+
+    def _preempt(self) -> None:
+        name = signal.Signals(self.stop.received).name
+        if self.can_stop_inside_epoch():
+            path = self.save_position()
+            where = f"epoch {self.epoch} after {self.state.position} batch(es)"
+        else:
+            path, where = self.output_dir / "last.pt", f"epoch {self.epoch} (this loader resumes at epoch boundaries: the epoch restarts)"
+        raise Preempted(f"stopped by {name} in {where}; {path} holds the run: continue with --resume --output-dir "
+                        f"{self.output_dir}", self.stop.received)
 
     # -- the loop
 
     def fit(self) -> TrainState:
         """Train up to ``epochs``; the hooks validate, log and checkpoint after every epoch."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        with self.stop:
+            return self._fit()
+
+    def _fit(self) -> TrainState:
         self._call("before_train")
         for epoch in range(self.state.epoch + 1, self.epochs + 1):
             self.epoch, self.improved = epoch, False
             self._call("before_epoch")
-            start = time.perf_counter()
+            carried = float(self.state.partial.get("seconds", 0.0)) if self.state.position else 0.0
+            start = self._epoch_start = time.perf_counter() - carried
             train_metrics = self.train_one_epoch()
             seconds = time.perf_counter() - start
             self.state.train_seconds += seconds

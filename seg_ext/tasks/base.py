@@ -71,7 +71,7 @@ class Task:
         return Trainer(
             model, optimizer, scheduler, train_loader, self.loss_step, lambda m: self.evaluate(run, m, "val"),
             run.output_dir, epochs=t["epochs"], best_metric=t["best_metric"], precision=run.precision,
-            grad_clip=t["grad_clip"], eval_every=t["eval_every"], meta=meta,
+            grad_clip=t["grad_clip"], eval_every=t["eval_every"], meta=meta, checkpoint_every=t["checkpoint_every"],
         )
 
     def evaluate(self, run: Run, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
