@@ -38,9 +38,11 @@ def _state(path: Path) -> dict:
         return {}
 
 
-def _interrupt(tool: str, args: list, out: Path, ready, signum: int) -> subprocess.CompletedProcess:
-    """Start the tool, wait until ``ready(state of last.pt)``, send ``signum``, wait for the end."""
-    proc = subprocess.Popen(_command(tool, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+def _interrupt(tool: str, args: list, out: Path, ready, signum: int, group: bool = False) -> subprocess.CompletedProcess:
+    """Start the tool, wait until ``ready(state of last.pt)``, send ``signum`` (``group``: to the tool and its
+    loader workers, as a terminal's Ctrl-C or a scheduler does), wait for the end."""
+    proc = subprocess.Popen(_command(tool, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
     try:
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
@@ -48,7 +50,10 @@ def _interrupt(tool: str, args: list, out: Path, ready, signum: int) -> subproce
                 # freeze it and look again: the run may have written another last.pt since (a slow machine)
                 proc.send_signal(signal.SIGSTOP)
                 if ready(_state(out / "last.pt")):
-                    proc.send_signal(signum)
+                    if group:
+                        os.killpg(proc.pid, signum)
+                    else:
+                        proc.send_signal(signum)
                     proc.send_signal(signal.SIGCONT)
                     break
                 proc.send_signal(signal.SIGCONT)
@@ -126,6 +131,18 @@ def test_watershed_killed_then_resumed_is_identical(straight, pennfudan_root, tm
     args = ["--method", "watershed", "--data-root", pennfudan_root, "--output-dir", out, "--opts", *WATERSHED]
     killed = _interrupt("train_instance", args, out, lambda state: state.get("epoch", 0) >= 2, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
+    resumed = _run("train_instance", ["--output-dir", out, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert _results(out, ("segm/AP", "bbox/AP")) == straight["watershed"]
+
+
+def test_watershed_stopped_by_ctrl_c_inside_an_epoch_then_resumed_is_identical(straight, pennfudan_root, tmp_path):
+    out = tmp_path / "run"
+    args = ["--method", "watershed", "--data-root", pennfudan_root, "--output-dir", out, "--opts", *WATERSHED]
+    stopped = _interrupt("train_instance", args, out, lambda state: state.get("epoch", 0) >= 1, signal.SIGINT, group=True)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "stopped by SIGINT" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert _state(out / "last.pt")["position"] >= 1
     resumed = _run("train_instance", ["--output-dir", out, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert _results(out, ("segm/AP", "bbox/AP")) == straight["watershed"]

@@ -10,6 +10,7 @@ uninterrupted run draws, with or without workers.
 from __future__ import annotations
 
 import random
+import signal
 from typing import Any, Callable
 
 import numpy as np
@@ -18,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def seed_worker(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker's albumentations pipeline its own seed.
+    """DataLoader ``worker_init_fn``: give each worker's albumentations pipeline its own seed, and leave SIGINT
+    (Ctrl-C) to the main process.
 
     albumentations 2.x keeps its random generators in the pipeline object, which every worker inherits
     identically; without this, all workers would draw the same crops. torch's per-worker seed is derived from
@@ -28,6 +30,9 @@ def seed_worker(_worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is None:
         return
+    # a terminal's Ctrl-C reaches the whole process group: the main process stops the run, then its workers.
+    # (SIGTERM keeps its default: it is how the main process's multiprocessing ends daemonic workers at exit.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = info.seed % 2**32
     np.random.seed(seed)
     random.seed(seed)
