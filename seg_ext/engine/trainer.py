@@ -159,6 +159,10 @@ class StopOnSignal:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C
         self.received = signum
+        if signum == signal.SIGTERM and hasattr(signal, "SIGCHLD"):
+            # a scheduler's SIGTERM to the whole process group ends the loader workers too; torch's SIGCHLD
+            # handler would turn that into an error in the middle of this last step
+            signal.signal(signal.SIGCHLD, lambda *args: None)  # not SIG_DFL: CPython warns of a pending one
         logger.warning("%s received: stopping after this iteration (press Ctrl-C again to stop at once)",
                        signal.Signals(signum).name)
 
@@ -366,7 +370,16 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch, start=self.state.position * self.train_loader.batch_size)
-        for batch in self.train_loader:
+        batches = iter(self.train_loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except RuntimeError:
+                if self.stop.received is not None:  # the workers went with the signal: stop where we are
+                    self._preempt()
+                raise
             value, parts = self.run_step(batch)
             self.state.iteration += 1
             self.state.position += 1
@@ -380,7 +393,6 @@ class Trainer:
                 self._preempt()
         if self.epoch_count == 0:
             raise SegExtError("the training split gave no batch; expected at least one training image")
-        self.state.position, self.state.partial = 0, {}
         return {k: v / self.epoch_count for k, v in self.epoch_sums.items()}
 
     def _preempt(self) -> None:
@@ -416,8 +428,20 @@ class Trainer:
                 self.record["lr"] = self.optimizer.param_groups[0]["lr"]
             self.record["train_seconds"] = round(seconds, 3)
             self.record.update({f"train/{k}": v for k, v in train_metrics.items()})
-            self.state.epoch = epoch
-            self._call("after_epoch")
+            trained = (self.state.epoch, self.state.position, self.state.train_seconds - seconds)
+            self.state.epoch, self.state.position, self.state.partial = epoch, 0, {}
+            try:
+                self._call("after_epoch")
+            except RuntimeError:
+                if self.stop.received is None or not self.can_stop_inside_epoch():
+                    raise
+                # a group SIGTERM ended the validation loader's workers: keep the epoch as trained, not validated
+                self.state.epoch, self.state.position, self.state.train_seconds = trained
+                self._preempt()
+            if self.stop.received is not None:  # arrived during validation: this epoch is complete and saved
+                raise Preempted(f"stopped by {signal.Signals(self.stop.received).name} after epoch {epoch}; "
+                                f"{self.output_dir / 'last.pt'} holds the run: continue with --resume --output-dir "
+                                f"{self.output_dir}", self.stop.received)
         self._call("after_train")
         return self.state
 
