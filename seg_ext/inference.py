@@ -30,6 +30,7 @@ from torch import nn
 from seg_ext.config import image_size, merge_config, parse_overrides, upgrade_config, validate_config
 from seg_ext.data.files import read_image
 from seg_ext.data.transforms import build_transforms
+from seg_ext.evaluation.coco import binary_masks
 from seg_ext.evaluation.semantic import argmax_channels
 from seg_ext.engine import Precision, load_checkpoint, place_model, select_device
 from seg_ext.errors import ConfigError, SegExtError
@@ -304,10 +305,7 @@ class Predictor:
         scores = raw["scores"].detach().float().cpu().numpy()
         order = np.argsort(-scores, kind="stable")
         order = order[scores[order] >= self.score_threshold]
-        masks = raw["masks"].detach()
-        if masks.dim() == 4:
-            masks = masks[:, 0]
-        masks = (masks > self.mask_threshold if masks.is_floating_point() else masks > 0).cpu().numpy()[order]
+        masks = binary_masks(raw["masks"], self.mask_threshold)[order]
         return {
             "masks": masks,
             "boxes": raw["boxes"].detach().float().cpu().numpy()[order],

@@ -29,6 +29,18 @@ IOU_TYPES = ("bbox", "segm")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
+def binary_masks(masks: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+    """Detections' masks as booleans: probabilities above ``threshold``, or 0/1 masks as they are.
+
+    Shape:
+        (N, 1, H, W) or (N, H, W) -> (N, H, W) bool
+    """
+    masks = masks.detach()
+    if masks.dim() == 4:
+        masks = masks[:, 0]
+    return (masks > threshold if masks.is_floating_point() else masks > 0).cpu().numpy()
+
+
 def detections_to_results(
     output: dict[str, torch.Tensor], image_id: int, category_of: dict[int, int], mask_threshold: float = 0.5
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -48,10 +60,7 @@ def detections_to_results(
     ]
     segm: list[dict[str, Any]] = []
     if "masks" in output:
-        masks = output["masks"].detach()
-        if masks.dim() == 4:
-            masks = masks[:, 0]
-        binary = (masks > mask_threshold if masks.is_floating_point() else masks > 0).cpu().numpy()
+        binary = binary_masks(output["masks"], mask_threshold)
         segm = [
             {"image_id": int(image_id), "category_id": c, "score": round(float(s), 5), "segmentation": rle}
             for rle, s, c in zip(masks_to_rles(binary), scores, cats)

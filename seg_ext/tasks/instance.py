@@ -22,7 +22,7 @@ from seg_ext.data.pennfudan import convert_pennfudan
 from seg_ext.data.transforms import build_instance_transforms
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation import run_inference
-from seg_ext.evaluation.coco import STAT_NAMES, COCOEvaluator
+from seg_ext.evaluation.coco import STAT_NAMES, COCOEvaluator, binary_masks
 from seg_ext.inference import Predictor
 from seg_ext.io import write_json
 from seg_ext.methods import IMAGE_SIZE_KEYS, WatershedMethod, build_method
@@ -170,12 +170,10 @@ class InstanceTask(base.Task):
             size = tuple(raw_image.shape[:2])
             outputs = predictor.forward([predictor.prepare(raw_image)])
             output = predictor.postprocess(outputs, 0, size)
-            masks = output["masks"]
-            masks = (masks[:, 0] if masks.dim() == 4 else masks).float() > cfg["eval"]["mask_threshold"]
             row = {
                 "image": raw_image,
                 "gt_masks": gt_masks,
-                "pred_masks": masks.cpu().numpy(),
+                "pred_masks": binary_masks(output["masks"], cfg["eval"]["mask_threshold"]),
                 "pred_scores": output["scores"].cpu().numpy(),
                 "title": dataset.image_info(int(i))["file_name"].split("/")[-1],
             }
