@@ -37,7 +37,8 @@ def build_transforms(
         crop_scale, crop_ratio: ``RandomResizedCrop``'s area and aspect-ratio ranges; hflip_prob: flip probability.
         normalize: end with ImageNet normalisation and ``ToTensorV2``; without, images stay uint8 HWC (for
             looking at augmented samples).
-        seed: seed of the pipeline's random generators (DataLoader workers re-seed it, see ``engine.seed_worker``).
+        seed: seed of the pipeline's random generators (training loaders re-seed it for every sample, see
+            ``engine.loader.SeededSamples``).
     """
     h, w = (int(v) for v in image_size)
     if train:

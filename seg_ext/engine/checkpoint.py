@@ -33,15 +33,16 @@ def atomic_save(obj: Any, path: str | Path, keep_previous: bool = False) -> None
         SegExtError: the file cannot be written (disk full, no permission); ``path`` keeps its earlier content.
     """
     path = Path(path)
+    new = path.with_name(f".{path.name}.new")
     try:
         if keep_previous and path.is_file():
-            atomic_write(path.with_name(f".{path.name}.new"), lambda fh: torch.save(obj, fh), binary=True, sync=True)
+            atomic_write(new, lambda fh: torch.save(obj, fh), binary=True, sync=True)
             os.replace(path, previous_path(path))
-            os.replace(path.with_name(f".{path.name}.new"), path)
+            os.replace(new, path)
         else:
             atomic_write(path, lambda fh: torch.save(obj, fh), binary=True, sync=True)
     except OSError as exc:
-        path.with_name(f".{path.name}.new").unlink(missing_ok=True)
+        new.unlink(missing_ok=True)
         reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or exc.__class__.__name__)
         kept = f"the earlier {path.name} is intact" if path.is_file() else "no earlier checkpoint was written"
         raise SegExtError(f"cannot write checkpoint {path}: {reason}; {kept}. Free space (or fix the folder) and continue "
@@ -65,11 +66,12 @@ def resume_checkpoint(output_dir: str | Path, continuing: bool = True) -> tuple[
             raise
         ckpt = load_checkpoint(prev)
         if continuing:
+            kept = ""
             if last.exists():
                 os.replace(last, last.with_name(last.name + ".damaged"))
+                kept = f" ({last.name} kept as {last.name}.damaged)"
             logger.warning("%s; continuing from %s (epoch %s) instead%s", user_message(exc), prev,
-                           ckpt.get("state", {}).get("epoch"), f" ({last.name} kept as {last.name}.damaged)" if
-                           last.with_name(last.name + ".damaged").exists() else "")
+                           ckpt.get("state", {}).get("epoch"), kept)
         return prev, ckpt
 
 

@@ -19,13 +19,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def seed_worker(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker's albumentations pipeline its own seed, and leave SIGINT
-    (Ctrl-C) to the main process.
-
-    albumentations 2.x keeps its random generators in the pipeline object, which every worker inherits
-    identically; without this, all workers would draw the same crops. torch's per-worker seed is derived from
-    the loader's generator, so a seeded run draws the same crops every time. A dataset's pipeline is found as its
-    ``transform`` attribute (anything with ``set_random_seed``).
+    """DataLoader ``worker_init_fn``: seed the worker's Python and NumPy generators from torch's per-worker seed,
+    and leave SIGINT (Ctrl-C) to the main process. (Augmentation needs no per-worker seed: training loaders seed
+    it per sample, :class:`SeededSamples`.)
     """
     info = torch.utils.data.get_worker_info()
     if info is None:
@@ -36,9 +32,6 @@ def seed_worker(_worker_id: int) -> None:
     seed = info.seed % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    transform = getattr(info.dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

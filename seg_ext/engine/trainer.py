@@ -395,15 +395,17 @@ class Trainer:
             raise SegExtError("the training split gave no batch; expected at least one training image")
         return {k: v / self.epoch_count for k, v in self.epoch_sums.items()}
 
-    def _preempt(self) -> None:
-        name = signal.Signals(self.stop.received).name
-        if self.can_stop_inside_epoch():
-            path = self.save_position()
-            where = f"epoch {self.epoch} after {self.state.position} batch(es)"
-        else:
-            path, where = self.output_dir / "last.pt", f"epoch {self.epoch} (this loader resumes at epoch boundaries: the epoch restarts)"
-        raise Preempted(f"stopped by {name} in {where}; {path} holds the run: continue with --resume --output-dir "
-                        f"{self.output_dir}", self.stop.received)
+    def _preempt(self, where: str | None = None) -> None:
+        """Raise :class:`Preempted`, naming where the run stopped (by default: inside the epoch, saving the position
+        when the loader can resume there)."""
+        path = self.output_dir / "last.pt"
+        if where is None and self.can_stop_inside_epoch():
+            self.save_position()
+            where = f"in epoch {self.epoch} after {self.state.position} batch(es)"
+        elif where is None:
+            where = f"in epoch {self.epoch} (this loader resumes at epoch boundaries: the epoch restarts)"
+        raise Preempted(f"stopped by {signal.Signals(self.stop.received).name} {where}; {path} holds the run: continue "
+                        f"with --resume --output-dir {self.output_dir}", self.stop.received)
 
     # -- the loop
 
@@ -439,9 +441,7 @@ class Trainer:
                 self.state.epoch, self.state.position, self.state.train_seconds = trained
                 self._preempt()
             if self.stop.received is not None:  # arrived during validation: this epoch is complete and saved
-                raise Preempted(f"stopped by {signal.Signals(self.stop.received).name} after epoch {epoch}; "
-                                f"{self.output_dir / 'last.pt'} holds the run: continue with --resume --output-dir "
-                                f"{self.output_dir}", self.stop.received)
+                self._preempt(f"after epoch {epoch}")
         self._call("after_train")
         return self.state
 

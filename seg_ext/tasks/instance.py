@@ -130,9 +130,9 @@ class InstanceTask(base.Task):
         return self.method.loss_step(model, batch)
 
     def predictor(self, run: Run, model: nn.Module, tta: bool = False) -> Predictor:
-        train = run.datasets["train"]
-        categories = [train.category_of[k] for k in sorted(train.category_of)]
-        return Predictor(model, run.cfg, self.name, train.class_names, run.precision, self.method, categories, tta=tta)
+        categories = [c["id"] for c in self.checkpoint_facts(run)["categories"]]
+        return Predictor(model, run.cfg, self.name, run.datasets["train"].class_names, run.precision, self.method,
+                         categories, tta=tta)
 
     def checkpoint_facts(self, run: Run) -> dict[str, Any]:
         """The COCO categories of the model's labels 1..K, for prediction without the dataset."""

@@ -21,7 +21,6 @@ from seg_ext.engine import (
     previous_path,
     Precision, build_optimizer, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
 )
-from seg_ext.config import image_size  # noqa: F401 (the tasks' import of it)
 from seg_ext.errors import SegExtError
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from seg_ext.losses import class_weights, weighted_cross_entropy
 from seg_ext.models import build_model
 from seg_ext.report import Report
 from seg_ext.tasks import base
-from seg_ext.tasks.run import Run, image_size
+from seg_ext.config import image_size
+from seg_ext.tasks.run import Run
 from seg_ext.visualize import plot_confusion, plot_loss_curves, plot_overlays
 
 logger = logging.getLogger(__name__)
@@ -105,9 +106,6 @@ class SemanticTask(base.Task):
 
     name = "semantic"
 
-    def __init__(self) -> None:
-        self.full_resolution_loaders: dict[str, Any] = {}
-
     def build_datasets(self, run: Run) -> None:
         transforms = {"train": semantic_transforms(run.cfg, train=True), "val": semantic_transforms(run.cfg, train=False),
                       "test": semantic_transforms(run.cfg, train=False)}
@@ -157,10 +155,8 @@ class SemanticTask(base.Task):
         evaluator = SemSegEvaluator(dataset.num_classes, dataset.ignore_index, dataset.class_names)
         if final and (run.cfg["eval"]["full_resolution"] or run.cfg["eval"]["tta"]):
             predictor = Predictor(model, run.cfg, self.name, dataset.class_names, precision, tta=run.cfg["eval"]["tta"])
-            loader = self.full_resolution_loaders.get(split)
-            if loader is None:
-                full = FullResolutionDataset(dataset, predictor.prepare, run.cfg["eval"]["full_resolution"])
-                loader = self.full_resolution_loaders[split] = run.loader(full, collate_fn=collate_full_resolution)
+            full = FullResolutionDataset(dataset, predictor.prepare, run.cfg["eval"]["full_resolution"])
+            loader = run.loader(full, collate_fn=collate_full_resolution)  # the final evaluation reads each split once
             scorer = AtImageSize(predictor, evaluator, self._loss(dataset, probabilities=True))
             metrics = run_inference(model, loader, scorer, lambda m, batch: (predictor.forward(batch["image"]), batch["mask"]),
                                     desc=split)
