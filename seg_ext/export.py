@@ -111,34 +111,40 @@ def export_onnx(checkpoint: str | Path, output: str | Path, dynamic: bool = Fals
         raise ExportError(f"model {cfg['model']['name']} predicts at its training size {size[0]}x{size[1]} only; "
                           "export it without --dynamic")
     example = prepare(picture)[None]
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    axes: dict[int, Any] = {0: batch}
-    if dynamic:
+    axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1024)}
+    checks = [example, torch.cat([example, example.flip(-1)])]  # batch 1 and 2
+    if dynamic:  # height and width too, checked on the real image near its own size, in the model's multiple
         step = multiple or 1
         axes[2] = step * torch.export.Dim("height", min=max(1, 32 // step), max=MAX_SIDE // step)
         axes[3] = step * torch.export.Dim("width", min=max(1, 32 // step), max=MAX_SIDE // step)
-    checks = [example, torch.cat([example, example.flip(-1)])]  # batch 1 and 2
-    if dynamic:  # the real image near its own size, in the model's multiple
         h, w = picture.shape[:2]
-        step = multiple or 1
         other = (max(32, h // step * step), max(32, w // step * step))
         if other == tuple(size):
             other = (size[0] + 2 * step * max(1, 16 // step), size[1] + step * max(1, 16 // step))
         resized = torch.nn.functional.interpolate(example, size=other, mode="bilinear", align_corners=False)
         checks.append(resized)
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
-        path = Path(tmp) / output.name
-        _torch_export(net, example, path, outputs, {"images": axes}, opset)
-        _add_metadata(path, {"task": task, "method": method.name if method else None, "model": cfg["model"]["name"],
-                             "input_size": list(size), "size_multiple": multiple if dynamic else None,
-                             "classes": names})
-        differences = _compare(net, path, checks, outputs)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, output)
+    facts = {"task": task, "method": method.name if method else None, "model": cfg["model"]["name"],
+             "input_size": list(size), "size_multiple": multiple if dynamic else None, "classes": names}
+    differences = _write_checked(net, example, output, outputs, axes, opset, checks, facts)
     return {"output": str(output), "image": str(image_path), "input_size": list(size), "dynamic": dynamic,
             "size_multiple": multiple if dynamic else None, "outputs": outputs,
             "checked_shapes": [list(c.shape) for c in checks], "max_abs_difference": differences[0],
             "max_relative_difference": differences[1]}
+
+
+def _write_checked(net: nn.Module, example: torch.Tensor, output: Path, outputs: list[str], axes: dict[int, Any],
+                   opset: int, checks: list[torch.Tensor], facts: dict[str, Any], dynamo: bool = True,
+                   what: str = "the export") -> tuple[float, float]:
+    """Export into a temporary file beside ``output``, add ``facts`` as metadata, compare with PyTorch on
+    ``checks``, and only then move it to ``output``; returns the largest absolute and relative differences."""
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+        path = Path(tmp) / output.name
+        _torch_export(net, example, path, outputs, {"images": axes}, opset, dynamo=dynamo)
+        _add_metadata(path, facts)
+        differences = _compare(net, path, checks, outputs, what)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, output)
+    return differences
 
 
 def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, outputs: list[str], dynamic_shapes: dict[str, Any],
@@ -175,7 +181,8 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _compare(net: nn.Module, path: Path, inputs: list[torch.Tensor], outputs: list[str]) -> tuple[float, float]:
+def _compare(net: nn.Module, path: Path, inputs: list[torch.Tensor], outputs: list[str],
+             what: str = "the export") -> tuple[float, float]:
     """Largest absolute and relative difference of onnxruntime's outputs from PyTorch's (fp32) over ``inputs``."""
     session = _session(path)
     worst_abs, worst_rel = 0.0, 0.0
@@ -186,16 +193,16 @@ def _compare(net: nn.Module, path: Path, inputs: list[torch.Tensor], outputs: li
         try:
             got = session.run(None, {"images": x.numpy()})
         except Exception as exc:
-            raise ExportError(f"onnxruntime cannot run the export on a {tuple(x.shape)} input ({exc.__class__.__name__})") from None
+            raise ExportError(f"onnxruntime cannot run {what} on a {tuple(x.shape)} input ({exc.__class__.__name__})") from None
         for name, e, g in zip(outputs, expected, got):
             e = e.float().numpy()
             if e.shape != g.shape:
-                raise ExportError(f"the export's {name} has shape {g.shape} on a {tuple(x.shape)} input; PyTorch gives {e.shape}")
-            diff = float(np.abs(e - g).max())
-            rel = diff / max(float(np.abs(e).max()), 1e-12)
+                raise ExportError(f"{what}'s {name} has shape {g.shape} on a {tuple(x.shape)} input; PyTorch gives {e.shape}")
+            diff = float(np.abs(e - g.astype(np.float32)).max()) if e.size else 0.0
+            rel = diff / max(float(np.abs(e).max()) if e.size else 0.0, 1e-12)
             worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
             if rel > RELATIVE_TOLERANCE:
-                raise ExportError(f"the export's {name} differs from PyTorch's by {diff:.3g} ({rel:.3g} of its largest value) "
+                raise ExportError(f"{what}'s {name} differs from PyTorch's by {diff:.3g} ({rel:.3g} of its largest value) "
                                   f"on a {tuple(x.shape)} input; expected at most {RELATIVE_TOLERANCE:g}; the file is not written")
     return worst_abs, worst_rel
 
@@ -217,35 +224,12 @@ def _export_maskrcnn(model: nn.Module, method: Any, picture: np.ndarray, image_p
 
     net = _Detections(model).eval()
     outputs = ["boxes", "labels", "scores", "masks"]
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
-        path = Path(tmp) / output.name
-        try:
-            _torch_export(net, example[None], path, outputs, {"images": {}}, opset, dynamo=False)
-        except ExportError as exc:
-            raise ExportError(f"Mask R-CNN does not export to ONNX with this torch/torchvision ({exc}); "
-                              "use the PyTorch checkpoint (tools/predict.py without --onnx)") from None
-        with torch.no_grad():
-            expected = net(example[None])
-        try:
-            got = _session(path).run(None, {"images": example[None].numpy()})
-        except Exception as exc:
-            raise ExportError(f"onnxruntime cannot run the Mask R-CNN export ({exc.__class__.__name__}); use the PyTorch "
-                              "checkpoint (tools/predict.py without --onnx)") from None
-        worst_abs, worst_rel = 0.0, 0.0
-        for name, e, g in zip(outputs, expected, got):
-            e = e.float().numpy()
-            if e.shape != g.shape:
-                raise ExportError(f"the Mask R-CNN export's {name} has shape {g.shape}, PyTorch's {e.shape}; use the "
-                                  "PyTorch checkpoint (tools/predict.py without --onnx)")
-            diff = float(np.abs(e - g.astype(np.float32)).max()) if e.size else 0.0
-            rel = diff / max(float(np.abs(e).max()) if e.size else 0.0, 1e-12)
-            worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
-            if rel > RELATIVE_TOLERANCE:
-                raise ExportError(f"the Mask R-CNN export's {name} differs from PyTorch's by {diff:.3g} ({rel:.3g} of its "
-                                  f"largest value); expected at most {RELATIVE_TOLERANCE:g}; the file is not written")
-        _add_metadata(path, {"task": "instance", "method": "maskrcnn", "model": "maskrcnn", "input_size": [h, w],
-                             "size_multiple": None})
-        output.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, output)
+    facts = {"task": "instance", "method": "maskrcnn", "model": "maskrcnn", "input_size": [h, w], "size_multiple": None}
+    try:
+        worst_abs, worst_rel = _write_checked(net, example[None], output, outputs, {}, opset, [example[None]], facts,
+                                              dynamo=False, what="the Mask R-CNN export")
+    except ExportError as exc:
+        raise ExportError(f"Mask R-CNN does not export to ONNX with this torch/torchvision ({exc}); "
+                          "use the PyTorch checkpoint (tools/predict.py without --onnx)") from None
     return {"output": str(output), "image": str(image_path), "input_size": [h, w], "dynamic": False, "outputs": outputs,
             "batch": 1, "checked_shapes": [[1, 3, h, w]], "max_abs_difference": worst_abs, "max_relative_difference": worst_rel}
