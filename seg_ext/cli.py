@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from seg_ext.errors import Preempted, SegExtError, TrainingStopped, user_message
+from seg_ext.io import check_output_folder
 
 EXIT_USER_ERROR = 2
 EXIT_TRAINING_STOPPED = 3
@@ -56,7 +57,7 @@ def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -
     from seg_ext.config import load_config, merge_config, parse_overrides, validate_config
 
     check_run_arguments(args)
-    check_output_dir(args.output_dir)
+    check_output_folder(args.output_dir, "a folder (new, or the run's own)")
     if args.eval_only or args.resume:
         ckpt_path = args.checkpoint if args.eval_only else args.output_dir / "last.pt"
         if not ckpt_path.is_file() and not (args.resume and (args.output_dir / "last.prev.pt").is_file()):
@@ -74,12 +75,6 @@ def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -
     if args.data_root is not None:
         cfg = merge_config(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
     return validate_config(cfg), output_dir
-
-
-def check_output_dir(output_dir: Path | None) -> None:
-    """``--output-dir`` must be a folder (new or existing), not a file."""
-    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
-        raise SegExtError(f"--output-dir {output_dir} is a file; expected a folder (new, or the run's own)")
 
 
 def config_from_checkpoint(path: Path, resume: bool = False) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any, Callable, IO
 
 import numpy as np
 
+from seg_ext.errors import SegExtError
+
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = False, sync: bool = False) -> None:
     """Call ``write(fh)`` on a temporary file beside ``path``, then rename it over ``path``.
@@ -59,3 +61,14 @@ def write_json(obj: Any, path: str | Path) -> None:
 def write_jsonl(records: list[Any], path: str | Path) -> None:
     """Write one JSON object per line, atomically, NaN as null."""
     atomic_write_text("".join(json.dumps(to_jsonable(r)) + "\n" for r in records), path)
+
+
+def check_output_folder(path: Path | None, expected: str = "a folder (new or existing)") -> None:
+    """``--output-dir`` must name a folder (or nothing yet), not a file.
+
+    Raises:
+        SegExtError: one sentence naming it.
+    """
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise SegExtError(f"--output-dir {path} is a file; expected {expected}")
+

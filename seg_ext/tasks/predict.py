@@ -28,7 +28,7 @@ from seg_ext.data.semantic import IMAGE_EXTENSIONS
 from seg_ext.errors import DatasetError, SegExtError
 from seg_ext.evaluation.coco import coco_evaluate, detections_to_results
 from seg_ext.inference import Predictor
-from seg_ext.io import write_json
+from seg_ext.io import check_output_folder, write_json
 from seg_ext.visualize import instance_overlay_picture, palette, semantic_overlay_picture
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,7 @@ def predict_files(
         predictions with ``coco_gt``).
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise SegExtError(f"--output-dir {output_dir} is a file; expected a folder (new or existing)")
+    check_output_folder(output_dir)
     target = CocoTarget.load(coco_gt) if coco_gt is not None else None
     names = output_names(files)
     instance = predictor.task == "instance"
