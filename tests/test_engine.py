@@ -204,3 +204,25 @@ def test_auto_keeps_models_marked_unsafe_in_bf16_in_fp32(monkeypatch):
     assert _resolve({**train, "amp": "bf16"}, cpu, resnet_unet).amp_dtype == torch.bfloat16  # asked for
     monkeypatch.setattr(engine, "native_bf16_cpu", lambda: False)
     assert _resolve(train, cpu, unet) == Precision(cpu, None, True)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_handlers_come_back():
+    """Real signals to this process: the first SIGINT asks the trainer to stop after its iteration, the second
+    raises KeyboardInterrupt at once (the tools turn it into exit 130); leaving restores the earlier handlers."""
+    import os
+    import signal
+    import time
+
+    from seg_ext.engine.trainer import StopOnSignal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopOnSignal()
+    with stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # delivered at the next bytecode
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    assert {s: signal.getsignal(s) for s in before} == before
+

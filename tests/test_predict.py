@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import call_tool, run_tool_process
+from conftest import ROOT, call_tool, run_tool_process
 
 SEMANTIC = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "train.epochs=2",
             "model.base_width=4", "model.depth=2", "report.num_overlays=1"]
@@ -170,6 +170,27 @@ def test_maskrcnn_outputs_and_refused_tta(pennfudan_root, tmp_path, capsys):
     assert "largest difference from PyTorch" in capsys.readouterr().out
     assert call_tool("predict", ["--checkpoint", run / "best.pt", "--onnx", onnx, "--input", files[0],
                                  "--output-dir", tmp_path / "onnx_pred"]) == 0
+    # an image of another size: refused in one sentence (torchvision's export has one size)
+    size = np.asarray(Image.open(files[0])).shape[:2]
+    other = next(p for p in sorted(pennfudan_root.glob("PNGImages/*.png")) if np.asarray(Image.open(p)).shape[:2] != size)
+    capsys.readouterr()
+    assert call_tool("predict", ["--checkpoint", run / "best.pt", "--onnx", onnx, "--input", other,
+                                 "--output-dir", tmp_path / "onnx_other"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "images only" in err and len(err.splitlines()) == 1, err
+
+
+def test_the_baseline_exports_at_its_training_size_only(scenes_root, tmp_path, capsys):
+    run = tmp_path / "baseline"
+    assert call_tool("train_semantic", ["--config", ROOT / "configs/semantic/baseline.yaml", "--data-root", scenes_root,
+                                        "--output-dir", run, "--opts", "data.image_size=[64,64]", "data.num_workers=0",
+                                        "report.num_overlays=0"]) == 0
+    capsys.readouterr()
+    assert call_tool("export", ["--checkpoint", run / "best.pt", "--output", tmp_path / "b.onnx", "--dynamic"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "predicts at its training size 64x64 only" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "b.onnx").exists()
+    assert call_tool("export", ["--checkpoint", run / "best.pt", "--output", tmp_path / "b.onnx"]) == 0
 
 
 @pytest.mark.parametrize("which", ["semantic", "watershed"])
@@ -196,6 +217,13 @@ def test_onnx_export_matches_pytorch(which, semantic_run, watershed_run, scenes_
     x = torch.nn.functional.interpolate(prepared[:1], size=(96, 112), mode="bilinear")
     assert session.run(None, {"images": x.numpy()})[0].shape[-2:] == (96, 112)
     assert onnx_predictor(bigger)["labels" if which == "semantic" else "instance_map"].shape == bigger.shape[:2]
+    # at odd sizes too, where the UNet pads its upsampled maps: the graph keeps that padding for every size
+    odd = torch.nn.functional.interpolate(prepared, size=(97, 113), mode="bilinear")
+    with torch.no_grad():
+        expected = torch_predictor.model(odd)
+    expected = [expected] if isinstance(expected, torch.Tensor) else [expected["foreground"], expected["energy"]]
+    for want, got in zip(expected, session.run(None, {"images": odd.numpy()})):
+        np.testing.assert_allclose(got, want.float().numpy(), atol=1e-4)
 
 
 def test_bad_input_is_one_sentence(semantic_run, watershed_run, scenes_root, tmp_path, capsys):
