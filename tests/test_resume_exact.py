@@ -39,27 +39,27 @@ def _state(path: Path) -> dict:
 
 
 def _interrupt(tool: str, args: list, out: Path, ready, signum: int, group: bool = False) -> subprocess.CompletedProcess:
-    """Start the tool, wait until ``ready(state of last.pt)``, send ``signum`` (``group``: to the tool and its
-    loader workers, as a terminal's Ctrl-C or a scheduler does), wait for the end."""
+    """Start the tool, run it in short slices while it is stopped in between (SIGSTOP / SIGCONT), and as soon as
+    ``ready(state of last.pt)`` holds while it is stopped, send ``signum`` (``group``: to the tool and its loader
+    workers, as a terminal's Ctrl-C or a scheduler does); wait for the end. Looking only while the run is stopped,
+    no moment is missed however slowly this process reads the file (a busy disk stalled reads for 10 s)."""
     proc = subprocess.Popen(_command(tool, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             start_new_session=True)
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
             if ready(_state(out / "last.pt")):
-                # freeze it and look again: the run may have written another last.pt since (a slow machine)
-                proc.send_signal(signal.SIGSTOP)
-                if ready(_state(out / "last.pt")):
-                    if group:
-                        os.killpg(proc.pid, signum)
-                    else:
-                        proc.send_signal(signum)
-                    proc.send_signal(signal.SIGCONT)
-                    break
+                if group:
+                    os.killpg(proc.pid, signum)
+                else:
+                    proc.send_signal(signum)
                 proc.send_signal(signal.SIGCONT)
+                break
+            proc.send_signal(signal.SIGCONT)
             time.sleep(0.02)
         assert proc.returncode is None or proc.returncode == -signum, "the run ended before it could be interrupted"
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
