@@ -13,6 +13,9 @@ Benchmarks (one module each in this folder; targets in benchmarks/README.md):
                          with each setting's numerical difference from fp32; is the engine's CPU default the
                          fastest safe one?
   cuda_throughput        the same on CUDA with fp16 autocast (only where CUDA is available)
+  predict_throughput     tools/predict.py images/s vs the network alone
+  onnx_vs_torch          onnxruntime vs PyTorch inference images/s
+  ddp_scaling            training images/s in N processes under torchrun (all GPUs, or 2 CPU processes) vs 1
 
 Each timing is the median of --repeat runs after a warm-up. Memory figures are peak resident set sizes of a fresh
 worker process, so they are comparable across dataset sizes. A new benchmark is a module with
@@ -47,6 +50,7 @@ BENCHMARKS = {
     "cuda_throughput": "throughput:bench_cuda",
     "predict_throughput": "predict_throughput:bench",
     "onnx_vs_torch": "onnx_vs_torch:bench",
+    "ddp_scaling": "ddp_scaling:bench",
 }
 
 

@@ -19,6 +19,7 @@ from seg_ext.io import check_output_folder
 EXIT_USER_ERROR = 2
 EXIT_TRAINING_STOPPED = 3
 EXIT_INTERRUPTED = 130
+EXIT_DISTRIBUTED = 1  # this process of a distributed run stopped because another one did
 REQUIRED_MODULES = ("torch", "torchvision", "numpy", "albumentations", "yaml", "PIL", "matplotlib", "skimage", "scipy")
 
 
@@ -74,7 +75,18 @@ def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -
         output_dir = args.output_dir or default_output_dir(task, args.config.stem if args.config else "default")
     if args.data_root is not None:
         cfg = merge_config(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
-    return validate_config(cfg), output_dir
+    cfg = validate_config(cfg)
+    return cfg, join_processes(cfg, output_dir)
+
+
+def join_processes(cfg: dict[str, Any], output_dir: Path) -> Path:
+    """Under torchrun: join the process group; the run folder is process 0's (a default name holds the time,
+    which processes may read a second apart). Without torchrun: ``output_dir``."""
+    from seg_ext import distributed
+    from seg_ext.engine import select_device
+
+    distributed.init(select_device(cfg["train"]["device"]), cfg["train"]["dist_timeout"])
+    return Path(distributed.broadcast(str(output_dir)))
 
 
 def config_from_checkpoint(path: Path, resume: bool = False) -> dict[str, Any]:
@@ -98,7 +110,12 @@ def command_line() -> str:
 
 
 def print_summary(summary: dict[str, Any], output_dir: Path, line: Callable[[dict[str, float]], str]) -> None:
-    """The tools' closing lines: one per evaluated split (formatted by ``line``), then where the report is."""
+    """The tools' closing lines (process 0 of a distributed run): one per evaluated split (formatted by
+    ``line``), then where the report is."""
+    from seg_ext import distributed
+
+    if not distributed.is_main():
+        return
     for split in ("val", "test"):
         if split in summary:
             print(f"{split:>5}: {line(summary[split])}")
@@ -111,15 +128,22 @@ def default_output_dir(task: str, name: str) -> Path:
 
 
 def setup_logging(output_dir: Path | None = None, verbose: bool = False) -> None:
-    """Log to the console and, when given, to ``<output_dir>/log.txt``."""
+    """Log to the console and, when given, to ``<output_dir>/log.txt``. In a distributed run only process 0
+    does; the others log warnings and errors to the console, marked with their rank."""
+    from seg_ext import distributed
+
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    main = distributed.is_main()
+    where = "" if not distributed.is_distributed() else f"[rank {distributed.rank()}] "
+    fmt = logging.Formatter(f"%(asctime)s {where}%(levelname)s %(message)s", "%H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
+    if not main:
+        console.setLevel(logging.WARNING)
     root.addHandler(console)
-    if output_dir is not None:
+    if output_dir is not None and main:
         output_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(output_dir / "log.txt")
         file_handler.setFormatter(fmt)
@@ -131,17 +155,31 @@ def setup_logging(output_dir: Path | None = None, verbose: bool = False) -> None
 
 def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Call ``main(args)``; a user error becomes one line on stderr and exit code 2, never a traceback. An int
-    that ``main`` returns is the exit code (tools that finish their work but report failures)."""
+    that ``main`` returns is the exit code (tools that finish their work but report failures). Under torchrun,
+    lines of processes other than 0 name their rank, and the process group is left also when the run fails."""
+    try:
+        return _run_tool(main, args)
+    finally:
+        if "seg_ext.distributed" in sys.modules:
+            sys.modules["seg_ext.distributed"].shutdown()
+
+
+def _rank_prefix() -> str:
+    dist = sys.modules.get("seg_ext.distributed")
+    return f"[rank {dist.rank()}] " if dist is not None and dist.is_distributed() else ""
+
+
+def _run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     try:
         code = main(args)
     except Preempted as exc:
-        print(user_message(exc), file=sys.stderr)
+        print(f"{_rank_prefix()}{user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except TrainingStopped as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
         return EXIT_TRAINING_STOPPED
     except SegExtError as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in REQUIRED_MODULES + ("segmentation_models_pytorch", "pycocotools", "cv2", "tqdm", "sklearn"):
@@ -155,4 +193,12 @@ def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace
     except KeyboardInterrupt:
         print("interrupted; the last finished epoch is kept in last.pt (continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RuntimeError as exc:
+        dist = sys.modules.get("seg_ext.distributed")
+        if dist is None or not dist.peer_failure(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        print(f"{_rank_prefix()}error: lost contact with the other processes of the distributed run ({first[:200]}); "
+              "another process stopped (its error is above) or train.dist_timeout passed", file=sys.stderr)
+        return EXIT_DISTRIBUTED
     return code if isinstance(code, int) else 0

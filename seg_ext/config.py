@@ -60,6 +60,10 @@ SEMANTIC_DEFAULTS: dict[str, Any] = {
         "eval_every": 1,  # validate every N epochs (and always after the last)
         "checkpoint_every": 0,  # also write last.pt every N iterations inside an epoch (resumable there); 0: off
         "threads": 0,  # torch CPU threads; 0 keeps torch's default
+        # under torchrun (README "Training on several GPUs or machines"); data.batch_size stays per process
+        "sync_bn": "auto",  # batch-norm statistics over all processes: auto = on for several CUDA processes; true; false
+        "lr_scaling": "none",  # none | linear (train.lr times the number of processes)
+        "dist_timeout": 1800,  # seconds a process waits for the others in a collective before the run stops
     },
     # full_resolution: the final val/test evaluation (and --eval-only) scores each image at its own size, with the
     # probabilities upsampled and the masks untouched; per-epoch validation stays at data.image_size
@@ -191,7 +195,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 # Keys whose value is a word or a bool (true/false stand for a word the consumer picks).
-WORD_OR_BOOL = ("train.amp", "train.channels_last")
+WORD_OR_BOOL = ("train.amp", "train.channels_last", "train.sync_bn")
 
 
 def _type_ok(default: Any, value: Any, key: str = "") -> bool:
@@ -383,6 +387,9 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         _at_least(train["epochs"], "train.epochs", 0, "0 or more")
         _at_least(train["eval_every"], "train.eval_every", 1, "at least 1")
         _at_least(train["checkpoint_every"], "train.checkpoint_every", 0, "0 (off) or a number of iterations")
+        choice(_word(train["sync_bn"]), "train.sync_bn", ("auto", "true", "false"))
+        choice(train["lr_scaling"], "train.lr_scaling", ("none", "linear"))
+        _interval(train["dist_timeout"], "train.dist_timeout", lambda t: t > 0, "a positive number of seconds")
     if "method" in cfg:  # an instance config (the method's name is checked by seg_ext.methods.build_method)
         choice(data["format"], "data.format", ("auto", "pennfudan", "coco"))
     ws = cfg.get("watershed")

@@ -9,6 +9,7 @@ uninterrupted run draws, with or without workers.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from typing import Any, Callable
@@ -20,13 +21,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 def seed_worker(_worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed the worker's Python and NumPy generators from torch's per-worker seed,
-    and leave SIGINT (Ctrl-C) to the main process. (Augmentation needs no per-worker seed: training loaders seed
-    it per sample, :class:`SeededSamples`.)
+    and leave signals to the main process. (Augmentation needs no per-worker seed: training loaders seed it per
+    sample, :class:`SeededSamples`.)
+
+    The worker moves to a process group of its own: a signal to the run's group (a terminal's Ctrl-C, a
+    scheduler's SIGTERM, torchrun passing one on) reaches the main process only, which stops the run after the
+    current iteration and then ends its workers; a worker whose main process is killed outright exits by itself
+    (PyTorch's workers watch their parent).
     """
     info = torch.utils.data.get_worker_info()
     if info is None:
         return
-    # a terminal's Ctrl-C reaches the whole process group: the main process stops the run, then its workers.
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # not permitted here: Ctrl-C to the group still reaches it, so ignore that at least
+        pass
     # (SIGTERM keeps its default: it is how the main process's multiprocessing ends daemonic workers at exit.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = info.seed % 2**32
@@ -41,13 +50,24 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class EpochSampler(Sampler):
     """The training order: ``(epoch, index)`` pairs of a permutation seeded by (seed, epoch) (in order without
-    ``shuffle``), starting ``start`` samples in (a run resumed inside an epoch). ``set_epoch`` before each epoch."""
+    ``shuffle``), cut into global batches of ``batch_size x world_size`` samples, of which process ``rank`` takes
+    the ``rank``-th block of ``batch_size``; starting ``start`` samples into the epoch (a run resumed inside it).
+    ``set_epoch`` before each epoch.
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+    The last partial global batch is dropped, unless the split is smaller than one global batch: then its
+    samples are shared evenly in one batch. So every process has the same number of batches, a global batch holds
+    the samples that one process with ``batch_size x world_size`` would take, and each sample's randomness is the
+    same whichever process makes it.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, batch_size: int = 1, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.size, self.seed, self.shuffle = int(size), int(seed), shuffle
+        self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
         self.epoch, self.start = 1, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Begin ``epoch`` at sample ``start`` (a multiple of the global batch; another start is rounded down)."""
         self.epoch, self.start = int(epoch), int(start)
 
     def order(self) -> list[int]:
@@ -57,12 +77,38 @@ class EpochSampler(Sampler):
         generator.manual_seed(sample_seed(self.seed, self.epoch, -1))
         return torch.randperm(self.size, generator=generator).tolist()
 
+    def _blocks(self) -> tuple[int, int, int]:
+        """(global batch size, per-process batch size, number of global batches) of an epoch."""
+        glob = self.batch_size * self.world_size
+        if self.size >= glob:
+            return glob, self.batch_size, self.size // glob
+        per = self.size // self.world_size
+        return per * self.world_size, per, 1 if per else 0
+
     def __iter__(self):
-        for index in self.order()[self.start:]:
-            yield self.epoch, index
+        glob, per, batches = self._blocks()
+        order = self.order()
+        for k in range(min(self.start // max(glob, 1), batches), batches):
+            for index in order[k * glob + self.rank * per: k * glob + (self.rank + 1) * per]:
+                yield self.epoch, index
 
     def __len__(self) -> int:
-        return max(self.size - self.start, 0)
+        glob, per, batches = self._blocks()
+        return max(batches - self.start // max(glob, 1), 0) * per
+
+
+class ShardSampler(Sampler):
+    """Evaluation order: this process's contiguous share of the split, without padding (each image is evaluated
+    by exactly one process)."""
+
+    def __init__(self, indices: range) -> None:
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class SeededSamples(Dataset):
@@ -90,31 +136,39 @@ def make_loader(
     num_workers: int,
     seed: int,
     collate_fn: Callable | None = None,
-    drop_last: bool = False,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    shard: range | None = None,
 ) -> DataLoader:
     """A DataLoader whose order and augmentation derive from ``seed``; workers persist.
 
     ``shuffle`` (training): an :class:`EpochSampler` over :class:`SeededSamples`, so each sample's randomness is a
-    function of (seed, epoch, index) (the trainer calls ``loader.sampler.set_epoch``). Otherwise the dataset in
-    order, as given.
+    function of (seed, epoch, index) (the trainer calls ``loader.sampler.set_epoch``); process ``rank`` of
+    ``world_size`` takes its block of every global batch; a last partial global batch is dropped. Otherwise the
+    dataset in order (only the indices of ``shard``, when given: a process's share for evaluation).
+
+    The loader's own generator (the seeds of worker processes) is seeded from ``seed + rank``, so workers of
+    different processes differ.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size is {batch_size}; expected at least 1")
     if num_workers < 0:
         raise ValueError(f"num_workers is {num_workers}; expected 0 or more")
     generator = torch.Generator()
-    generator.manual_seed(seed)
+    generator.manual_seed(seed + rank)
     sampler = None
     if shuffle:
-        dataset, sampler = SeededSamples(dataset, seed), EpochSampler(len(dataset), seed)
+        sampler = EpochSampler(len(dataset), seed, batch_size=batch_size, rank=rank, world_size=world_size)
+        dataset = SeededSamples(dataset, seed)
+    elif shard is not None:
+        sampler = ShardSampler(shard)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_fn,
-        drop_last=drop_last,
         pin_memory=pin_memory,
         worker_init_fn=seed_worker,
         generator=generator,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg_ext import distributed
 from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
 from seg_ext.engine.precision import Precision
 from seg_ext.errors import ConfigError, Preempted, SegExtError, TrainingStopped
@@ -45,6 +46,8 @@ class TrainState:
     train_seconds: float = 0.0
     position: int = 0  # batches done of the epoch under way (a checkpoint written inside an epoch)
     partial: dict[str, Any] = field(default_factory=dict)  # that epoch's loss sums, batch count and seconds so far
+    samples: int = 0  # training samples of the epoch under way done, over all processes
+    world_size: int = 1  # processes of the run that wrote the state
 
 
 class Hook:
@@ -74,7 +77,7 @@ class ProgressBar(Hook):
         from tqdm import tqdm
 
         self.bar = tqdm(total=len(trainer.train_loader), desc=f"epoch {trainer.epoch}/{trainer.epochs}", leave=False,
-                        disable=None, dynamic_ncols=True)
+                        disable=None if distributed.is_main() else True, dynamic_ncols=True)
 
     def after_step(self, trainer: "Trainer") -> None:
         postfix = {}
@@ -115,7 +118,7 @@ class Validation(Hook):
         if epoch % trainer.eval_every and epoch != trainer.epochs:
             return
         start = time.perf_counter()
-        val = self.validate(trainer.model)
+        val = self.validate(trainer.module)  # the same numbers on every process (the evaluators combine them)
         trainer.record["val_seconds"] = round(time.perf_counter() - start, 3)
         trainer.record.update({f"val/{k}": v for k, v in val.items()})
         if trainer.best_metric not in val:
@@ -136,7 +139,11 @@ class History(Hook):
 
     def after_epoch(self, trainer: "Trainer") -> None:
         trainer.state.history.append(trainer.record)
-        write_jsonl(trainer.state.history, trainer.output_dir / "metrics.jsonl")
+        if distributed.is_main():
+            write_jsonl(trainer.state.history, trainer.output_dir / "metrics.jsonl")
+
+
+_END, _LOST = object(), object()  # the loader's end; a batch lost with the loader workers
 
 
 class StopOnSignal:
@@ -182,9 +189,9 @@ class Checkpoints(Hook):
 
     def after_epoch(self, trainer: "Trainer") -> None:
         ckpt = trainer.checkpoint()
-        atomic_save(ckpt, trainer.output_dir / "last.pt", keep_previous=True)  # last.prev.pt: the one before
+        trainer.save(ckpt, "last.pt", keep_previous=True)  # last.prev.pt: the one before
         if trainer.improved:
-            atomic_save(ckpt, trainer.output_dir / "best.pt")
+            trainer.save(ckpt, "best.pt")
 
 
 class EpochLog(Hook):
@@ -233,6 +240,11 @@ class Trainer:
     A loader whose ``sampler`` has ``set_epoch(epoch, start)`` (``engine.make_loader``'s training loaders) makes
     the run resumable inside an epoch: SIGTERM/SIGINT and ``checkpoint_every`` save the position, and
     :meth:`resume` continues from that batch. Other loaders resume at epoch boundaries only.
+
+    Under torchrun (``seg_ext.distributed``) the model trains in DistributedDataParallel (``trainer.model``; the
+    model itself is ``trainer.module``: validated, checkpointed, resumed); every step the processes agree on the
+    loss (its mean over them, which the non-finite stop and the log see) and on whether a signal asks them to
+    stop, so they stop at the same iteration; process 0 writes the files.
     """
 
     def __init__(
@@ -253,7 +265,9 @@ class Trainer:
         hooks: Sequence[Hook] | None = None,
         checkpoint_every: int = 0,
     ) -> None:
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.module, self.optimizer, self.scheduler = model, optimizer, scheduler
+        # several processes: gradients averaged by DistributedDataParallel (a counting trainer has none)
+        self.model = distributed.wrap_model(model, precision.device) if optimizer is not None else model
         self.train_loader = train_loader
         self.loss_step = loss_step
         self.output_dir = Path(output_dir)
@@ -274,27 +288,40 @@ class Trainer:
         self.checkpoint_every = max(int(checkpoint_every), 0)
         self.stop = StopOnSignal()
         self._epoch_start = 0.0
+        self._agreed_signal: int | None = None  # the stop request all processes have seen (several processes)
 
     # -- checkpoints
 
     def checkpoint(self) -> dict[str, Any]:
-        """Everything :meth:`resume` needs, plus ``meta``."""
+        """Everything :meth:`resume` needs, plus ``meta``. With several processes every one calls it (their
+        random states are gathered: ``rng`` is process 0's, ``rng_ranks`` all of them in rank order)."""
         gen = self._loader_generator()
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "loader": None if gen is None else gen.get_state(),
+        }
+        ranks = distributed.gather(rng)
+        self.state.world_size = distributed.world_size()
         return {
             "version": CHECKPOINT_VERSION,
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "state": vars(self.state).copy(),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "loader": None if gen is None else gen.get_state(),
-            },
+            "rng": rng,
+            **({"rng_ranks": ranks} if ranks is not None and len(ranks) > 1 else {}),
             **self.meta,
         }
+
+    def save(self, ckpt: dict[str, Any], name: str, keep_previous: bool = False) -> Path:
+        """Write ``ckpt`` as ``output_dir/name`` atomically (process 0 only)."""
+        path = self.output_dir / name
+        if distributed.is_main():
+            atomic_save(ckpt, path, keep_previous=keep_previous)
+        return path
 
     def _loader_generator(self) -> torch.Generator | None:
         return getattr(self.train_loader, "generator", None)
@@ -303,14 +330,26 @@ class Trainer:
         """Restore model, optimiser, schedule, scaler, progress and random state from ``path`` (or from ``ckpt``,
         that file already read)."""
         ckpt = ckpt if ckpt is not None else load_checkpoint(path)
-        self.model.load_state_dict(ckpt["model"])
+        self.module.load_state_dict(ckpt["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["state"])
+        world, saved_world = distributed.world_size(), self.state.world_size
+        if world != saved_world:
+            logger.warning("%s was written by %d process(es) and continues in %d: the run goes on, but not as it "
+                           "would have in %d", path, saved_world, world, saved_world)
+        if self.state.position and world != saved_world:  # continue at the same sample, in batches of this run
+            batch = getattr(self.train_loader, "batch_size", None) or 1
+            samples = self.state.samples or self.state.position * batch
+            self.state.position = samples // (batch * world)
+            self.state.samples = self.state.position * batch * world
         rng = ckpt.get("rng", {})
+        if world > 1:  # each process its own random state (when the same number of processes saved them)
+            ranks = ckpt.get("rng_ranks") or []
+            rng = ranks[distributed.rank()] if len(ranks) == world else {}
         if rng:
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
@@ -334,17 +373,42 @@ class Trainer:
         """
         with self.precision.autocast():
             loss, parts = self.loss_step(self.model, batch)
-        value = float(loss.detach())
+        value, parts = self._agree(float(loss.detach()), parts)
         self._call("after_loss", value)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), float(self.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return value, parts
+
+    def _agree(self, value: float, parts: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """With several processes: the step's loss and parts as their means over the processes (so a non-finite
+        loss anywhere stops every process); as they are in one process."""
+        if not distributed.is_distributed():
+            return value, parts
+        world = distributed.world_size()
+        names = list(parts)
+        summed = distributed.all_reduce([value, *(float(parts[k]) for k in names)])
+        return summed[0] / world, {k: v / world for k, v in zip(names, summed[1:])}
+
+    def _signal_flags(self) -> list[float]:
+        return [float(self.stop.received == s) for s in StopOnSignal.SIGNALS]
+
+    @staticmethod
+    def _agreed(flags: list[float]) -> int | None:
+        """The signal that stops the run from the flags summed over the processes (SIGINT first), or None."""
+        received = [s for s, n in zip(StopOnSignal.SIGNALS, flags) if n > 0]
+        return (signal.SIGINT if signal.SIGINT in received else received[0]) if received else None
+
+    def _signal_everywhere(self) -> int | None:
+        """The stop signal any process has received, agreed by all; in one process, this process's."""
+        if not distributed.is_distributed():
+            return self.stop.received
+        return self._agreed(distributed.all_reduce(self._signal_flags()))
 
     def can_stop_inside_epoch(self) -> bool:
         """Whether the loader can start an epoch at a given batch (see the class docstring)."""
@@ -354,9 +418,8 @@ class Trainer:
         """Write ``last.pt`` with the position inside the epoch under way."""
         self.state.partial = {"sums": dict(self.epoch_sums), "count": self.epoch_count,
                               "seconds": time.perf_counter() - self._epoch_start}
-        path = self.output_dir / "last.pt"
-        atomic_save(self.checkpoint(), path, keep_previous=True)
-        return path
+        self.state.samples = self.state.position * self.train_loader.batch_size * distributed.world_size()
+        return self.save(self.checkpoint(), "last.pt", keep_previous=True)
 
     def train_one_epoch(self) -> dict[str, float]:
         """One pass over the loader (from the saved position of a resumed epoch); returns the mean loss and parts.
@@ -369,17 +432,27 @@ class Trainer:
         self.epoch_sums, self.epoch_count = dict(partial.get("sums", {})), int(partial.get("count", 0))
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch, start=self.state.position * self.train_loader.batch_size)
-        batches = iter(self.train_loader)
+            # samples done over all processes (older checkpoints: batches of one process)
+            done = self.state.samples or self.state.position * self.train_loader.batch_size
+            sampler.set_epoch(self.epoch, start=done if self.state.position else 0)
+        batches = None
         while True:
             try:
+                if batches is None:  # (persistent workers start the epoch here: they may be gone already)
+                    batches = iter(self.train_loader)
                 batch = next(batches)
             except StopIteration:
-                break
+                batch = _END
             except RuntimeError:
-                if self.stop.received is not None:  # the workers went with the signal: stop where we are
-                    self._preempt()
-                raise
+                if self.stop.received is None:
+                    raise
+                batch = _LOST  # the loader workers went with the signal (a scheduler's or torchrun's group SIGTERM)
+            # before each step, all processes agree whether to stop: they stop at the same iteration
+            self._agreed_signal = self._signal_everywhere()
+            if self._agreed_signal is not None:
+                self._preempt()
+            if batch is _END:
+                break
             value, parts = self.run_step(batch)
             self.state.iteration += 1
             self.state.position += 1
@@ -389,8 +462,6 @@ class Trainer:
             for k, v in parts.items():
                 self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + float(v)
             self._call("after_step")
-            if self.stop.received is not None:
-                self._preempt()
         if self.epoch_count == 0:
             raise SegExtError("the training split gave no batch; expected at least one training image")
         return {k: v / self.epoch_count for k, v in self.epoch_sums.items()}
@@ -399,13 +470,14 @@ class Trainer:
         """Raise :class:`Preempted`, naming where the run stopped (by default: inside the epoch, saving the position
         when the loader can resume there)."""
         path = self.output_dir / "last.pt"
+        signum = self._agreed_signal or self.stop.received
         if where is None and self.can_stop_inside_epoch():
             self.save_position()
             where = f"in epoch {self.epoch} after {self.state.position} batch(es)"
         elif where is None:
             where = f"in epoch {self.epoch} (this loader resumes at epoch boundaries: the epoch restarts)"
-        raise Preempted(f"stopped by {signal.Signals(self.stop.received).name} {where}; {path} holds the run: continue "
-                        f"with --resume --output-dir {self.output_dir}", self.stop.received)
+        raise Preempted(f"stopped by {signal.Signals(signum).name} {where}; {path} holds the run: continue "
+                        f"with --resume --output-dir {self.output_dir}", signum)
 
     # -- the loop
 
@@ -431,16 +503,17 @@ class Trainer:
             self.record["train_seconds"] = round(seconds, 3)
             self.record.update({f"train/{k}": v for k, v in train_metrics.items()})
             trained = (self.state.epoch, self.state.position, self.state.train_seconds - seconds)
-            self.state.epoch, self.state.position, self.state.partial = epoch, 0, {}
+            self.state.epoch, self.state.position, self.state.partial, self.state.samples = epoch, 0, {}, 0
             try:
                 self._call("after_epoch")
             except RuntimeError:
-                if self.stop.received is None or not self.can_stop_inside_epoch():
+                if self.stop.received is None or not self.can_stop_inside_epoch() or distributed.is_distributed():
                     raise
                 # a group SIGTERM ended the validation loader's workers: keep the epoch as trained, not validated
                 self.state.epoch, self.state.position, self.state.train_seconds = trained
                 self._preempt()
-            if self.stop.received is not None:  # arrived during validation: this epoch is complete and saved
+            self._agreed_signal = self._signal_everywhere()
+            if self._agreed_signal is not None:  # arrived during validation: this epoch is complete and saved
                 self._preempt(f"after epoch {epoch}")
         self._call("after_train")
         return self.state
@@ -450,7 +523,8 @@ class CountingTrainer(Trainer):
     """A trainer whose step counts instead of descending a gradient (the per-pixel frequency baseline).
 
     ``count_step(model, batch)`` adds the batch to the model's counts; one pass over the loader is one epoch,
-    followed by the same validation, checkpoints and history as any run.
+    followed by the same validation, checkpoints and history as any run. With several processes each counts its
+    share of the loader, and the model's buffers (the counts) are summed over them after the pass.
     """
 
     def __init__(self, model: nn.Module, train_loader: Iterable, count_step: Callable[[nn.Module, Any], None],
@@ -463,3 +537,9 @@ class CountingTrainer(Trainer):
     def run_step(self, batch: Any) -> tuple[float | None, dict[str, float]]:
         self.loss_step(self.model, batch)
         return None, {}
+
+    def train_one_epoch(self) -> dict[str, float]:
+        metrics = super().train_one_epoch()
+        for buffer in self.module.buffers():
+            distributed.all_reduce_(buffer)
+        return metrics

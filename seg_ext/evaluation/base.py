@@ -2,6 +2,10 @@
 
 Evaluators follow detectron2's shape, without its global catalogs: ``reset()``, ``process(outputs, targets)``
 once per batch, ``evaluate()`` returning a flat dict of numbers. Ground truth comes from the batch.
+
+With several processes (torchrun) each evaluates its share of the split; ``combine()`` then brings every
+process's state to process 0 (sums of counts are exact; detections are gathered), :func:`run_inference` computes
+the metrics there once and hands the same numbers to every process.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+
+from seg_ext import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +36,11 @@ class Evaluator:
     def evaluate(self) -> dict[str, float]:
         """The metrics of everything processed since the last ``reset``."""
         raise NotImplementedError
+
+    def combine(self) -> None:
+        """With several processes: bring every process's state to process 0, which then evaluates the whole
+        split. Called by every process (collectives)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot combine the states of several processes")
 
 
 class MeanMetric(Evaluator):
@@ -55,6 +66,10 @@ class MeanMetric(Evaluator):
     def evaluate(self) -> dict[str, float]:
         return {self.name: self.total / max(self.count, 1)}
 
+    def combine(self) -> None:
+        self.total, count = distributed.all_reduce([self.total, float(self.count)])
+        self.count = int(count)
+
 
 def run_inference(
     model: nn.Module,
@@ -67,6 +82,9 @@ def run_inference(
 
     Args:
         forward: ``forward(model, batch) -> (outputs, targets)``; it moves the batch to the device.
+
+    With several processes, ``loader`` holds this process's share; the evaluators' states are combined on
+    process 0, which computes the results, and every process returns process 0's.
 
     Returns:
         The evaluators' merged results, plus ``time/s_per_image`` (inference and evaluation time per image).
@@ -91,16 +109,20 @@ def run_inference(
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - start
+    if distributed.is_distributed():
+        for ev in evaluators:
+            ev.combine()
     results: dict[str, float] = {}
-    for ev in evaluators:
-        metrics = ev.evaluate()
-        clash = sorted(set(metrics) & set(results))
-        if clash:
-            raise ValueError(f"evaluators report the same metric keys {clash}; each key must come from one evaluator")
-        results.update(metrics)
-    results["time/s_per_image"] = elapsed / max(images, 1)
+    if distributed.is_main():
+        for ev in evaluators:
+            metrics = ev.evaluate()
+            clash = sorted(set(metrics) & set(results))
+            if clash:
+                raise ValueError(f"evaluators report the same metric keys {clash}; each key must come from one evaluator")
+            results.update(metrics)
+        results["time/s_per_image"] = elapsed / max(images, 1)
     logger.debug("%s: %d images in %.1fs", desc, images, elapsed)
-    return results
+    return distributed.broadcast(results)
 
 
 def _batch_len(targets: Any) -> int:
@@ -115,4 +137,4 @@ def _batch_len(targets: Any) -> int:
 def _progress(iterable: Iterable, desc: str) -> Iterable:
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, disable=None, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, leave=False, disable=None if distributed.is_main() else True, dynamic_ncols=True)

@@ -20,6 +20,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from seg_ext import distributed
 from seg_ext.data.coco import coco_from_dict, masks_to_rles
 from seg_ext.data.files import read_json
 from seg_ext.errors import ConfigError, DatasetError
@@ -169,6 +170,13 @@ class COCOEvaluator(Evaluator):
             self.results["bbox"].extend(bbox)
             self.results["segm"].extend(segm)
             self.image_ids.append(image_id)
+
+    def combine(self) -> None:
+        """Gather every process's results and image ids on process 0 (in rank order: the shards' order)."""
+        gathered = distributed.gather((self.results, self.image_ids))
+        if gathered is not None:
+            self.results = {t: [r for results, _ in gathered for r in results[t]] for t in IOU_TYPES}
+            self.image_ids = [i for _, ids in gathered for i in ids]
 
     def evaluate(self) -> dict[str, float]:
         metrics: dict[str, float] = {}

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from seg_ext import distributed
 from seg_ext.evaluation.base import Evaluator
 
 
@@ -167,6 +168,12 @@ class SemSegEvaluator(Evaluator):
         self._confusion += _bincount(cells, c * c + 1)[: c * c]
         self._all_hist += _bincount(bins, c * b + 1)[: c * b]
         self._pos_hist += _bincount(own, c * b + 1)[: c * b]
+
+    def combine(self) -> None:
+        """Sum the confusion matrix and the AP histograms over the processes (exact: they are counts)."""
+        self._confusion = distributed.all_reduce(self._confusion)
+        self._all_hist = distributed.all_reduce(self._all_hist)
+        self._pos_hist = distributed.all_reduce(self._pos_hist)
 
     def confusion_matrix(self) -> np.ndarray:
         """Pixel counts, rows ground truth and columns prediction. Shape: (C, C)."""

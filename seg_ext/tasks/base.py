@@ -17,11 +17,12 @@ from typing import Any, Callable
 
 from torch import nn
 
+from seg_ext import distributed
 from seg_ext.config import save_config
 from seg_ext.engine import Trainer, load_checkpoint, resume_checkpoint
 from seg_ext.errors import SegExtError
 from seg_ext.io import write_json
-from seg_ext.tasks.run import Run, RunLock, prepare_output_dir
+from seg_ext.tasks.run import Run, RunLock, join_processes, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,15 @@ class Task:
 
 def _start(task: Task, cfg: dict[str, Any], output_dir: Path, command: str) -> Run:
     run = Run.start(cfg, output_dir, command)
-    task.build_datasets(run)
+    with distributed.main_first():  # process 0 generates or converts data files before the others read them
+        task.build_datasets(run)
     return run
 
 
 def _model_and_loaders(task: Task, run: Run) -> nn.Module:
-    save_config(run.cfg, run.output_dir / "config.yaml")
-    task.save_files(run)
+    if distributed.is_main():
+        save_config(run.cfg, run.output_dir / "config.yaml")
+        task.save_files(run)
     model = run.place(task.build_model(run))
     logger.info("model %s: %s parameters, device %s", run.cfg["model"]["name"],
                 f"{sum(p.numel() for p in model.parameters()):,}", run.device)
@@ -124,6 +127,7 @@ def train(task: Task, cfg: dict[str, Any], output_dir: Path, resume: bool = Fals
     Returns:
         The content of ``metrics.json``.
     """
+    join_processes(cfg)
     with RunLock(Path(output_dir)):  # one run writes into a folder at a time
         return _train(task, cfg, prepare_output_dir(Path(output_dir), resume), resume, command)
 
@@ -135,8 +139,10 @@ def _train(task: Task, cfg: dict[str, Any], output_dir: Path, resume: bool, comm
     start = time.perf_counter()
     trainer = task.build_trainer(run, model, meta)
     if resume:
-        trainer.resume(*resume_checkpoint(output_dir))  # last.pt, or last.prev.pt if that is damaged
+        with distributed.main_first():  # process 0 moves a damaged last.pt aside before the others look
+            trainer.resume(*resume_checkpoint(output_dir, continuing=distributed.is_main()))  # or last.prev.pt
     state = vars(trainer.fit())
+    distributed.barrier()  # process 0 has written the last checkpoints
     best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
     model.load_state_dict(load_checkpoint(best)["model"])
     logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name, state["best_epoch"])
@@ -145,6 +151,7 @@ def _train(task: Task, cfg: dict[str, Any], output_dir: Path, resume: bool, comm
 
 def evaluate(task: Task, cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:
     """Evaluate ``checkpoint`` on val and test of the configured data; write metrics.json and the report."""
+    join_processes(cfg)
     with RunLock(Path(output_dir)):
         return _evaluate(task, cfg, checkpoint, Path(output_dir), command)
 
@@ -160,19 +167,21 @@ def _evaluate(task: Task, cfg: dict[str, Any], checkpoint: Path, output_dir: Pat
 
 
 def _finish(task: Task, run: Run, model: nn.Module, state: dict[str, Any], epochs: Any, **extra: Any) -> dict[str, Any]:
-    """Evaluate on val and test, draw overlays, write metrics.json and the report; return the summary."""
+    """Evaluate on val and test (every process its share), draw overlays, write metrics.json and the report
+    (process 0); return the summary."""
     summary: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         if split not in run.loaders:
             logger.warning("the %s split is empty or missing; not evaluated", split)
             continue
         summary[split] = task.evaluate(run, model, split, final=True)
-    task.draw_overlays(run, model, "test" if "test" in summary else "val")
     summary.update(extra)
     summary.update(task.facts(run))
     summary.update(run_facts(run, model, task.split_sizes(run), state, epochs))
-    write_json(summary, run.output_dir / "metrics.json")
-    task.write_report(run, summary, state.get("history", []))
+    if distributed.is_main():
+        task.draw_overlays(run, model, "test" if "test" in summary else "val")
+        write_json(summary, run.output_dir / "metrics.json")
+        task.write_report(run, summary, state.get("history", []))
     return summary
 
 
@@ -188,5 +197,7 @@ def run_facts(run: Run, model: nn.Module, splits: dict[str, int], state: dict[st
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(run.precision.device),
         "precision": run.precision.describe(),
+        "world_size": distributed.world_size(),
+        "global_batch": run.global_batch,
         "splits": splits,
     }

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg_ext import distributed
 from seg_ext.config import save_config
 from seg_ext.data.coco import CocoInstanceDataset
 from seg_ext.data.pennfudan import convert_pennfudan
@@ -151,7 +152,7 @@ class InstanceTask(base.Task):
             return predictor.run(images, [t["orig_size"] for t in targets]), targets
 
         metrics = run_inference(model, run.loaders[split], evaluator, forward, desc=split)
-        if final:
+        if final and distributed.is_main():  # process 0 holds every process's detections
             for iou_type in ("segm", "bbox"):
                 evaluator.save_results(run.output_dir / f"results_{split}_{iou_type}.json", iou_type)
             logger.info("%s: bbox AP %.2f  segm AP %.2f  (AP50 %.2f / %.2f)", split, metrics["bbox/AP"], metrics["segm/AP"],
@@ -209,6 +210,8 @@ def run_oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     run = Run.start(cfg, output_dir, command)
+    if distributed.is_distributed():
+        raise ConfigError("the oracle trains nothing and runs in one process; start it without torchrun")
     task = InstanceTask()
     task.build_datasets(run)
     method = task.method

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from seg_ext import distributed
 from seg_ext.engine import (
     previous_path,
     Precision, build_optimizer, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
 )
-from seg_ext.errors import SegExtError
+from seg_ext.errors import ConfigError, SegExtError
 
 logger = logging.getLogger(__name__)
 
@@ -49,36 +50,80 @@ class Run:
 
     @classmethod
     def start(cls, cfg: dict[str, Any], output_dir: Path, command: str = "") -> "Run":
-        """Apply ``train.threads`` and ``train.seed`` and pick ``train.device``."""
+        """Apply ``train.threads`` and ``train.seed``, pick ``train.device`` and, under torchrun, join the
+        process group (this process's GPU: ``cuda:LOCAL_RANK``)."""
         train = cfg["train"]
         set_threads(train["threads"])
-        seed_everything(train["seed"])
-        return cls(cfg, Path(output_dir), command, select_device(train["device"]))
+        seed_everything(train["seed"])  # the same on every process: the model starts from the same weights
+        device = select_device(train["device"])
+        distributed.init(device, train["dist_timeout"])
+        return cls(cfg, Path(output_dir), command, distributed.device_for(device))
 
     def place(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device in the precision ``train.amp`` / ``train.channels_last`` ask for."""
-        model, self.precision = place_model(model, self.device, self.cfg["train"]["amp"], self.cfg["train"]["channels_last"])
+        """Move ``model`` to the device in the precision ``train.amp`` / ``train.channels_last`` ask for; with
+        several processes, batch norm synchronised as ``train.sync_bn`` says, and each process's random streams
+        (Mask R-CNN's sampling of proposals, ...) seeded apart."""
+        train = self.cfg["train"]
+        model, self.precision = place_model(model, self.device, train["amp"], train["channels_last"])
+        if self.sync_bn(model):
+            model = distributed.convert_sync_batch_norm(model)
+            logger.info("batch norm synchronised over the %d processes (train.sync_bn)", distributed.world_size())
+        if distributed.is_distributed():
+            seed_everything(train["seed"] + distributed.rank())
         return model
 
+    def sync_bn(self, model: nn.Module) -> bool:
+        """Whether ``train.sync_bn`` turns the model's batch norm into SyncBatchNorm: ``auto`` for several CUDA
+        processes and a model with batch norm; ``true`` needs CUDA (PyTorch's SyncBatchNorm computes only there);
+        never in one process."""
+        setting = str(self.cfg["train"]["sync_bn"]).lower()
+        if setting == "false" or not distributed.is_distributed() or not distributed.has_batch_norm(model):
+            return False
+        if self.device.type != "cuda":
+            if setting == "true":
+                raise ConfigError(f"config key 'train.sync_bn' is true but the run computes on {self.device}; "
+                                  "PyTorch's SyncBatchNorm needs CUDA devices (set it to auto or false)")
+            return False
+        return True
+
+    @property
+    def global_batch(self) -> int:
+        """Training images per optimiser step over all processes (``data.batch_size`` is per process)."""
+        return self.cfg["data"]["batch_size"] * distributed.world_size()
+
     def loader(self, dataset: Dataset, train: bool = False, collate_fn: Callable | None = None) -> DataLoader:
-        """A loader of ``data.batch_size`` and ``data.num_workers``: shuffled and dropping a last partial batch
-        for training, in order for evaluation."""
-        batch_size = self.cfg["data"]["batch_size"]
+        """A loader of ``data.batch_size`` and ``data.num_workers``: for training shuffled, without a last partial
+        batch, this process's block of every global batch; for evaluation in order, this process's share."""
+        rank, world = distributed.rank(), distributed.world_size()
+        if train and world > 1 and len(dataset) < world:
+            raise SegExtError(f"the training split has {len(dataset)} image(s), fewer than the {world} processes; "
+                              "expected at least one image per process")
         return make_loader(
-            dataset, batch_size=batch_size, shuffle=train, num_workers=self.cfg["data"]["num_workers"],
-            seed=self.cfg["train"]["seed"], collate_fn=collate_fn, drop_last=train and len(dataset) > batch_size,
-            pin_memory=self.device.type == "cuda",
+            dataset, batch_size=self.cfg["data"]["batch_size"], shuffle=train, num_workers=self.cfg["data"]["num_workers"],
+            seed=self.cfg["train"]["seed"], collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
+            rank=rank, world_size=world, shard=None if train or world == 1 else distributed.shard(len(dataset)),
         )
+
+    def learning_rate(self) -> float:
+        """``train.lr``, times the number of processes with ``train.lr_scaling: linear``."""
+        t = self.cfg["train"]
+        return t["lr"] * (distributed.world_size() if t["lr_scaling"] == "linear" else 1)
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         t = self.cfg["train"]
-        return build_optimizer(model.parameters(), t["optimizer"], t["lr"], t["weight_decay"], t["momentum"])
+        return build_optimizer(model.parameters(), t["optimizer"], self.learning_rate(), t["weight_decay"], t["momentum"])
 
     def scheduler(self, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
         t = self.cfg["train"]
         factor = lr_factor_fn(t["scheduler"], t["epochs"], iters_per_epoch, t["step_size"], t["gamma"], t["warmup_iters"],
                               t["warmup_factor"])
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def join_processes(cfg: dict[str, Any]) -> None:
+    """Under torchrun, join the process group now (before the run folder is locked and checked); nothing
+    otherwise. :meth:`Run.start` does it too."""
+    distributed.init(select_device(cfg["train"]["device"]), cfg["train"]["dist_timeout"])
 
 
 def prepare_output_dir(output_dir: Path, resume: bool) -> Path:
@@ -105,6 +150,8 @@ class RunLock:
         self.handle = None
 
     def __enter__(self) -> "RunLock":
+        if not distributed.is_main():  # process 0 holds it for the whole distributed run
+            return self
         self.output_dir.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:
@@ -130,6 +177,8 @@ class RunLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.handle is None:
+            return
         self.path.unlink(missing_ok=True)
         fcntl.lockf(self.handle, fcntl.LOCK_UN)
         self.handle.close()

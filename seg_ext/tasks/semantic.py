@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from seg_ext import distributed
 from seg_ext.data.semantic import SemanticSegDataset, build_semantic_datasets
 from seg_ext.data.transforms import build_transforms
 from seg_ext.engine import CountingTrainer, Trainer, seed_everything
@@ -100,6 +101,10 @@ class AtImageSize(Evaluator):
             results.update(ev.evaluate())
         return results
 
+    def combine(self) -> None:
+        for ev in self.evaluators:
+            ev.combine()
+
 
 class SemanticTask(base.Task):
     """Per-pixel classification of a folder / Stanford Background / Penn-Fudan dataset (or synthetic scenes)."""
@@ -168,7 +173,7 @@ class SemanticTask(base.Task):
                 return logits.float(), batch["mask"].to(precision.device, non_blocking=True)
 
             metrics = run_inference(model, run.loaders[split], [evaluator, self._loss(dataset)], forward, desc=split)
-        if final:
+        if final and distributed.is_main():  # process 0 holds the whole split's confusion matrix
             class_names = dataset.class_names
             plot_confusion(
                 evaluator.confusion_matrix(), class_names,
