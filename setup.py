@@ -32,5 +32,5 @@ setup(
         "pillow>=10.0",
     ],
     extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4", "import-linter>=2.0"], "fast-coco": ["faster-coco-eval>=1.6"],
-                    "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"]},
+                    "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"], "tensorboard": ["tensorboard>=2.14"]},
 )

@@ -182,7 +182,7 @@ def _run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespac
         print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in REQUIRED_MODULES + ("segmentation_models_pytorch", "pycocotools", "cv2", "tqdm", "sklearn"):
+        if exc.name and exc.name.split(".")[0] in REQUIRED_MODULES + ("segmentation_models_pytorch", "pycocotools", "cv2", "tqdm", "sklearn", "tensorboard"):
             print(
                 f"error: the package providing '{exc.name}' is not installed; run `make venv` (or "
                 "`pip install -r requirements.txt`) and use that environment's python",

@@ -32,7 +32,7 @@ SEMANTIC_DEFAULTS: dict[str, Any] = {
         "num_workers": 2,
     },
     "augment": {
-        "crop_scale": [0.5, 1.0],  # RandomResizedCrop area range
+        "crop_scale": [0.5, 1.0],  # RandomResizedCrop area range; null: no crop (the whole image resized)
         "crop_ratio": [0.75, 1.3333333],  # RandomResizedCrop aspect-ratio range
         "hflip_prob": 0.5,
     },
@@ -64,6 +64,7 @@ SEMANTIC_DEFAULTS: dict[str, Any] = {
         "sync_bn": "auto",  # batch-norm statistics over all processes: auto = on for several CUDA processes; true; false
         "lr_scaling": "none",  # none | linear (train.lr times the number of processes)
         "dist_timeout": 1800,  # seconds a process waits for the others in a collective before the run stops
+        "tensorboard": False,  # also write TensorBoard event files into the run folder (tensorboard --logdir runs)
     },
     # full_resolution: the final val/test evaluation (and --eval-only) scores each image at its own size, with the
     # probabilities upsampled and the masks untouched; per-epoch validation stays at data.image_size
@@ -194,12 +195,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Keys that may be null besides their default's type.
+NULLABLE = ("augment.crop_scale",)
+
 # Keys whose value is a word or a bool (true/false stand for a word the consumer picks).
 WORD_OR_BOOL = ("train.amp", "train.channels_last", "train.sync_bn")
 
 
 def _type_ok(default: Any, value: Any, key: str = "") -> bool:
-    if default is None or (key in WORD_OR_BOOL and isinstance(value, (bool, str))):
+    if default is None or (key in WORD_OR_BOOL and isinstance(value, (bool, str))) or (key in NULLABLE and value is None):
         return True
     if isinstance(default, bool):
         return isinstance(value, bool)
@@ -359,9 +363,9 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         _at_least(data["batch_size"], "data.batch_size", 1, "at least 1")
     if "num_workers" in data:
         _at_least(data["num_workers"], "data.num_workers", 0, "0 or more")
-    if "crop_scale" in augment:
+    if augment.get("crop_scale") is not None:
         _interval(pair(augment["crop_scale"], "augment.crop_scale"), "augment.crop_scale",
-                  lambda lo, hi: 0 < lo <= hi <= 1, "0 < low <= high <= 1")
+                  lambda lo, hi: 0 < lo <= hi <= 1, "0 < low <= high <= 1, or null for no crop")
         _interval(pair(augment["crop_ratio"], "augment.crop_ratio"), "augment.crop_ratio",
                   lambda lo, hi: 0 < lo <= hi, "0 < low <= high")
     if "hflip_prob" in augment:

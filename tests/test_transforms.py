@@ -82,3 +82,15 @@ def test_eval_transform_is_deterministic_and_normalised():
 def test_bad_augment_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         transforms_of(load_config(overrides=[override]), train=True)
+
+
+def test_crop_scale_null_trains_on_the_whole_image_resized():
+    cfg = load_config(overrides=["augment.crop_scale=null", "augment.hflip_prob=0", "data.image_size=[48,64]"])
+    assert cfg["augment"]["crop_scale"] is None
+    image, mask = coded_pair()
+    plain = transforms_of(cfg, train=False, normalize=False)(image=image, mask=mask)
+    for seed in range(3):  # nothing random is left but the flip (off here)
+        out = transforms_of(cfg, train=True, normalize=False, seed=seed)(image=image, mask=mask)
+        assert np.array_equal(out["image"], plain["image"]) and np.array_equal(out["mask"], plain["mask"])
+    with pytest.raises(ConfigError, match="or null for no crop"):
+        load_config(overrides=["augment.crop_scale=[0,1]"])

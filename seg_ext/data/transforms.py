@@ -23,7 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def build_transforms(
     image_size: tuple[int, int],
     train: bool,
-    crop_scale: tuple[float, float] = (0.5, 1.0),
+    crop_scale: tuple[float, float] | None = (0.5, 1.0),
     crop_ratio: tuple[float, float] = (0.75, 4 / 3),
     hflip_prob: float = 0.5,
     normalize: bool = True,
@@ -34,7 +34,8 @@ def build_transforms(
     Args:
         image_size: (H, W) of the crop (training) or the resize (evaluation).
         train: whether to build the training pipeline.
-        crop_scale, crop_ratio: ``RandomResizedCrop``'s area and aspect-ratio ranges; hflip_prob: flip probability.
+        crop_scale, crop_ratio: ``RandomResizedCrop``'s area and aspect-ratio ranges (``crop_scale`` None: no
+            crop, the whole image resized as for evaluation); hflip_prob: flip probability.
         normalize: end with ImageNet normalisation and ``ToTensorV2``; without, images stay uint8 HWC (for
             looking at augmented samples).
         seed: seed of the pipeline's random generators (training loaders re-seed it for every sample, see
@@ -43,7 +44,8 @@ def build_transforms(
     h, w = (int(v) for v in image_size)
     if train:
         ops: list[Any] = [
-            A.RandomResizedCrop(
+            A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST) if crop_scale is None
+            else A.RandomResizedCrop(
                 size=(h, w),
                 scale=tuple(float(v) for v in crop_scale),
                 ratio=tuple(float(v) for v in crop_ratio),

@@ -11,13 +11,13 @@ from seg_ext.engine.precision import (
 )
 from seg_ext.engine.runtime import seed_everything, select_device, set_threads
 from seg_ext.engine.trainer import (
-    Checkpoints, CountingTrainer, EpochLog, History, Hook, NonFiniteStop, ProgressBar, Trainer, TrainState, Validation,
-    default_hooks,
+    Checkpoints, CountingTrainer, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Trainer, TrainState,
+    Validation, default_hooks,
 )
 
 __all__ = [
     "AMP_MODES", "CHANNELS_LAST_MODES", "CHECKPOINT_VERSION", "OPTIMIZERS", "SCHEDULERS", "Checkpoints",
-    "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TrainState",
+    "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TensorBoard", "TrainState",
     "Trainer", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
     "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
     "seed_worker", "select_device", "set_threads",

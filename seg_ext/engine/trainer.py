@@ -213,6 +213,51 @@ class EpochLog(Hook):
         logger.info("  ".join(parts) + ("  (best)" if trainer.improved else ""))
 
 
+class TensorBoard(Hook):
+    """TensorBoard event files in ``log_dir`` (process 0 only): each step's loss and learning rate (by
+    iteration), each epoch's record (train losses, validation metrics, times; by epoch) and, after each
+    validation, ``picture(model)`` (an HxWx3 uint8 image: the validation overlays) as an image. Needs the
+    ``tensorboard`` package."""
+
+    def __init__(self, log_dir: str | Path, picture: Callable[[nn.Module], np.ndarray] | None = None) -> None:
+        self.log_dir, self.picture, self.writer, self.loss = Path(log_dir), picture, None, None
+
+    def before_train(self, trainer: "Trainer") -> None:
+        if distributed.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.log_dir))
+
+    def after_loss(self, trainer: "Trainer", value: float) -> None:
+        self.loss = value
+
+    def after_step(self, trainer: "Trainer") -> None:
+        if self.writer is None:
+            return
+        step = trainer.state.iteration
+        if self.loss is not None:
+            self.writer.add_scalar("train/loss_step", self.loss, step)
+        if trainer.optimizer is not None:
+            self.writer.add_scalar("train/lr_step", trainer.optimizer.param_groups[0]["lr"], step)
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        if self.writer is None:
+            return
+        for key, value in trainer.record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, trainer.epoch)
+        if self.picture is not None and any(k.startswith("val/") for k in trainer.record):
+            picture = self.picture(trainer.module)
+            if picture is not None:
+                self.writer.add_image("val/overlays", picture, trainer.epoch, dataformats="HWC")
+        self.writer.flush()
+
+    def after_train(self, trainer: "Trainer") -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 def default_hooks(validate: Callable[[nn.Module], dict[str, float]]) -> list[Hook]:
     """The usual hooks, in the order they run: progress, non-finite stop, validation, history, checkpoints, log."""
     return [ProgressBar(), NonFiniteStop(), Validation(validate), History(), Checkpoints(), EpochLog()]

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from torch import nn
 
 from seg_ext import distributed
 from seg_ext.config import save_config
-from seg_ext.engine import Trainer, load_checkpoint, resume_checkpoint
+from seg_ext.engine import TensorBoard, Trainer, load_checkpoint, resume_checkpoint
 from seg_ext.errors import SegExtError
 from seg_ext.io import write_json
 from seg_ext.tasks.run import Run, RunLock, join_processes, prepare_output_dir
@@ -82,6 +83,17 @@ class Task:
     def draw_overlays(self, run: Run, model: nn.Module, split: str) -> None:
         """Predictions drawn over a few images of ``split`` (``overlays_<split>.png``)."""
 
+    def overlay_picture(self, run: Run, model: nn.Module, split: str):
+        """:meth:`draw_overlays` of ``split`` as an HxWx3 uint8 image (None when there is nothing to draw)."""
+        self.draw_overlays(run, model, split)
+        path = run.output_dir / f"overlays_{split}.png"
+        if not path.is_file():
+            return None
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+
     def checkpoint_facts(self, run: Run) -> dict[str, Any]:
         """What checkpoints hold besides the config, class names and task (what prediction needs)."""
         return {}
@@ -138,6 +150,8 @@ def _train(task: Task, cfg: dict[str, Any], output_dir: Path, resume: bool, comm
     meta = {"config": cfg, "class_names": task.class_names(run), "task": task.name, **task.checkpoint_facts(run)}
     start = time.perf_counter()
     trainer = task.build_trainer(run, model, meta)
+    if cfg["train"]["tensorboard"]:
+        trainer.hooks.append(TensorBoard(output_dir, lambda m: task.overlay_picture(run, m, "val")))
     if resume:
         with distributed.main_first():  # process 0 moves a damaged last.pt aside before the others look
             trainer.resume(*resume_checkpoint(output_dir, continuing=distributed.is_main()))  # or last.prev.pt

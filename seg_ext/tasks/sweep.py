@@ -1,0 +1,219 @@
+"""Sweeps: every combination of a grid of config values, for every seed, each a run of the training tool in a
+folder of its own; resumable; ending with the comparison (:func:`seg_ext.tasks.compare.compare_runs`).
+
+``tools/sweep.py`` is the command. A grid item is ``key=v1,v2,...``: the values are YAML, split at the commas
+outside brackets, so ``augment.crop_scale=[0.25,1],[0.75,1]`` has two values. The seed sets ``train.seed``
+only: the split (``data.split_seed``) stays, so seeds vary the training, not the data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from seg_ext.config import instance_defaults, load_config, merge_config, parse_value, SEMANTIC_DEFAULTS
+from seg_ext.errors import ConfigError, Preempted, SegExtError
+from seg_ext.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def split_values(text: str) -> list[str]:
+    """``"[0.25,1],[0.75,1]"`` -> ``["[0.25,1]", "[0.75,1]"]``: commas inside brackets or braces stay."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["key=v1,v2", ...]`` -> ``{"key": [v1, v2]}`` with YAML values.
+
+    Raises:
+        ConfigError: an item without ``=``, a key given twice, or an empty value.
+    """
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"grid item '{item}' must look like key=value1,value2, e.g. augment.hflip_prob=0,0.5")
+        if key in grid:
+            raise ConfigError(f"grid key '{key}' is given twice; give all its values in one item: {key}=v1,v2")
+        values = split_values(text)
+        if any(not v.strip() for v in values):
+            raise ConfigError(f"grid item '{item}' has an empty value; expected values separated by commas, e.g. {key}=0,0.5")
+        grid[key] = [parse_value(v.strip()) for v in values]
+    return grid
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "x"
+
+
+@dataclass
+class PlannedRun:
+    setting: dict[str, Any]  # grid key -> value
+    seed: int
+    folder: Path
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{k}={json.dumps(v)}" for k, v in self.setting.items()] + [f"train.seed={self.seed}"]
+
+    @property
+    def name(self) -> str:
+        return " ".join(f"{k}={_slug(v)}" for k, v in self.setting.items()) + f" seed {self.seed}"
+
+
+def plan(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Path) -> list[PlannedRun]:
+    """Every combination of the grid's values for every seed: ``output_dir/<key=value__...>/seed<k>``."""
+    runs = []
+    for combo in itertools.product(*grid.values()) if grid else [()]:
+        setting = dict(zip(grid, combo))
+        name = "__".join(f"{k}={_slug(v)}" for k, v in setting.items()) or "default"
+        runs.extend(PlannedRun(setting, int(seed), output_dir / name / f"seed{seed}") for seed in seeds)
+    return runs
+
+
+def check_settings(runs: Sequence[PlannedRun], config: Path | None, method: str | None, opts: Sequence[str]) -> None:
+    """Build every run's config before anything runs, so an unknown key or a bad value stops the sweep at once.
+
+    Raises:
+        ConfigError: naming the key (from the config loader) and the grid setting.
+    """
+    defaults = SEMANTIC_DEFAULTS if method is None else instance_defaults(method)
+    from seg_ext.config import validate_config
+
+    for run in runs:
+        try:
+            validate_config(load_config(config, [*opts, *run.overrides], defaults=defaults))
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in the sweep's setting {run.name})") from None
+
+
+def run_command(run: PlannedRun, config: Path | None, data_root: Path | None, method: str | None,
+                opts: Sequence[str]) -> list[str]:
+    """The training tool's command line for ``run`` (``--resume`` when its folder holds an unfinished run)."""
+    tool = ROOT / "tools" / ("train_semantic.py" if method is None else "train_instance.py")
+    command = [sys.executable, str(tool), "--output-dir", str(run.folder)]
+    if (run.folder / "last.pt").is_file() or (run.folder / "last.prev.pt").is_file():
+        return command + ["--resume"]  # the run keeps its saved config
+    if method is not None:
+        command += ["--method", method]
+    if config is not None:
+        command += ["--config", str(config)]
+    if data_root is not None:
+        command += ["--data-root", str(data_root)]
+    return command + ["--opts", *opts, *run.overrides]
+
+
+def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, config: Path | None = None,
+          data_root: Path | None = None, method: str | None = None, opts: Sequence[str] = (), jobs: int = 1) -> int:
+    """Run the sweep (skipping finished runs, resuming unfinished ones), then write ``output_dir/comparison.md``.
+
+    Returns:
+        The number of runs that failed (0: all finished).
+
+    Raises:
+        ConfigError: a bad grid or setting; the folder holds a sweep with other arguments.
+    """
+    from seg_ext.tasks.compare import compare_runs, is_run
+
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
+    if jobs < 1:
+        raise ConfigError(f"--jobs is {jobs}; expected 1 or more")
+    grid = parse_grid(grid_items)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SegExtError(f"--output-dir {output_dir} is a file; expected a folder (new, or the sweep's own)")
+    arguments = {"grid": {k: v for k, v in grid.items()}, "seeds": [int(s) for s in seeds],
+                 "config": str(config) if config else None, "data_root": str(data_root) if data_root else None,
+                 "method": method, "opts": list(opts)}
+    marker = output_dir / "sweep.json"
+    if marker.is_file():
+        before = json.loads(marker.read_text())
+        if before != arguments:
+            raise SegExtError(f"{output_dir} holds a sweep with other arguments ({marker}); run it with the same "
+                              "arguments to continue it, or choose another --output-dir")
+    runs = plan(grid, seeds, output_dir)
+    check_settings(runs, config, method, opts)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(arguments, indent=2), marker)
+
+    todo = [r for r in runs if not is_run(r.folder)]
+    logger.info("sweep: %d run(s), %d finished before, %d to run, %d at a time", len(runs), len(runs) - len(todo),
+                len(todo), jobs)
+    failed = _execute(todo, len(runs) - len(todo), len(runs), config, data_root, method, opts, jobs)
+    finished = [r.folder for r in runs if is_run(r.folder)]
+    if finished:
+        compare_runs(finished, output_dir / "comparison.md", title=f"Sweep {output_dir.name}")
+        logger.info("comparison: %s", output_dir / "comparison.md")
+    return failed
+
+
+def _execute(todo: Sequence[PlannedRun], done: int, total: int, config: Path | None, data_root: Path | None,
+             method: str | None, opts: Sequence[str], jobs: int) -> int:
+    """Run ``todo`` with at most ``jobs`` at once; a Ctrl-C or SIGTERM stops the runs (each saves its position)
+    and the sweep; returns the number of failed runs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    pending, running, failed = list(todo), {}, 0
+    stop: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while running or (pending and not stop):
+            while pending and len(running) < jobs and not stop:
+                run = pending.pop(0)
+                run.folder.parent.mkdir(parents=True, exist_ok=True)
+                log = open(run.folder.parent / f"{run.folder.name}.out", "a")
+                command = run_command(run, config, data_root, method, opts)
+                resumed = "--resume" in command
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                running[proc] = (run, log, time.perf_counter())
+                logger.info("[%d/%d] %s%s: started", done + 1, total, run.name, " (resumed)" if resumed else "")
+                done += 1
+            if stop:
+                for proc in running:
+                    proc.send_signal(stop[0])  # each run saves its position and exits
+            for proc in [p for p in running if p.poll() is not None]:
+                run, log, start = running.pop(proc)
+                log.close()
+                seconds = time.perf_counter() - start
+                if proc.returncode == 0:
+                    logger.info("%s: finished in %.0f s", run.name, seconds)
+                elif stop:
+                    logger.warning("%s: stopped; it continues where it was when the sweep is run again", run.name)
+                else:
+                    failed += 1
+                    logger.warning("%s: failed (exit %d); see %s", run.name, proc.returncode, log.name)
+            time.sleep(0.2)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stop:
+        raise Preempted(f"sweep stopped by {signal.Signals(stop[0]).name}; the finished runs are kept and the stopped "
+                        "ones saved their position: run the same command again to continue", stop[0])
+    return failed
