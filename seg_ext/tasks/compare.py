@@ -138,7 +138,7 @@ class Setting:
 
 
 def _short(value: Any) -> str:
-    return json.dumps(value).replace(" ", "") if isinstance(value, (list, dict)) else str(value)
+    return json.dumps(value).replace(" ", "") if isinstance(value, (list, dict)) or value is None else str(value)
 
 
 def group_settings(runs: Sequence[RunRecord], metrics: Sequence[str]) -> tuple[list[str], list[Setting]]:
