@@ -46,7 +46,6 @@ class TrainState:
     train_seconds: float = 0.0
     position: int = 0  # batches done of the epoch under way (a checkpoint written inside an epoch)
     partial: dict[str, Any] = field(default_factory=dict)  # that epoch's loss sums, batch count and seconds so far
-    samples: int = 0  # training samples of the epoch under way done, over all processes
     world_size: int = 1  # processes of the run that wrote the state
 
 
@@ -387,10 +386,7 @@ class Trainer:
             logger.warning("%s was written by %d process(es) and continues in %d: the run goes on, but not as it "
                            "would have in %d", path, saved_world, world, saved_world)
         if self.state.position and world != saved_world:  # continue at the same sample, in batches of this run
-            batch = getattr(self.train_loader, "batch_size", None) or 1
-            samples = self.state.samples or self.state.position * batch
-            self.state.position = samples // (batch * world)
-            self.state.samples = self.state.position * batch * world
+            self.state.position = self.state.position * saved_world // world
         rng = ckpt.get("rng", {})
         if world > 1:  # each process its own random state (when the same number of processes saved them)
             ranks = ckpt.get("rng_ranks") or []
@@ -463,7 +459,6 @@ class Trainer:
         """Write ``last.pt`` with the position inside the epoch under way."""
         self.state.partial = {"sums": dict(self.epoch_sums), "count": self.epoch_count,
                               "seconds": time.perf_counter() - self._epoch_start}
-        self.state.samples = self.state.position * self.train_loader.batch_size * distributed.world_size()
         return self.save(self.checkpoint(), "last.pt", keep_previous=True)
 
     def train_one_epoch(self) -> dict[str, float]:
@@ -477,9 +472,8 @@ class Trainer:
         self.epoch_sums, self.epoch_count = dict(partial.get("sums", {})), int(partial.get("count", 0))
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
-            # samples done over all processes (older checkpoints: batches of one process)
-            done = self.state.samples or self.state.position * self.train_loader.batch_size
-            sampler.set_epoch(self.epoch, start=done if self.state.position else 0)
+            # samples done over all processes
+            sampler.set_epoch(self.epoch, start=self.state.position * self.train_loader.batch_size * distributed.world_size())
         batches = None
         while True:
             try:
@@ -548,7 +542,7 @@ class Trainer:
             self.record["train_seconds"] = round(seconds, 3)
             self.record.update({f"train/{k}": v for k, v in train_metrics.items()})
             trained = (self.state.epoch, self.state.position, self.state.train_seconds - seconds)
-            self.state.epoch, self.state.position, self.state.partial, self.state.samples = epoch, 0, {}, 0
+            self.state.epoch, self.state.position, self.state.partial = epoch, 0, {}
             try:
                 self._call("after_epoch")
             except RuntimeError:
