@@ -133,6 +133,10 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
         "min_marker_area": 10,
         "min_instance_area": 50,
         "foreground_threshold": 0.5,
+        "split_dynamic": 0.0,  # > 0: split a marker at energy peaks rising this many levels above their saddle
+        "score_energy": 0.0,  # score: peak energy (levels) at which the energy factor reaches 1; 0: 2 x marker_level
+        "score_area": 0.0,  # score: area (pixels at input_size) at which sqrt(area / score_area) reaches 1; 0: off
+        "full_resolution": False,  # masks at each image's size from the upsampled foreground (eval.mask_threshold)
     },
     "report": {"num_overlays": 4},
 }

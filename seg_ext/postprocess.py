@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from skimage import morphology
 from skimage.segmentation import watershed
 
 
@@ -29,6 +30,9 @@ def watershed_instances(
     foreground_threshold: float = 0.5,
     min_marker_area: int = 10,
     min_instance_area: int = 50,
+    split_dynamic: float = 0.0,
+    score_energy: float = 0.0,
+    score_area: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instances from a foreground probability map and an expected-energy map.
 
@@ -37,16 +41,25 @@ def watershed_instances(
         energy: expected energy level per pixel (``expected_energy`` of the energy head's softmax). Shape: (H, W).
         marker_level: markers are foreground pixels with energy at or above this level.
         min_marker_area, min_instance_area: smaller markers and instances (pixels) are dropped.
+        split_dynamic: when > 0, a marker holding several energy peaks that each rise at least this many levels
+            above the saddle between them is split into one marker per peak (two people joined above the cut);
+            0: one marker per connected component.
+        score_energy: the peak energy (levels) at which an instance's energy factor reaches 1; 0: twice the cut.
+        score_area: the area (pixels at this resolution) at which its size factor, sqrt(area / score_area),
+            reaches 1; 0: no size factor.
 
     Returns:
         ``labels`` (H, W) int32, 0 background and 1..N instances, and ``scores`` (N,): the instance's mean
-        foreground probability times how far its marker's peak energy rises above the cut (1 at twice the cut).
+        foreground probability times min(1, peak energy / score_energy) times the size factor, so a small,
+        flat fragment ranks below a whole person.
     """
     foreground = foreground_prob >= foreground_threshold
     marker_mask = foreground & (energy >= marker_level)
     markers, count = ndimage.label(marker_mask)
     if count == 0:
         return np.zeros(foreground.shape, np.int32), np.zeros(0, np.float32)
+    if split_dynamic > 0:
+        markers, count = _split_markers(markers, count, energy, split_dynamic, min_marker_area)
     if min_marker_area > 1:
         small = np.bincount(markers.ravel(), minlength=count + 1) < min_marker_area
         small[0] = False
@@ -65,8 +78,37 @@ def watershed_instances(
     index = np.arange(1, n + 1)
     mean_fg = ndimage.mean(foreground_prob, labels, index)
     peak = ndimage.maximum(energy, labels, index)
-    scores = np.asarray(mean_fg) * np.clip(np.asarray(peak) / (2 * max(marker_level, 1e-6)), 0, 1)
+    full_energy = score_energy if score_energy > 0 else 2 * max(marker_level, 1e-6)
+    scores = np.asarray(mean_fg) * np.clip(np.asarray(peak) / full_energy, 0, 1)
+    if score_area > 0:
+        scores = scores * np.sqrt(np.clip(areas[keep] / score_area, 0, 1))
     return labels, scores.astype(np.float32)
+
+
+def _split_markers(markers: np.ndarray, count: int, energy: np.ndarray, dynamic: float,
+                   min_area: int) -> tuple[np.ndarray, int]:
+    """Markers split at their energy peaks: a marker holding two or more h-maxima of height ``dynamic`` (each
+    peak's cap, the pixels within ``dynamic`` of it, at least ``min_area`` pixels) becomes one marker per cap;
+    the watershed then grows the caps back over the marker. Other markers stay whole."""
+    step = 0.05  # h-maxima on integers: the energy in steps of 1/20 of a level
+    image = np.where(markers > 0, np.round(energy / step), 0).astype(np.int32)
+    h = max(int(round(dynamic / step)), 1)
+    # the h-maxima transform: peaks cut h below their top; its regional maxima are the caps
+    flattened = morphology.reconstruction(np.maximum(image - h, 0), image, method="dilation")
+    caps, n_caps = ndimage.label(morphology.local_maxima(flattened, allow_borders=True) & (markers > 0))
+    if n_caps < 2:
+        return markers, count
+    cap_ids = np.arange(1, n_caps + 1)
+    big = np.bincount(caps.ravel(), minlength=n_caps + 1)[1:] >= max(min_area, 1)
+    owner = ndimage.maximum(markers, caps, cap_ids).astype(np.int64)  # the marker each cap lies in
+    splits = np.bincount(owner[big], minlength=count + 1) >= 2
+    if not splits[1:].any():
+        return markers, count
+    out = np.where(splits[markers], 0, markers)
+    for cap in cap_ids[big & splits[owner]]:
+        count += 1
+        out[caps == cap] = count
+    return out, count
 
 
 def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -76,9 +118,34 @@ def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="nearest-exact")[0, 0].to(torch.int32).numpy()
 
 
-def instances_from_labels(labels: np.ndarray, scores: np.ndarray, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Detections (boxes, labels, scores, masks) of an instance label map resized to ``size``."""
-    labels = _resize_labels(labels, size)
+def full_resolution_labels(labels: np.ndarray, foreground_prob: np.ndarray, size: tuple[int, int],
+                           threshold: float = 0.5) -> np.ndarray:
+    """An instance label map at ``size`` whose outlines follow the foreground probability upsampled (bilinear)
+    to that size, instead of the network-resolution pixels' staircase: a pixel whose upsampled probability
+    reaches ``threshold`` takes the label of the nearest instance pixel (nearest-resized labels) within
+    about one network pixel; the others are background.
+
+    Shape:
+        labels (h, w) int, foreground_prob (h, w) -> (H, W) int32
+    """
+    resized = _resize_labels(labels, size)
+    prob = F.interpolate(torch.from_numpy(np.ascontiguousarray(foreground_prob, np.float32))[None, None], size=tuple(size),
+                         mode="bilinear", align_corners=False)[0, 0].numpy()
+    if not resized.any():
+        return resized
+    distance, (iy, ix) = ndimage.distance_transform_edt(resized == 0, return_indices=True)
+    reach = 1.0 + max(size[0] / labels.shape[0], size[1] / labels.shape[1])  # one network pixel and a margin
+    return np.where((prob >= threshold) & (distance <= reach), resized[iy, ix], 0).astype(np.int32)
+
+
+def instances_from_labels(labels: np.ndarray, scores: np.ndarray, size: tuple[int, int],
+                          foreground_prob: np.ndarray | None = None, mask_threshold: float = 0.5) -> dict[str, torch.Tensor]:
+    """Detections (boxes, labels, scores, masks) of an instance label map resized to ``size``: nearest, or with
+    ``foreground_prob`` outlines drawn at ``size`` by :func:`full_resolution_labels`."""
+    if foreground_prob is None:
+        labels = _resize_labels(labels, size)
+    else:
+        labels = full_resolution_labels(labels, foreground_prob, size, mask_threshold)
     n = len(scores)
     masks = labels[None] == np.arange(1, n + 1).reshape(-1, 1, 1) if n else np.zeros((0, *size), bool)
     keep = masks.reshape(n, -1).any(1) if n else np.zeros(0, bool)

@@ -34,6 +34,12 @@ def test_grid_values_are_yaml_split_outside_brackets():
     assert runs[0].overrides == ["augment.crop_scale=[0.25, 1]", "augment.hflip_prob=0", 'model.name="unet"', "train.seed=0"]
 
 
+def test_no_grid_is_the_config_itself_over_the_seeds():
+    runs = plan(parse_grid([]), [0, 1, 2], Path("out"))
+    assert [r.folder for r in runs] == [Path("out/default/seed0"), Path("out/default/seed1"), Path("out/default/seed2")]
+    assert [r.overrides for r in runs] == [["train.seed=0"], ["train.seed=1"], ["train.seed=2"]]
+
+
 @pytest.mark.parametrize("items, pattern", [
     (["augment.hflip_prob=0,,0.5"], "empty value"),
     (["augment.hflip_prob="], "empty value"),

@@ -11,7 +11,7 @@ import torch
 
 from conftest import call_tool
 from seg_ext.losses import watershed_loss, weighted_cross_entropy
-from seg_ext.postprocess import expected_energy, watershed_instances
+from seg_ext.postprocess import expected_energy, full_resolution_labels, instances_from_labels, watershed_instances
 from seg_ext.data.energy import energy_targets, quantize
 
 DWT_EDGES = [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54]
@@ -83,6 +83,73 @@ def test_oracle_recovers_touching_and_overlapping_shapes(shape):
     for part in parts:
         assert _best_iou(labels, part) > 0.95
     assert np.all(scores > 0.9)
+
+
+def _two_peaks(saddle_depth):
+    """Two square bodies joined in one foreground blob (no zero-energy gap between them, as a network's smooth
+    energy joins two people standing close), each with a peak of 8 levels; the energy between them dips to
+    8 - saddle_depth."""
+    h, w = 60, 100
+    yy, xx = np.mgrid[0:h, 0:w]
+    fg = ((yy >= 10) & (yy < 50) & (xx >= 10) & (xx < 90)).astype(np.float32)
+    cone = np.maximum(8 - np.hypot(yy - 30, xx - 30) / 2.5, 8 - np.hypot(yy - 30, xx - 70) / 2.5)
+    energy = np.where(fg > 0, np.maximum(cone, 8 - saddle_depth), 0).astype(np.float32)
+    return fg, energy, (xx < 50) & (fg > 0), (xx >= 50) & (fg > 0)
+
+
+def test_split_dynamic_splits_two_peaks_joined_above_the_cut_and_keeps_a_shallow_dip_whole():
+    fg, energy, left, right = _two_peaks(saddle_depth=5)
+    labels, _ = watershed_instances(fg, energy, marker_level=1)
+    assert labels.max() == 1  # one connected marker: merged without splitting
+    labels, scores = watershed_instances(fg, energy, marker_level=1, split_dynamic=3)
+    assert labels.max() == 2 and len(scores) == 2
+    assert _best_iou(labels, left) > 0.9 and _best_iou(labels, right) > 0.9
+    # a dip of 2 levels (a neck between head and body) is not a split at dynamic 3
+    fg, energy, _, _ = _two_peaks(saddle_depth=2)
+    labels, _ = watershed_instances(fg, energy, marker_level=1, split_dynamic=3)
+    assert labels.max() == 1
+
+
+def test_scores_fall_with_a_fragments_size_and_peak_energy():
+    h, w = 80, 120
+    yy, xx = np.mgrid[0:h, 0:w]
+    big = (yy >= 5) & (yy < 75) & (xx >= 5) & (xx < 45)  # a person: 2800 px, peak 9
+    small = (yy >= 30) & (yy < 40) & (xx >= 80) & (xx < 88)  # a fragment: 80 px, peak 2
+    fg = (big | small).astype(np.float32) * 0.9
+    energy = np.where(big, 9.0, np.where(small, 2.0, 0.0)).astype(np.float32)
+    labels, scores = watershed_instances(fg, energy, marker_level=1, min_instance_area=20)
+    by_mask = {bool(big[labels == i].all()): s for i, s in zip(range(1, 3), scores)}
+    assert by_mask[True] == pytest.approx(0.9) and by_mask[False] == pytest.approx(0.9)  # both saturate: a tie
+    labels, scores = watershed_instances(fg, energy, marker_level=1, min_instance_area=20, score_energy=8,
+                                         score_area=1000)
+    by_mask = {bool(big[labels == i].all()): s for i, s in zip(range(1, 3), scores)}
+    assert by_mask[True] == pytest.approx(0.9)
+    assert by_mask[False] == pytest.approx(0.9 * (2 / 8) * np.sqrt(80 / 1000), rel=1e-5)
+
+
+def test_full_resolution_outlines_follow_the_upsampled_foreground():
+    # two discs drawn at 256x256; the network sees them at 32x32 (area-averaged: a soft foreground)
+    size, small = 256, 32
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    discs = [(yy - 128) ** 2 + (xx - 70) ** 2 < 50**2, (yy - 128) ** 2 + (xx - 186) ** 2 < 50**2]
+    factor = size // small
+    fg = (discs[0] | discs[1]).reshape(small, factor, small, factor).mean((1, 3)).astype(np.float32)
+    labels = np.zeros((small, small), np.int32)
+    labels[fg >= 0.5] = 1
+    labels[(fg >= 0.5) & (np.arange(small)[None, :] >= small // 2)] = 2
+    scores = np.ones(2, np.float32)
+
+    def ious(masks):
+        return [max(((m > 0) & d).sum() / ((m > 0) | d).sum() for m in masks) for d in discs]
+
+    nearest = instances_from_labels(labels, scores, (size, size))["masks"].numpy()
+    full = instances_from_labels(labels, scores, (size, size), fg, 0.5)["masks"].numpy()
+    assert len(full) == 2 and not (full[0] & full[1]).any()
+    assert min(ious(full)) > 0.97 > max(ious(nearest))  # a staircase of 8-pixel steps against a smooth outline
+    # pixels far from every instance stay background even where the foreground is high (a dropped fragment)
+    far = fg.copy()
+    far[0:3, 0:3] = 1.0
+    assert full_resolution_labels(labels, far, (size, size))[:16, :16].max() == 0
 
 
 def test_expected_energy():

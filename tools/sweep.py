@@ -24,8 +24,9 @@ from seg_ext.cli import run_tool, setup_logging  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
-                        help="config key and its values (YAML; commas inside [...] stay), one item per key")
+    parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                        help="config key and its values (YAML; commas inside [...] stay), one item per key; "
+                             "none: the config itself over the seeds (folder OUT/default/seed<k>)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="values of train.seed (default: 0)")
     parser.add_argument("--output-dir", type=Path, required=True, help="the sweep's folder")
     parser.add_argument("--config", type=Path, default=None, help="YAML config the settings change")

@@ -5,8 +5,8 @@ Watershed Transform (Bai & Urtasun, CVPR 2017).
 * Loss: ``seg_ext.losses.watershed_loss`` (foreground cross entropy; energy cross entropy on the foreground with
   the lowest levels and small instances weighted up).
 * Post-processing: ``seg_ext.postprocess.watershed_instances`` at the network's resolution; the instance labels
-  are then resized (nearest) to each image's own size (``instances_from_labels``) and scored by the same COCO
-  evaluator as Mask R-CNN.
+  are then brought to each image's own size (``instances_from_labels``: resized, or with ``full_resolution`` their
+  outlines drawn from the upsampled foreground probability) and scored by the same COCO evaluator as Mask R-CNN.
 """
 
 from __future__ import annotations
@@ -29,12 +29,24 @@ from seg_ext.postprocess import expected_energy, instances_from_labels, watershe
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Settings of ``watershed_instances``."""
+    """Settings of ``watershed_instances``, and of the masks at each image's size (``full_resolution``: outlines
+    from the upsampled foreground probability at ``mask_threshold``; otherwise the labels resized, nearest)."""
 
     marker_level: float = 1.0
     foreground_threshold: float = 0.5
     min_marker_area: int = 10
     min_instance_area: int = 50
+    split_dynamic: float = 0.0
+    score_energy: float = 0.0
+    score_area: float = 0.0
+    full_resolution: bool = False
+    mask_threshold: float = 0.5
+
+    def watershed_arguments(self) -> dict[str, Any]:
+        """The arguments of ``watershed_instances``."""
+        out = self.as_dict()
+        del out["full_resolution"], out["mask_threshold"]
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +123,9 @@ class WatershedMethod(InstanceMethod):
     def instances(self, foreground: np.ndarray, energy: np.ndarray, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """The post-processing of one image's maps (network resolution) into instances at ``size``; the oracle
         feeds it ground-truth maps."""
-        labels, scores = watershed_instances(foreground, energy, **self.post.as_dict())
+        labels, scores = watershed_instances(foreground, energy, **self.post.watershed_arguments())
+        if self.post.full_resolution:
+            return instances_from_labels(labels, scores, size, foreground, self.post.mask_threshold)
         return instances_from_labels(labels, scores, size)
 
     def forward(self, model: nn.Module, images: Any, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
