@@ -270,3 +270,28 @@ def test_an_unreadable_image_is_named_and_the_rest_are_written(semantic_run, sce
     assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted(p.stem for p in files)
     assert json.loads((out / "predictions.json").read_text())["failed"] == [str(folder / "broken.png")]
+
+
+def test_tune_postprocess_scores_each_setting_as_the_run_evaluates(pennfudan_root, semantic_run, tmp_path, capsys):
+    # trained long enough to find some pedestrians (test mask AP above 0: the comparison below means something)
+    watershed_run = tmp_path / "run"
+    assert call_tool("train_instance", ["--method", "watershed", "--data-root", pennfudan_root, "--output-dir", watershed_run,
+                                        "--opts", *WATERSHED, "model.base_width=8", "train.epochs=30"]) == 0
+    out = tmp_path / "tune.md"
+    assert call_tool("tune_postprocess", [watershed_run / "best.pt", watershed_run / "best.pt", "--grid",
+                                          "watershed.split_dynamic=0,2", "watershed.full_resolution=false,true",
+                                          "eval.mask_threshold=0.5", "--split", "test", "--output", out]) == 0
+    numbers = json.loads(out.with_suffix(".json").read_text())
+    assert numbers["keys"] == ["watershed.split_dynamic", "watershed.full_resolution"]
+    assert len(numbers["settings"]) == 4 and all(s["stats"]["test segm/AP"]["n"] == 2 for s in numbers["settings"])
+    run = json.loads((watershed_run / "metrics.json").read_text())["test"]
+    own = next(s for s in numbers["settings"] if s["values"] == {"watershed.split_dynamic": 0, "watershed.full_resolution": False})
+    assert run["segm/AP"] > 0
+    for name in ("segm/AP", "segm/AP50", "bbox/AP"):  # the run's own settings: its own test evaluation, exactly
+        assert own["stats"][f"test {name}"]["mean"] == pytest.approx(run[name], abs=1e-9)
+    assert "| 0 | False | 2 |" in out.read_text()
+    # bad input: one sentence each, exit 2
+    assert call_tool("tune_postprocess", [watershed_run / "best.pt", "--grid", "train.lr=0.1", "--output", out]) == 2
+    assert "grid key 'train.lr' is not a post-processing setting" in capsys.readouterr().err
+    assert call_tool("tune_postprocess", [semantic_run / "best.pt", "--grid", "eval.mask_threshold=0.5", "--output", out]) == 2
+    assert "expected a watershed one" in capsys.readouterr().err

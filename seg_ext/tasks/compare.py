@@ -17,7 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from seg_ext.errors import SegExtError
+from seg_ext.config import upgrade_config
+from seg_ext.errors import ConfigError, SegExtError
 from seg_ext.io import atomic_write_text
 from seg_ext.report import fmt
 
@@ -90,6 +91,10 @@ def read_run(folder: Path) -> RunRecord:
     history = []
     if (folder / "metrics.jsonl").is_file():
         history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    try:  # a run saved before a config key existed is compared at that key's default
+        config = upgrade_config(config)
+    except (ConfigError, KeyError, TypeError):
+        pass  # not a config this version knows: compared as written
     return RunRecord(folder, flatten(config), metrics, history)
 
 
@@ -172,24 +177,34 @@ def compare_runs(paths: Iterable[str | Path], output: str | Path, title: str = "
     Raises:
         SegExtError: a path is not a run or a folder of runs.
     """
-    runs = find_runs(paths)
-    metrics = table_metrics(runs)
+    return write_comparison(find_runs(paths), output, title)
+
+
+def write_comparison(runs: Sequence[RunRecord], output: str | Path, title: str = "Comparison",
+                     metrics: Sequence[str] | None = None, what: str = "the final metrics of each run's best checkpoint"
+                     ) -> dict[str, Any]:
+    """The comparison of ``compare_runs`` for runs already read (or made up of evaluations: ``tasks.tune``);
+    ``metrics``: the metric names of the table (default: the task's main ones); splits absent from every run's
+    metrics, and the training time when no run has one, get no column."""
+    metrics = list(metrics or table_metrics(runs))
     keys, settings = group_settings(runs, metrics)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    columns = [f"{split} {name}" for split in ("val", "test") for name in metrics]
+    splits = [split for split in ("val", "test") if any(split in r.metrics for r in runs)]
+    columns = [f"{split} {name}" for split in splits for name in metrics]
+    timed = any(s.stats["train s"][2] for s in settings)
     best = {c: max(range(len(settings)), key=lambda i: _rank_value(settings[i].stats[c])) for c in columns}
     rows = []
     for i, s in enumerate(settings):
         rows.append([*(_short(s.values[k]) for k in keys), str(len(s.runs)),
                      *(_cell(s.stats[c], len(settings) > 1 and best[c] == i) for c in columns),
-                     _cell(s.stats["train s"], False)])
-    headers = [*keys, "n", *columns, "train s"]
+                     *([_cell(s.stats["train s"], False)] if timed else [])])
+    headers = [*keys, "n", *columns, *(["train s"] if timed else [])]
     lines = [f"# {title}", "",
              f"{len(runs)} run(s) in {len(settings)} setting(s); each cell: mean ± sample standard deviation over the "
              "setting's runs (seeds), n = runs; best mean per column in bold (the spread says whether it is better). "
-             "Columns: the config keys that differ between the runs (apart from train.seed), then the final metrics "
-             "of each run's best checkpoint (percentages).", "",
+             f"Columns: the config keys that differ between the runs (apart from train.seed), then {what} "
+             "(percentages).", "",
              "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
              *("| " + " | ".join(row) + " |" for row in rows), ""]
     curves = output.with_name(f"{output.stem}_curves.png")
@@ -198,10 +213,10 @@ def compare_runs(paths: Iterable[str | Path], output: str | Path, title: str = "
     if _plot_curves(settings, curve_metric, curves):
         lines += [f"![validation curves]({curves.name})", "",
                   f"*val {curve_metric} per epoch of every run, one colour per setting*", ""]
-    _plot_bars(settings, metrics[0], bars)
+    _plot_bars(settings, metrics[0], bars, splits)
     lines += [f"![spread over seeds]({bars.name})", "",
               f"*{metrics[0]} of each setting: bars at the mean, one dot per run, error bars ± one standard deviation*", "",
-              "Runs:", "", *(f"- `{r.path}`" for r in runs), ""]
+              "Runs:", "", *(f"- `{path}`" for path in dict.fromkeys(str(r.path) for r in runs)), ""]
     atomic_write_text("\n".join(lines), output)
     numbers = {"keys": keys, "metrics": metrics, "settings": [
         {"values": s.values, "runs": [str(r.path) for r in s.runs],
@@ -247,7 +262,7 @@ def _plot_curves(settings: Sequence[Setting], metric: str, path: Path) -> bool:
     return True
 
 
-def _plot_bars(settings: Sequence[Setting], metric: str, path: Path) -> None:
+def _plot_bars(settings: Sequence[Setting], metric: str, path: Path, splits: Sequence[str] = ("val", "test")) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,8 +270,8 @@ def _plot_bars(settings: Sequence[Setting], metric: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(settings) + 2), 4.5))
     width = 0.38
-    for k, split in enumerate(("val", "test")):
-        xs = [i + (k - 0.5) * width for i in range(len(settings))]
+    for k, split in enumerate(splits):
+        xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(settings))]
         means = [s.stats[f"{split} {metric}"][0] for s in settings]
         stds = [0 if not math.isfinite(s.stats[f"{split} {metric}"][1]) else s.stats[f"{split} {metric}"][1] for s in settings]
         ax.bar(xs, means, width, yerr=stds, capsize=3, alpha=0.6, label=split)
