@@ -129,10 +129,10 @@ def full_resolution_labels(labels: np.ndarray, foreground_prob: np.ndarray, size
         labels (h, w) int, foreground_prob (h, w) -> (H, W) int32
     """
     resized = _resize_labels(labels, size)
-    prob = F.interpolate(torch.from_numpy(np.ascontiguousarray(foreground_prob, np.float32))[None, None], size=tuple(size),
-                         mode="bilinear", align_corners=False)[0, 0].numpy()
     if not resized.any():
         return resized
+    prob = F.interpolate(torch.from_numpy(np.ascontiguousarray(foreground_prob, np.float32))[None, None], size=tuple(size),
+                         mode="bilinear", align_corners=False)[0, 0].numpy()
     distance, (iy, ix) = ndimage.distance_transform_edt(resized == 0, return_indices=True)
     reach = 1.0 + max(size[0] / labels.shape[0], size[1] / labels.shape[1])  # one network pixel and a margin
     return np.where((prob >= threshold) & (distance <= reach), resized[iy, ix], 0).astype(np.int32)

@@ -18,9 +18,8 @@ from seg_ext.methods.watershed import PostProcessing, WatershedMethod
 
 def _watershed(cfg: dict[str, Any], device: torch.device) -> WatershedMethod:
     ws = cfg["watershed"]
-    post = PostProcessing(ws["marker_level"], ws["foreground_threshold"], ws["min_marker_area"], ws["min_instance_area"],
-                          ws["split_dynamic"], ws["score_energy"], ws["score_area"], ws["full_resolution"],
-                          cfg["eval"]["mask_threshold"])
+    post = PostProcessing(**{key: ws[key] for key in PostProcessing.watershed_keys()},
+                          mask_threshold=cfg["eval"]["mask_threshold"])
     return WatershedMethod(device, ws["input_size"], ws["levels"], ws["level_weights"], ws["area_weighting"],
                            ws["foreground_loss_weight"], ws["energy_loss_weight"], post)
 

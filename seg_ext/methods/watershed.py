@@ -11,7 +11,7 @@ Watershed Transform (Bai & Urtasun, CVPR 2017).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -41,6 +41,11 @@ class PostProcessing:
     score_area: float = 0.0
     full_resolution: bool = False
     mask_threshold: float = 0.5
+
+    @classmethod
+    def watershed_keys(cls) -> list[str]:
+        """The settings read from the config's ``watershed`` block (``mask_threshold`` is ``eval.mask_threshold``)."""
+        return [f.name for f in fields(cls) if f.name != "mask_threshold"]
 
     def watershed_arguments(self) -> dict[str, Any]:
         """The arguments of ``watershed_instances``."""
@@ -124,9 +129,8 @@ class WatershedMethod(InstanceMethod):
         """The post-processing of one image's maps (network resolution) into instances at ``size``; the oracle
         feeds it ground-truth maps."""
         labels, scores = watershed_instances(foreground, energy, **self.post.watershed_arguments())
-        if self.post.full_resolution:
-            return instances_from_labels(labels, scores, size, foreground, self.post.mask_threshold)
-        return instances_from_labels(labels, scores, size)
+        return instances_from_labels(labels, scores, size, foreground if self.post.full_resolution else None,
+                                     self.post.mask_threshold)
 
     def forward(self, model: nn.Module, images: Any, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         return self.maps(model, images, tta)

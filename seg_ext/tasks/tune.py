@@ -10,27 +10,24 @@ deviation over the checkpoints (seeds), the best mean per column in bold. Choose
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from seg_ext.config import merge_config, parse_overrides
+from seg_ext.config import merge_config
 from seg_ext.errors import ConfigError, SegExtError
 from seg_ext.evaluation.coco import COCOEvaluator
 from seg_ext.inference import Predictor
-from seg_ext.methods import build_method
+from seg_ext.methods import PostProcessing, build_method
 from seg_ext.tasks.compare import RunRecord, write_comparison
 from seg_ext.tasks.instance import coco_split, instance_data
 from seg_ext.tasks.sweep import parse_grid
 
 logger = logging.getLogger(__name__)
 
-POST_KEYS = ("watershed.marker_level", "watershed.foreground_threshold", "watershed.min_marker_area",
-             "watershed.min_instance_area", "watershed.split_dynamic", "watershed.score_energy", "watershed.score_area",
-             "watershed.full_resolution", "eval.mask_threshold")
+POST_KEYS = (*(f"watershed.{key}" for key in PostProcessing.watershed_keys()), "eval.mask_threshold")
 METRICS = ("segm/AP", "segm/AP50", "segm/AP75", "bbox/AP")
 
 
@@ -48,6 +45,15 @@ def settings_of(grid_items: Sequence[str]) -> list[dict[str, Any]]:
             raise ConfigError(f"grid key '{key}' is not a post-processing setting; expected one of: {', '.join(POST_KEYS)} "
                               "(the rest changes the network: sweep it with tools/sweep.py)")
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def _nested(setting: dict[str, Any]) -> dict[str, Any]:
+    """``{"watershed.split_dynamic": 3.5}`` as the config's nested blocks."""
+    out: dict[str, Any] = {}
+    for key, value in setting.items():
+        block, name = key.split(".")
+        out.setdefault(block, {})[name] = value
+    return out
 
 
 def tune_postprocess(checkpoints: Sequence[str | Path], grid_items: Sequence[str], output: str | Path,
@@ -78,9 +84,7 @@ def tune_postprocess(checkpoints: Sequence[str | Path], grid_items: Sequence[str
             image = dataset.load_image(i)
             maps.append((predictor.forward([predictor.prepare(image)]), image.shape[:2], {"image_id": dataset.ids[i]}))
         for setting in settings:
-            changed = cfg
-            for nested in parse_overrides(f"{k}={json.dumps(v)}" for k, v in setting.items()):
-                changed = merge_config(changed, nested, source="--grid")
+            changed = merge_config(cfg, _nested(setting), source="--grid")
             method = build_method(changed, torch.device("cpu"))
             evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=changed["eval"]["mask_threshold"],
                                       backend=changed["eval"]["backend"])
