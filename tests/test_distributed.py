@@ -58,6 +58,14 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _state(path: Path) -> dict:
+    """The training state in a checkpoint; {} while there is none (or it is being replaced)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["state"]
+    except Exception:
+        return {}
+
+
 def _same(a, b) -> bool:
     """Equal numbers (NaN equal to NaN), recursively."""
     if isinstance(a, dict):
@@ -158,6 +166,46 @@ def test_sigterm_to_torchrun_then_resume_equals_the_uninterrupted_run(semantic_r
     assert [{k: h[k] for k in keys} for h in _history(out)] == [{k: h[k] for k in keys} for h in _history(two)]
     assert _same(_final(_metrics(out)), _final(_metrics(two)))
 
+
+
+def test_a_run_of_two_processes_resumes_in_one_at_the_same_sample(semantic_runs, tmp_path):
+    """Stopped inside an epoch while 2 processes of batch 2 train (train.checkpoint_every=1 writes every position),
+    the run resumes in one process: of batch 4 (the same global batch) it ends as the uninterrupted one-process run
+    of batch 4; of batch 2 (global batches of 2 instead of 4) it trains the epoch's remaining samples in twice as
+    many steps. Both only when the position (steps of the epoch done) is converted to the new batches."""
+    _, one = semantic_runs
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_torchrun("train_semantic", ["--output-dir", out, *SEMANTIC, "data.batch_size=2",
+                                                         "train.checkpoint_every=1"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:  # stop it in the middle of the second epoch (24 steps of 4 of the 96 synthetic images)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            state = _state(out / "last.pt")
+            if state.get("epoch", 0) == 1 and 4 <= state.get("position", 0) <= 12:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = _state(out / "last.pt")
+    assert (state["world_size"], state["batch_size"], state["epoch"]) == (2, 2, 1) and 0 < state["position"] < 24
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+
+    resumed = _run(_one("train_semantic", ["--resume", "--output-dir", out, "--opts", "data.batch_size=4"]))
+    assert "written by 2 process(es) of batch 2 and continues in 1 of batch 4: the same global batch" in resumed.stderr
+    for a, b in zip(_history(out), _history(one), strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
+        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
+
+    resumed = _run(_one("train_semantic", ["--resume", "--output-dir", again]))
+    assert "global batches of 2 instead of 4" in resumed.stderr
+    # the second epoch's remaining 96 - 4 x position samples in steps of 2, then the third epoch's 48 steps
+    assert _state(again / "last.pt")["iteration"] == state["iteration"] + (96 - 4 * state["position"]) // 2 + 48
 
 def test_a_failing_process_ends_the_run_instead_of_a_hang(scenes_root, tmp_path):
     data = tmp_path / "data"

@@ -47,6 +47,7 @@ class TrainState:
     position: int = 0  # batches done of the epoch under way (a checkpoint written inside an epoch)
     partial: dict[str, Any] = field(default_factory=dict)  # that epoch's loss sums, batch count and seconds so far
     world_size: int = 1  # processes of the run that wrote the state
+    batch_size: int = 0  # their batch size each (0: a checkpoint from before it was saved; taken as this run's)
 
 
 class Hook:
@@ -348,6 +349,7 @@ class Trainer:
         }
         ranks = distributed.gather(rng)
         self.state.world_size = distributed.world_size()
+        self.state.batch_size = self._batch_size()
         return {
             "version": CHECKPOINT_VERSION,
             "model": self.module.state_dict(),
@@ -367,6 +369,23 @@ class Trainer:
             atomic_save(ckpt, path, keep_previous=keep_previous)
         return path
 
+    def _batch_size(self) -> int:
+        """This process's batch size (1 for a loader without one)."""
+        return int(getattr(self.train_loader, "batch_size", None) or 1)
+
+    def _convert_position(self, path: str | Path) -> None:
+        """A state written by another number of processes or batch size: continue the epoch under way at the same
+        sample, counted in this run's batches (rounded down to one: a few samples are then trained again)."""
+        world, batch = distributed.world_size(), self._batch_size()
+        saved_world, saved_batch = self.state.world_size, self.state.batch_size or batch
+        if (world, batch) != (saved_world, saved_batch):
+            same = saved_world * saved_batch == world * batch
+            logger.warning("%s was written by %d process(es) of batch %d and continues in %d of batch %d: %s", path,
+                           saved_world, saved_batch, world, batch, "the same global batch" if same else
+                           f"global batches of {world * batch} instead of {saved_world * saved_batch}")
+        done = self.state.position * saved_batch * saved_world  # samples of the epoch under way
+        self.state.position = done // (batch * world)
+
     def _loader_generator(self) -> torch.Generator | None:
         return getattr(self.train_loader, "generator", None)
 
@@ -381,13 +400,9 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["state"])
-        world, saved_world = distributed.world_size(), self.state.world_size
-        if world != saved_world:
-            logger.warning("%s was written by %d process(es) and continues in %d: the run goes on, but not as it "
-                           "would have in %d", path, saved_world, world, saved_world)
-        if self.state.position and world != saved_world:  # continue at the same sample, in batches of this run
-            self.state.position = self.state.position * saved_world // world
+        self._convert_position(path)
         rng = ckpt.get("rng", {})
+        world = distributed.world_size()
         if world > 1:  # each process its own random state (when the same number of processes saved them)
             ranks = ckpt.get("rng_ranks") or []
             rng = ranks[distributed.rank()] if len(ranks) == world else {}
@@ -473,7 +488,7 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             # samples done over all processes
-            sampler.set_epoch(self.epoch, start=self.state.position * self.train_loader.batch_size * distributed.world_size())
+            sampler.set_epoch(self.epoch, start=self.state.position * self._batch_size() * distributed.world_size())
         batches = None
         while True:
             try:
