@@ -90,6 +90,12 @@ def instance_data(cfg: dict[str, Any], output_dir: Path) -> tuple[dict[str, Path
     return dict(paths), root, what
 
 
+def coco_evaluator(dataset: Any, cfg: dict[str, Any]) -> COCOEvaluator:
+    """A run's COCO evaluation of ``dataset`` (a COCO split): the mask threshold and backend of ``cfg``."""
+    return COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=cfg["eval"]["mask_threshold"],
+                         backend=cfg["eval"]["backend"])
+
+
 def coco_split(cfg: dict[str, Any], json_path: Path, image_root: Path, train: bool) -> CocoInstanceDataset:
     """One COCO split as an instance config asks for it: training gets the augmentation."""
     aug = cfg["augment"]
@@ -144,8 +150,7 @@ class InstanceTask(base.Task):
 
     def evaluate(self, run: Run, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
         dataset, predictor = run.datasets[split], self.predictor(run, model, tta=final and run.cfg["eval"]["tta"])
-        evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=run.cfg["eval"]["mask_threshold"],
-                                  backend=run.cfg["eval"]["backend"])
+        evaluator = coco_evaluator(dataset, run.cfg)
 
         def forward(model: nn.Module, batch: Any) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
             images, targets = batch

@@ -18,11 +18,10 @@ import torch
 
 from seg_ext.config import merge_config
 from seg_ext.errors import ConfigError, SegExtError
-from seg_ext.evaluation.coco import COCOEvaluator
 from seg_ext.inference import Predictor
 from seg_ext.methods import PostProcessing, build_method
 from seg_ext.tasks.compare import RunRecord, write_comparison
-from seg_ext.tasks.instance import coco_split, instance_data
+from seg_ext.tasks.instance import coco_evaluator, coco_split, instance_data
 from seg_ext.tasks.sweep import parse_grid
 
 logger = logging.getLogger(__name__)
@@ -86,8 +85,7 @@ def tune_postprocess(checkpoints: Sequence[str | Path], grid_items: Sequence[str
         for setting in settings:
             changed = merge_config(cfg, _nested(setting), source="--grid")
             method = build_method(changed, torch.device("cpu"))
-            evaluator = COCOEvaluator(dataset.coco, dataset.category_of, mask_threshold=changed["eval"]["mask_threshold"],
-                                      backend=changed["eval"]["backend"])
+            evaluator = coco_evaluator(dataset, changed)
             for outputs, size, target in maps:
                 evaluator.process([method.postprocess(outputs, 0, size)], [target])
             metrics = evaluator.evaluate()
