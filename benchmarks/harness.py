@@ -52,42 +52,39 @@ def run_worker(name: str, **kwargs: Any) -> dict[str, Any]:
 
 def semantic_config(data_root: str | None = None, opts: list[str] | None = None) -> dict[str, Any]:
     """The default semantic config with ``opts``, on ``data_root`` (None: the synthetic scenes)."""
-    from seg_ext.config import load_config, merge_config
+    from seg_ext.methods import merge_checked, method_config
 
-    cfg = load_config(overrides=opts or [])
+    cfg = method_config("semantic", overrides=opts or [])
     if data_root:
-        cfg = merge_config(cfg, {"data": {"root": data_root}}, "benchmark")
+        cfg = merge_checked(cfg, {"data": {"root": data_root}}, "benchmark")
     return cfg
 
 
 def semantic_run(cfg: dict[str, Any], output_dir: str | Path, precision: Any = None):
-    """A semantic run set up as training sets it up: ``(run, task, model, trainer)``; ``trainer.run_step(batch)``
-    is the training step. ``precision`` (a ``Precision``) replaces the run's own when given."""
-    from seg_ext.tasks.run import Run
-    from seg_ext.tasks.semantic import SemanticTask
+    """A semantic run set up as training sets it up (the one build path): ``(run, method, model, trainer)``;
+    ``trainer.run_step(batch)`` is the training step. ``precision`` (a ``Precision``) replaces the run's own when
+    given."""
+    from seg_ext.tasks.run import build_run
 
-    run = Run.start(cfg, Path(output_dir))
-    task = SemanticTask()
-    task.build_datasets(run)
-    model = run.place(task.build_model(run))
+    run = build_run(cfg, Path(output_dir), files=False)
+    model = run.model
     if precision is not None:
         run.precision = precision
-        model = precision.prepare(model)
-    task.prepare(run)
-    trainer = task.build_trainer(run, model, meta={})
-    return run, task, model, trainer
+        model = run.model = precision.prepare(model)
+    trainer = run.method.trainer(run, model, run.loss, meta={})
+    return run, run.method, model, trainer
 
 
 def pennfudan_test_split(tmp: str, method: Any = None, cfg: dict[str, Any] | None = None):
     """Penn-Fudan's test split (the synthetic pedestrians without it) converted to COCO in ``tmp``, as the
     ``method``'s dataset when given (else the COCO split itself); the image root comes back too."""
-    from seg_ext.config import instance_defaults
     from seg_ext.data.pennfudan import convert_pennfudan
     from seg_ext.data.synthetic import ensure_synthetic_pedestrians
-    from seg_ext.tasks.instance import coco_split
+    from seg_ext.methods import build_method, method_config
 
     root = PENNFUDAN if PENNFUDAN.is_dir() else ensure_synthetic_pedestrians()
-    split = coco_split(cfg or instance_defaults("maskrcnn"), convert_pennfudan(root, tmp)["test"], root, train=False)
+    reader = method or build_method(cfg or method_config("maskrcnn"))
+    split = reader.coco_split(convert_pennfudan(root, tmp)["test"], root, train=False)
     return root, (split if method is None else method.dataset(split, train=False))
 
 
@@ -104,26 +101,20 @@ def prediction_checkpoint(kind: str, folder: str | Path) -> Path:
         return Path(env)
     import torch
 
-    from seg_ext.config import load_config
-    from seg_ext.methods import build_method
-    from seg_ext.models import build_from_block, build_model
+    from seg_ext.engine import CHECKPOINT_VERSION
+    from seg_ext.methods import build_method, method_config
 
     torch.manual_seed(0)
-    if kind == "unet":
-        cfg = load_config(ROOT / "configs/semantic/pennfudan_unet.yaml")
-        names = ["background", "person"]
-        model = build_model(cfg["model"], num_classes=2, image_size=tuple(cfg["data"]["image_size"]))
-        task = "semantic"
-    else:
-        from seg_ext.config import instance_defaults
+    config, names = {"unet": ("configs/semantic/pennfudan_unet.yaml", ["background", "person"]),
+                     "watershed": ("configs/instance/pennfudan_watershed_unet.yaml", ["person"])}[kind]
+    from seg_ext.methods import resolve_method
 
-        cfg = load_config(ROOT / "configs/instance/pennfudan_watershed_unet.yaml", defaults=instance_defaults("watershed"))
-        method = build_method(cfg, torch.device("cpu"))
-        names = ["person"]
-        model = build_from_block(method.models, cfg["model"], method.model_arguments(2))
-        task = "instance"
+    cfg = method_config(resolve_method(None, ROOT / config), ROOT / config)
+    method = build_method(cfg, torch.device("cpu"))
+    model = method.build_model(method.head_classes(names))
     path = Path(folder) / f"{kind}.pt"
-    torch.save({"version": 1, "model": model.state_dict(), "config": cfg, "class_names": names, "task": task}, path)
+    torch.save({"version": CHECKPOINT_VERSION, "model": model.state_dict(), "config": cfg, "class_names": names,
+                "task": method.task}, path)
     return path
 
 

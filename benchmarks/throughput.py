@@ -31,14 +31,13 @@ def _precision_cases(device: torch.device, size: int | None, batch: int | None) 
     Semantic models see synthetic scenes at ``size`` px (default: the config's); instance models see the
     Penn-Fudan test images (synthetic pedestrians without them) at their defaults. ``batch`` overrides the
     configs' batch sizes."""
-    from seg_ext.config import instance_defaults
     from seg_ext.losses import weighted_cross_entropy
     from seg_ext.models import build_from_block, build_model
-    from seg_ext.methods import build_method
-    from seg_ext.tasks.semantic import semantic_datasets, semantic_transforms
+    from seg_ext.methods import build_method, method_config
 
     cfg = semantic_config(opts=[f"data.image_size=[{size},{size}]"] if size else [])
-    datasets, _ = semantic_datasets(cfg, {"val": semantic_transforms(cfg, train=False)})
+    semantic_method = build_method(cfg)
+    datasets, _ = semantic_method._datasets({"val": semantic_method.transforms(train=False)})
     n = batch or cfg["data"]["batch_size"]
     data = torch.utils.data.default_collate([datasets["val"][i % len(datasets["val"])] for i in range(n)])
     x, mask = data["image"].to(device), data["mask"].to(device)
@@ -55,7 +54,7 @@ def _precision_cases(device: torch.device, size: int | None, batch: int | None) 
         "baseconv": semantic({"name": "baseconv"}),
     }
     for name in ("watershed", "maskrcnn"):
-        icfg = instance_defaults(name)
+        icfg = method_config(name)
         method = build_method(icfg, device)
         with tempfile.TemporaryDirectory() as tmp:  # datasets read their COCO file when built
             _, dataset = pennfudan_test_split(tmp, method, icfg)
@@ -176,10 +175,10 @@ def _precision_summary(rows: dict[str, Any], defaults: dict[str, str]) -> dict[s
 
 def _engine_defaults(device: torch.device, cases: dict[str, Any]) -> dict[str, str]:
     """The setting ``train.amp=auto train.channels_last=auto`` gives each model on ``device``."""
-    from seg_ext.config import SEMANTIC_DEFAULTS
     from seg_ext.engine import resolve_precision
+    from seg_ext.methods import method_config
 
-    train = SEMANTIC_DEFAULTS["train"]
+    train = method_config("semantic")["train"]
     return {name: _setting_of(resolve_precision(train["amp"], train["channels_last"], device, case["make"]()))
             for name, case in cases.items()}
 

@@ -22,7 +22,7 @@ def bench(quick: bool, repeat: int) -> dict[str, Any]:
     fp32 = Precision(torch.device("cpu"))
 
     with tempfile.TemporaryDirectory() as tmp:
-        run, task, _, _ = semantic_run(cfg, tmp, precision=fp32)
+        run, method, _, _ = semantic_run(cfg, tmp, precision=fp32)
     train = run.datasets["train"]
     bs = cfg["data"]["batch_size"]
     batches = [torch.utils.data.default_collate([train[(i * bs + j) % len(train)] for j in range(bs)])
@@ -30,7 +30,7 @@ def bench(quick: bool, repeat: int) -> dict[str, Any]:
 
     def fresh():
         torch.manual_seed(0)
-        model = task.build_model(run)
+        model = method.build_model(run.data.num_classes)
         opt = run.optimizer(model)
         return model, opt, run.scheduler(opt, n_batches)
 
@@ -50,7 +50,7 @@ def bench(quick: bool, repeat: int) -> dict[str, Any]:
         model, opt, sched = fresh()
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(
-                model, opt, sched, batches, task.loss_step,
+                model, opt, sched, batches, run.loss,
                 lambda m: {"loss": 0.0, "mIoU": 0.0},  # validation inference is not engine overhead
                 tmp, epochs=epochs, best_metric="mIoU", precision=fp32,
             )

@@ -13,14 +13,14 @@ from harness import median_time, pennfudan_test_split
 
 
 def bench(quick: bool, repeat: int) -> dict[str, Any]:
-    from seg_ext.config import instance_defaults
+    from seg_ext.methods import method_config
     from seg_ext.models.maskrcnn import maskrcnn
     from seg_ext.methods import build_method
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the target is per image on one core
     try:
-        cfg = instance_defaults("watershed")
+        cfg = method_config("watershed")
         method = build_method(cfg, torch.device("cpu"))
         with tempfile.TemporaryDirectory() as tmp:  # datasets read their COCO file when built
             root, dataset = pennfudan_test_split(tmp, method, cfg)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from seg_ext.errors import Preempted, SegExtError, TrainingStopped, user_message
+from seg_ext.errors import ConfigError, Preempted, SegExtError, TrainingStopped, user_message
 from seg_ext.io import check_output_folder
 
 EXIT_USER_ERROR = 2
@@ -23,15 +23,23 @@ EXIT_DISTRIBUTED = 1  # this process of a distributed run stopped because anothe
 REQUIRED_MODULES = ("torch", "torchvision", "numpy", "albumentations", "yaml", "PIL", "matplotlib", "skimage", "scipy")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options every training tool shares."""
-    parser.add_argument("--config", type=Path, default=None, help="YAML config (default: the built-in defaults)")
+def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
+    """The options every training tool shares; ``--method`` choices are the registered methods of ``task``."""
+    from seg_ext.methods import default_method, method_names
+
+    names = method_names(task)
+    parser.add_argument("--method", choices=names, default=None,
+                        help=f"{' or '.join(names)} (default {default_method(task)}); a config file may name it instead")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (default: the method's defaults)")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: built-in synthetic data)")
     parser.add_argument("--output-dir", type=Path, default=None, help="run folder (default: runs/<task>/<name>-<time>)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last.pt")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint on val and test")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint to evaluate with --eval-only")
+    parser.add_argument("--oracle", action="store_true",
+                        help="methods with an oracle: no training; run the post-processing on outputs made from the "
+                             "ground truth and report the AP it reaches (the method's ceiling)")
     return parser
 
 
@@ -45,17 +53,24 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise SegExtError("--resume and --eval-only do not go together")
     if args.resume and args.output_dir is None:
         raise SegExtError("--resume needs --output-dir, the folder of the run to continue")
+    if getattr(args, "oracle", False) and (args.resume or args.eval_only):
+        raise SegExtError("--oracle trains nothing; it does not go with --resume or --eval-only")
 
 
-def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Path]:
     """The config and run folder of a training tool's invocation.
 
-    * a new run: ``defaults`` <- ``--config`` <- ``--opts`` <- ``--data-root``; folder ``--output-dir`` or
+    * a new run: the method's defaults (``--method``, else the config file's ``method``, else the task's first)
+      <- ``--config`` <- ``--opts`` <- ``--data-root``; folder ``--output-dir`` or
       ``runs/<task>/<config name>-<time>``;
     * ``--resume``: the config saved in ``<output-dir>/last.pt`` <- ``--opts`` <- ``--data-root``;
     * ``--eval-only``: the config saved in ``--checkpoint``, likewise.
+
+    The checkpoint goes through the checkpoint boundary (``seg_ext.methods.checkpoints``): another task or
+    method, or overrides that change the network, are refused in one sentence.
     """
-    from seg_ext.config import load_config, merge_config, parse_overrides, validate_config
+    from seg_ext.methods import merge_checked, method_config, resolve_method
+    from seg_ext.methods.checkpoints import open_checkpoint, with_overrides
 
     check_run_arguments(args)
     check_output_folder(args.output_dir, "a folder (new, or the run's own)")
@@ -64,19 +79,36 @@ def resolve_run(args: argparse.Namespace, task: str, defaults: dict[str, Any]) -
         if not ckpt_path.is_file() and not (args.resume and (args.output_dir / "last.prev.pt").is_file()):
             what = "the checkpoint to evaluate" if args.eval_only else "the last.pt of the run to continue"
             raise SegExtError(f"{ckpt_path} does not exist; expected {what}")
-        cfg = config_from_checkpoint(ckpt_path, resume=args.resume)
+        ckpt = open_checkpoint(ckpt_path, task=task, resume=args.resume)
+        if args.method is not None and args.method != ckpt.method.name:
+            raise ConfigError(f"the checkpoint's run used method {ckpt.method.name!r} but --method is {args.method!r}")
         if args.config is not None:
-            logging.getLogger(__name__).warning("--config is ignored: the run keeps the config saved in %s", ckpt_path)
-        for nested in parse_overrides(args.opts):
-            cfg = merge_config(cfg, nested, source="--opts")
+            logging.getLogger(__name__).warning("--config is ignored: the run keeps the config saved in %s", ckpt.path)
+        cfg = with_overrides(ckpt, args.opts, resume=args.resume)
         output_dir = args.output_dir or default_output_dir(task, "eval")
     else:
-        cfg = load_config(args.config, args.opts, defaults=defaults)
+        cfg = method_config(resolve_method(args.method, args.config, task), args.config, args.opts, task)
         output_dir = args.output_dir or default_output_dir(task, args.config.stem if args.config else "default")
     if args.data_root is not None:
-        cfg = merge_config(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
-    cfg = validate_config(cfg)
+        cfg = merge_checked(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
     return cfg, join_processes(cfg, output_dir)
+
+
+def train_tool(args: argparse.Namespace, task: str) -> None:
+    """What both training tools do: resolve the run, then train it, evaluate a checkpoint or run the oracle, and
+    print the closing lines."""
+    from seg_ext.tasks import driver
+
+    cfg, output_dir = resolve_run(args, task)
+    setup_logging(output_dir)
+    command = command_line()
+    if args.oracle:
+        summary = driver.oracle(cfg, output_dir, command)
+    elif args.eval_only:
+        summary = driver.evaluate(cfg, args.checkpoint, output_dir, command)
+    else:
+        summary = driver.train(cfg, output_dir, resume=args.resume, command=command)
+    print_summary(summary, output_dir, task)
 
 
 def join_processes(cfg: dict[str, Any], output_dir: Path) -> Path:
@@ -89,36 +121,23 @@ def join_processes(cfg: dict[str, Any], output_dir: Path) -> Path:
     return Path(distributed.broadcast(str(output_dir)))
 
 
-def config_from_checkpoint(path: Path, resume: bool = False) -> dict[str, Any]:
-    """The config saved in a run's checkpoint (``resume``: the run folder's last.pt, or last.prev.pt when that is
-    damaged)."""
-    from seg_ext.config import upgrade_config
-    from seg_ext.engine import load_checkpoint, resume_checkpoint
-
-    if resume:
-        path, ckpt = resume_checkpoint(path.parent, continuing=False)  # the run itself warns when it continues
-    else:
-        ckpt = load_checkpoint(path)
-    if not isinstance(ckpt.get("config"), dict):
-        raise SegExtError(f"checkpoint {path} holds no config; expected a last.pt or best.pt of a training run")
-    return upgrade_config(ckpt["config"])
-
-
 def command_line() -> str:
     """How this process was started, for the report (``python tools/... args``)."""
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def print_summary(summary: dict[str, Any], output_dir: Path, line: Callable[[dict[str, float]], str]) -> None:
-    """The tools' closing lines (process 0 of a distributed run): one per evaluated split (formatted by
-    ``line``), then where the report is."""
+def print_summary(summary: dict[str, Any], output_dir: Path, task: str) -> None:
+    """The tools' closing lines (process 0 of a distributed run): each evaluated split's headline metrics (the
+    ``summary`` keys of the task's evaluators), then where the report is."""
     from seg_ext import distributed
+    from seg_ext.evaluation import evaluator_classes
 
     if not distributed.is_main():
         return
+    keys = [k for cls in evaluator_classes(task) for k in cls.summary]
     for split in ("val", "test"):
         if split in summary:
-            print(f"{split:>5}: {line(summary[split])}")
+            print(f"{split:>5}: " + "  ".join(f"{k} {summary[split][k]:.2f}" for k in keys if k in summary[split]))
     print(f"report: {output_dir / 'report.md'}")
 
 

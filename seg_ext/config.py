@@ -1,8 +1,13 @@
 """Experiment configuration: defaults in code, a YAML file on top, then ``key=value`` overrides.
 
-Every key a config may set is in the defaults below, so a typo is an error that names the key. The one
-exception is the ``model`` block: it is ``name`` plus that model's keyword arguments, which the model builder
-checks against its signature. A block that names a different model replaces the default block whole.
+Every key a config may set is in its method's defaults (``seg_ext.methods``: ``Method.defaults()``, which start
+from :data:`TRAIN_DEFAULTS`), so a typo is an error that names the key. The one exception is the ``model`` block:
+it is ``name`` plus that model's keyword arguments, which the model builder checks against its signature. A
+block that names a different model replaces the default block whole.
+
+Here: reading and merging (:func:`load_config`, :func:`merge_config`), the checks of the keys every method has
+(:func:`validate_config`), and the helpers methods check their own keys with (:func:`pixels`, :func:`interval`,
+:func:`at_least`, :func:`choice`, :func:`pair`).
 """
 
 from __future__ import annotations
@@ -19,140 +24,35 @@ from seg_ext.errors import ConfigError
 # Blocks whose keys are not fixed here (checked by the code that consumes them).
 FREE_BLOCKS = ("model",)
 
-SEMANTIC_DEFAULTS: dict[str, Any] = {
-    "data": {
-        "root": None,  # null: the built-in synthetic scene dataset (generated on first use)
-        "format": "auto",  # auto | folder | stanford | pennfudan
-        "image_size": [128, 128],  # (H, W): training crop size and evaluation size
-        "val": None,  # size of the val split: a count or a fraction; null: the format's default
-        "test": None,  # size of the test split, likewise
-        "split_seed": 0,
-        "splits_file": None,  # a splits.json from an earlier run, to reuse its split exactly
-        "batch_size": 8,
-        "num_workers": 2,
-    },
-    "augment": {
-        "crop_scale": [0.5, 1.0],  # RandomResizedCrop area range; null: no crop (the whole image resized)
-        "crop_ratio": [0.75, 1.3333333],  # RandomResizedCrop aspect-ratio range
-        "hflip_prob": 0.5,
-    },
-    "model": {"name": "unet", "base_width": 16, "depth": 3, "batch_norm": True},
-    "loss": {"class_weights": "none"},  # none | inverse | median
-    "train": {
-        "epochs": 12,
-        "optimizer": "adamw",  # adamw | adam | sgd
-        "lr": 3.0e-3,
-        "weight_decay": 1.0e-4,
-        "momentum": 0.9,  # sgd only
-        "scheduler": "cosine",  # cosine | step | none
-        "step_size": 10,  # step scheduler: epochs between decays
-        "gamma": 0.1,  # step scheduler: decay factor
-        "warmup_iters": 0,
-        "warmup_factor": 0.001,
-        "grad_clip": None,  # max gradient norm, or null for none
-        "best_metric": "mIoU",  # validation metric that picks best.pt (higher is better)
-        "seed": 0,
-        "device": "auto",  # auto | cpu | cuda | cuda:N
-        # autocast: auto = fp16 on CUDA, bf16 on a CPU with native bf16, else none; off; fp16; bf16
-        "amp": "auto",
-        # the channels_last memory format: auto = on for the CPU, off on CUDA; true; false (benchmarks/README.md)
-        "channels_last": "auto",
-        "eval_every": 1,  # validate every N epochs (and always after the last)
-        "checkpoint_every": 0,  # also write last.pt every N iterations inside an epoch (resumable there); 0: off
-        "threads": 0,  # torch CPU threads; 0 keeps torch's default
-        # under torchrun (README "Training on several GPUs or machines"); data.batch_size stays per process
-        "sync_bn": "auto",  # batch-norm statistics over all processes: auto = on for several CUDA processes; true; false
-        "lr_scaling": "none",  # none | linear (train.lr times the number of processes)
-        "dist_timeout": 1800,  # seconds a process waits for the others in a collective before the run stops
-        "tensorboard": False,  # also write TensorBoard event files into the run folder (tensorboard --logdir runs)
-    },
-    # full_resolution: the final val/test evaluation (and --eval-only) scores each image at its own size, with the
-    # probabilities upsampled and the masks untouched; per-epoch validation stays at data.image_size
-    # tta: horizontal-flip test-time augmentation in the final val/test evaluation (as tools/predict.py --tta)
-    "eval": {"full_resolution": True, "tta": False},
-    "report": {"num_overlays": 6},
+# The train block every method starts from (a method's defaults may change values, never add keys here).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 12,
+    "optimizer": "adamw",  # adamw | adam | sgd
+    "lr": 3.0e-3,
+    "weight_decay": 1.0e-4,
+    "momentum": 0.9,  # sgd only
+    "scheduler": "cosine",  # cosine | step | none
+    "step_size": 10,  # step scheduler: epochs between decays
+    "gamma": 0.1,  # step scheduler: decay factor
+    "warmup_iters": 0,
+    "warmup_factor": 0.001,
+    "grad_clip": None,  # max gradient norm, or null for none
+    "best_metric": "mIoU",  # validation metric that picks best.pt (higher is better)
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    # autocast: auto = fp16 on CUDA, bf16 on a CPU with native bf16, else none; off; fp16; bf16
+    "amp": "auto",
+    # the channels_last memory format: auto = on for the CPU, off on CUDA; true; false (benchmarks/README.md)
+    "channels_last": "auto",
+    "eval_every": 1,  # validate every N epochs (and always after the last)
+    "checkpoint_every": 0,  # also write last.pt every N iterations inside an epoch (resumable there); 0: off
+    "threads": 0,  # torch CPU threads; 0 keeps torch's default
+    # under torchrun (README "Training on several GPUs or machines"); data.batch_size stays per process
+    "sync_bn": "auto",  # batch-norm statistics over all processes: auto = on for several CUDA processes; true; false
+    "lr_scaling": "none",  # none | linear (train.lr times the number of processes)
+    "dist_timeout": 1800,  # seconds a process waits for the others in a collective before the run stops
+    "tensorboard": False,  # also write TensorBoard event files into the run folder (tensorboard --logdir runs)
 }
-
-
-_TRAIN_KEYS = SEMANTIC_DEFAULTS["train"]
-
-INSTANCE_DEFAULTS: dict[str, Any] = {
-    "method": "maskrcnn",  # maskrcnn | watershed (tools/train_instance.py --method sets it)
-    "data": {
-        "root": None,  # a Penn-Fudan folder, or the image folder of a COCO dataset; null: synthetic pedestrians
-        "format": "auto",  # auto | pennfudan | coco
-        "train_json": None,  # coco format: the instance files of each split
-        "val_json": None,
-        "test_json": None,
-        "val": None,  # pennfudan format: val/test images (null: 15 and 50, or 10 and 20 for the synthetic set)
-        "test": None,
-        "split_seed": 0,
-        "batch_size": 2,
-        "num_workers": 2,
-        "min_box_size": 1.0,  # annotations with a narrower or lower box are dropped (with a warning)
-    },
-    "augment": {
-        "hflip_prob": 0.5,
-        "scale_jitter": [1.0, 1.0],  # random rescale factor range; [1, 1]: none
-        "crop_fraction": 0.0,  # crop up to this fraction from each border; instances cropped away disappear
-    },
-    # CPU-sized: ResNet-18-FPN with group norm (trains from scratch with batches of 2), small images, and fewer
-    # proposals and sampled RoIs than torchvision's defaults (2000 / 512), which makes an iteration 2x cheaper
-    "model": {
-        "name": "maskrcnn",
-        "backbone": "resnet18_fpn",
-        "norm": "group",
-        "min_size": 256,
-        "max_size": 416,
-        "box_batch_size_per_image": 128,
-        "rpn_post_nms_top_n_train": 500,
-        "rpn_post_nms_top_n_test": 300,
-    },
-    "train": {
-        **_TRAIN_KEYS,
-        "epochs": 10,
-        "optimizer": "sgd",
-        "lr": 0.005,
-        "weight_decay": 5.0e-4,
-        "scheduler": "cosine",  # from scratch, cosine beat the tutorial's step decay (see configs/instance)
-        "step_size": 3,
-        "warmup_iters": -1,  # -1: linear warmup over the first epoch (at most 1000 iterations)
-        "best_metric": "segm/AP",
-    },
-    # score_threshold: only for drawing; backend: pycocotools, or faster_coco_eval (same numbers, faster)
-    # tta: horizontal-flip test-time augmentation in the final val/test evaluation (watershed only)
-    "eval": {"mask_threshold": 0.5, "score_threshold": 0.5, "backend": "pycocotools", "tta": False},
-    "watershed": {
-        "input_size": [256, 256],  # (H, W) the UNet sees; outputs are resized back to each image's own size
-        "levels": [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54],  # lower bin edges in pixels
-        "level_weights": [3, 3, 3, 2],  # the lowest levels weighted up; the rest 1
-        "area_weighting": True,  # weight energy pixels by 1/sqrt(instance area)
-        "foreground_loss_weight": 1.0,  # scalar weights of the two losses in the total
-        "energy_loss_weight": 1.0,
-        "marker_level": 1.0,  # markers: foreground with expected energy at or above this level (DWT cuts at 1-2)
-        "min_marker_area": 10,
-        "min_instance_area": 50,
-        "foreground_threshold": 0.5,
-        "split_dynamic": 0.0,  # > 0: split a marker at energy peaks rising this many levels above their saddle
-        "score_energy": 0.0,  # score: peak energy (levels) at which the energy factor reaches 1; 0: 2 x marker_level
-        "score_area": 0.0,  # score: area (pixels at input_size) at which sqrt(area / score_area) reaches 1; 0: off
-        "full_resolution": False,  # masks at each image's size from the upsampled foreground (eval.mask_threshold)
-    },
-    "report": {"num_overlays": 4},
-}
-
-WATERSHED_MODEL: dict[str, Any] = {"name": "dual_unet", "base_width": 16, "depth": 4}
-
-
-def instance_defaults(method: str) -> dict[str, Any]:
-    """The instance-segmentation defaults for ``method`` (maskrcnn or watershed)."""
-    cfg = copy.deepcopy(INSTANCE_DEFAULTS)
-    cfg["method"] = method
-    if method == "watershed":
-        cfg["model"] = copy.deepcopy(WATERSHED_MODEL)
-        cfg["train"].update(optimizer="adamw", lr=3.0e-3, weight_decay=1.0e-4, scheduler="cosine", warmup_iters=0, epochs=30)
-        cfg["data"]["batch_size"] = 4
-    return cfg
 
 
 class _Loader(yaml.SafeLoader):
@@ -266,12 +166,16 @@ def load_config(
     overrides: Sequence[str] | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build a config: ``defaults`` <- YAML file at ``path`` <- ``overrides`` (``key.sub=value`` strings).
+    """Build a config: ``defaults`` <- YAML file at ``path`` <- ``overrides`` (``key.sub=value`` strings), with the
+    common keys checked (``seg_ext.methods.method_config`` also starts from the method's defaults and checks its
+    keys; prefer it).
 
     Raises:
         ConfigError: the file is missing or malformed, or a key is unknown or of the wrong type.
     """
-    cfg = copy.deepcopy(SEMANTIC_DEFAULTS if defaults is None else defaults)
+    if defaults is None:
+        raise TypeError("load_config needs the defaults to start from (seg_ext.methods.method_config picks a method's)")
+    cfg = copy.deepcopy(defaults)
     if path is not None:
         _merge(cfg, read_yaml(path), source=str(path))
     for nested in parse_overrides(overrides or []):
@@ -286,19 +190,19 @@ def merge_config(cfg: dict[str, Any], new: dict[str, Any], source: str) -> dict[
     return validate_config(out)
 
 
-RENAMED_KEYS = {("watershed", "foreground_weight"): "foreground_loss_weight", ("watershed", "energy_weight"): "energy_loss_weight"}
-
-
-def upgrade_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a config saved by an earlier version: renamed keys under their new names, and keys added since
-    (``eval.full_resolution``, ...) at their defaults."""
+def upgrade_config(cfg: dict[str, Any], defaults: dict[str, Any],
+                   renamed: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+    """A copy of a config saved by an earlier version: ``renamed`` keys ((block, old) -> new) under their new
+    names, and keys added since (``eval.full_resolution``, ...) at their ``defaults``."""
     out = copy.deepcopy(cfg)
-    for (block, old), new in RENAMED_KEYS.items():
+    for (block, old), new in (renamed or {}).items():
         if isinstance(out.get(block), dict) and old in out[block]:
             out[block][new] = out[block].pop(old)
-    defaults = instance_defaults(out["method"]) if "method" in out else SEMANTIC_DEFAULTS
     for block, values in defaults.items():
-        if block in FREE_BLOCKS or not isinstance(values, dict):
+        if block in FREE_BLOCKS:
+            continue
+        if not isinstance(values, dict):
+            out.setdefault(block, copy.deepcopy(values))
             continue
         if not isinstance(out.get(block), dict):
             out[block] = copy.deepcopy(values)
@@ -320,7 +224,7 @@ def save_config(cfg: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-def _pixels(value: Any, key: str, minimum: int = 1, multiple: int = 1) -> tuple[int, int]:
+def pixels(value: Any, key: str, minimum: int = 1, multiple: int = 1) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value, value]
     h, w = pair(value, key)
@@ -330,12 +234,12 @@ def _pixels(value: Any, key: str, minimum: int = 1, multiple: int = 1) -> tuple[
     return int(h), int(w)
 
 
-def _at_least(value: Any, key: str, low: float, what: str) -> None:
+def at_least(value: Any, key: str, low: float, what: str) -> None:
     if value < low:
         raise ConfigError(f"config key '{key}' is {value}; expected {what}")
 
 
-def _interval(value: Any, key: str, ok, what: str) -> None:
+def interval(value: Any, key: str, ok, what: str) -> None:
     if not ok(*value) if isinstance(value, tuple) else not ok(value):
         shown = list(value) if isinstance(value, tuple) else value
         raise ConfigError(f"config key '{key}' is {shown}; expected {what}")
@@ -352,62 +256,39 @@ def _word(value: Any) -> str:
 
 
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Check every value's choice and range once, when the config is loaded: the one place where errors name
-    config keys. Below it, the engine, data code and model builders take plain arguments.
+    """Check the choice and range of the keys every method has (``data``'s batch and workers, the ``train``
+    block, the flip probability), once, when the config is loaded: errors name the config key. A method checks
+    its own keys (``Method.validate``); below both, the engine, data code and model builders take plain
+    arguments.
 
-    Checks the keys the config has (semantic and instance configs differ); returns ``cfg``.
+    Returns ``cfg``.
 
     Raises:
         ConfigError: naming the key and what was expected.
     """
     data, train, augment = cfg.get("data", {}), cfg.get("train", {}), cfg.get("augment", {})
-    if "image_size" in data:
-        _pixels(data["image_size"], "data.image_size", minimum=8)
     if "batch_size" in data:
-        _at_least(data["batch_size"], "data.batch_size", 1, "at least 1")
+        at_least(data["batch_size"], "data.batch_size", 1, "at least 1")
     if "num_workers" in data:
-        _at_least(data["num_workers"], "data.num_workers", 0, "0 or more")
-    if augment.get("crop_scale") is not None:
-        _interval(pair(augment["crop_scale"], "augment.crop_scale"), "augment.crop_scale",
-                  lambda lo, hi: 0 < lo <= hi <= 1, "0 < low <= high <= 1, or null for no crop")
-        _interval(pair(augment["crop_ratio"], "augment.crop_ratio"), "augment.crop_ratio",
-                  lambda lo, hi: 0 < lo <= hi, "0 < low <= high")
+        at_least(data["num_workers"], "data.num_workers", 0, "0 or more")
     if "hflip_prob" in augment:
-        _interval(float(augment["hflip_prob"]), "augment.hflip_prob", lambda p: 0 <= p <= 1, "a probability in [0, 1]")
-    if "scale_jitter" in augment:
-        _interval(pair(augment["scale_jitter"], "augment.scale_jitter"), "augment.scale_jitter",
-                  lambda lo, hi: 0 < lo <= hi, "0 < low <= high, e.g. [0.8, 1.2]")
-    if "crop_fraction" in augment:
-        _interval(float(augment["crop_fraction"]), "augment.crop_fraction", lambda c: 0 <= c < 0.5,
-                  "a fraction in [0, 0.5)")
-    if "class_weights" in cfg.get("loss", {}):
-        choice(cfg["loss"]["class_weights"], "loss.class_weights", CLASS_WEIGHT_MODES)
+        interval(float(augment["hflip_prob"]), "augment.hflip_prob", lambda p: 0 <= p <= 1, "a probability in [0, 1]")
     if train:
         choice(train["optimizer"], "train.optimizer", ("adamw", "adam", "sgd"))
-        _interval(train["lr"], "train.lr", lambda lr: lr > 0, "a positive learning rate")
+        interval(train["lr"], "train.lr", lambda lr: lr > 0, "a positive learning rate")
         choice(train["scheduler"], "train.scheduler", ("cosine", "step", "none"))
         if train["scheduler"] == "step":
-            _at_least(train["step_size"], "train.step_size", 1, "at least 1 epoch")
+            at_least(train["step_size"], "train.step_size", 1, "at least 1 epoch")
         choice({"true": "auto", "false": "off"}.get(_word(train["amp"]), _word(train["amp"])), "train.amp", AMP_WORDS)
         choice(_word(train["channels_last"]), "train.channels_last", CHANNELS_LAST_WORDS)
         if not DEVICE_PATTERN.match(str(train["device"])):
             raise ConfigError(f"config key 'train.device' is {train['device']!r}; expected auto, cpu, cuda or cuda:N")
-        _at_least(train["epochs"], "train.epochs", 0, "0 or more")
-        _at_least(train["eval_every"], "train.eval_every", 1, "at least 1")
-        _at_least(train["checkpoint_every"], "train.checkpoint_every", 0, "0 (off) or a number of iterations")
+        at_least(train["epochs"], "train.epochs", 0, "0 or more")
+        at_least(train["eval_every"], "train.eval_every", 1, "at least 1")
+        at_least(train["checkpoint_every"], "train.checkpoint_every", 0, "0 (off) or a number of iterations")
         choice(_word(train["sync_bn"]), "train.sync_bn", ("auto", "true", "false"))
         choice(train["lr_scaling"], "train.lr_scaling", ("none", "linear"))
-        _interval(train["dist_timeout"], "train.dist_timeout", lambda t: t > 0, "a positive number of seconds")
-    if "method" in cfg:  # an instance config (the method's name is checked by seg_ext.methods.build_method)
-        choice(data["format"], "data.format", ("auto", "pennfudan", "coco"))
-    ws = cfg.get("watershed")
-    if ws:
-        _pixels(ws["input_size"], "watershed.input_size", minimum=16, multiple=16)
-        edges = ws["levels"]
-        if len(edges) < 3 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] != 0:
-            raise ConfigError(f"config key 'watershed.levels' is {edges}; expected increasing bin edges starting at 0")
-    if "backend" in cfg.get("eval", {}):
-        choice(cfg["eval"]["backend"], "eval.backend", ("pycocotools", "faster_coco_eval"))
+        interval(train["dist_timeout"], "train.dist_timeout", lambda t: t > 0, "a positive number of seconds")
     return cfg
 
 

@@ -1,11 +1,12 @@
 """ONNX export of a checkpoint's network, checked with onnxruntime against PyTorch before it is kept.
 
 The exported graph takes what :class:`~seg_ext.inference.Predictor` feeds the network (``images``: N x 3 x H x W,
-normalised) and returns the raw outputs (``logits``; or ``foreground`` and ``energy`` for the dual-head UNet);
-``tools/predict.py --onnx`` adds the same preparation and post-processing as for PyTorch. The batch size is
-always dynamic; ``dynamic=True`` makes height and width dynamic too, in the model's size multiple
-(:data:`SIZE_MULTIPLES`). Mask R-CNN is tried through torchvision's path (batch 1, a fixed image size); an
-export that fails or does not match is an error, and no file is left behind.
+as the method prepares them) and returns its raw outputs, named by the method (``Method.onnx_outputs``; the
+method's ``export_module`` turns them into a tuple); ``tools/predict.py --onnx`` adds the same preparation and
+post-processing as for PyTorch. The batch size is always dynamic; ``dynamic=True`` makes height and width
+dynamic too, in the model's size multiple (``Method.size_multiple``). A method whose network exports for one
+size only (``Method.export_fixed_size``: torchvision's detectors) goes through torchvision's path (batch 1, the
+check image's size). An export that fails or does not match is an error, and no file is left behind.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_ext.config import image_size
 from seg_ext.data.files import read_image
-from seg_ext.data.semantic import IMAGE_EXTENSIONS
+from seg_ext.data.formats import find_format
 from seg_ext.errors import SegExtError
-from seg_ext.inference import SemanticPreprocess, model_from_checkpoint
+from seg_ext.inference import model_from_checkpoint
+from seg_ext.methods import Method
 
 logger = logging.getLogger(__name__)
 
@@ -40,43 +41,19 @@ class ExportError(SegExtError):
     """The model cannot be exported, or its export does not match PyTorch."""
 
 
-def size_multiple(cfg: dict[str, Any], task: str) -> int | None:
-    """The multiple that input height and width must be of (1: any size; None: only the trained size)."""
-    block = cfg["model"]
-    name = block["name"]
-    if name == "baseline":
-        return None  # per-pixel frequencies at the training size; other sizes are interpolated, not learnt
-    if name == "smp_unet" or (name == "dual_unet" and block.get("encoder")):
-        return 32  # the ResNet encoder halves the size five times
-    return 1  # the hand-written UNet pads odd sizes (always, in an export), BaseConv has no stride
-
-
-class _Outputs(nn.Module):
-    """The dual-head UNet with its dict of outputs as a tuple (ONNX outputs are positional)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(images)
-        return out["foreground"], out["energy"]
-
-
-def find_image(cfg: dict[str, Any], task: str) -> Path:
-    """A real image to check an export on: the first image (sorted) under the checkpoint's data folder, or of
-    the built-in synthetic data the run used."""
-    root = cfg["data"]["root"]
-    if root is None:
-        from seg_ext.data.synthetic import ensure_synthetic_pedestrians, ensure_synthetic_scenes
-
-        root = ensure_synthetic_scenes() if task == "semantic" else ensure_synthetic_pedestrians()
-    root = Path(root).expanduser()
-    if root.is_dir():
-        for path in sorted(root.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and "mask" not in path.name.lower() and path.is_file():
-                return path
-    raise ExportError(f"no image found under the checkpoint's data folder {root}; pass --image FILE to check the export on")
+def find_image(method: Method) -> Path:
+    """A real image to check an export on: the first image (sorted) of the checkpoint's data (the built-in
+    synthetic data when the run used it)."""
+    data = method.cfg["data"]
+    root = Path(data["root"]).expanduser() if data["root"] else None
+    try:
+        image = find_format(root, data["format"], method.task).example_image(root, method.task)
+    except SegExtError:
+        image = None
+    if image is None:
+        raise ExportError(f"no image found under the checkpoint's data folder {root}; pass --image FILE to check the "
+                          "export on")
+    return image
 
 
 def export_onnx(checkpoint: str | Path, output: str | Path, dynamic: bool = False, image: str | Path | None = None,
@@ -93,24 +70,23 @@ def export_onnx(checkpoint: str | Path, output: str | Path, dynamic: bool = Fals
     output = Path(output)
     if output.is_dir():
         raise ExportError(f"--output {output} is a folder; expected a file name such as model.onnx")
-    device = torch.device("cpu")
-    model, cfg, task, method, names, _ = model_from_checkpoint(checkpoint, device)
-    image_path = Path(image) if image else find_image(cfg, task)
+    model, method, ckpt = model_from_checkpoint(checkpoint, torch.device("cpu"))
+    image_path = Path(image) if image else find_image(method)
     picture = read_image(image_path)
-    if task == "instance" and method.name == "maskrcnn":
+    facts = {"task": method.task, "method": method.name, "model": method.cfg["model"]["name"],
+             "classes": ckpt.class_names}
+    if method.export_fixed_size:
         if dynamic:
-            raise ExportError("Mask R-CNN exports for one image size only (torchvision's limitation, pytorch/vision#2311); "
-                              "export it without --dynamic, with --image of the size you will predict on")
-        return _export_maskrcnn(model, method, picture, image_path, output, opset)
-    if task == "semantic":
-        net, prepare, outputs, size = model, SemanticPreprocess(image_size(cfg)), ["logits"], image_size(cfg)
-    else:
-        net, prepare, outputs, size = _Outputs(model), method.prepare, ["foreground", "energy"], method.input_size
-    multiple = size_multiple(cfg, task)
+            raise ExportError(f"method {method.name} exports for one image size only (torchvision's limitation, "
+                              "pytorch/vision#2311); export it without --dynamic, with --image of the size you will "
+                              "predict on")
+        return _export_fixed_size(model, method, picture, image_path, output, opset, facts)
+    net, outputs, size = method.export_module(model), list(method.onnx_outputs), method.input_size
+    multiple = method.size_multiple(model)
     if dynamic and multiple is None:
-        raise ExportError(f"model {cfg['model']['name']} predicts at its training size {size[0]}x{size[1]} only; "
+        raise ExportError(f"model {method.cfg['model']['name']} predicts at its training size {size[0]}x{size[1]} only; "
                           "export it without --dynamic")
-    example = prepare(picture)[None]
+    example = method.prepare(picture)[None]
     axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1024)}
     checks = [example, torch.cat([example, example.flip(-1)])]  # batch 1 and 2
     if dynamic:  # height and width too, checked on the real image near its own size, in the model's multiple
@@ -123,8 +99,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, dynamic: bool = Fals
             other = (size[0] + 2 * step * max(1, 16 // step), size[1] + step * max(1, 16 // step))
         resized = torch.nn.functional.interpolate(example, size=other, mode="bilinear", align_corners=False)
         checks.append(resized)
-    facts = {"task": task, "method": method.name if method else None, "model": cfg["model"]["name"],
-             "input_size": list(size), "size_multiple": multiple if dynamic else None, "classes": names}
+    facts.update({"input_size": list(size), "size_multiple": multiple if dynamic else None})
     differences = _write_checked(net, example, output, outputs, axes, opset, checks, facts)
     return {"output": str(output), "image": str(image_path), "input_size": list(size), "dynamic": dynamic,
             "size_multiple": multiple if dynamic else None, "outputs": outputs,
@@ -177,7 +152,7 @@ def _session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the Mask R-CNN graph warns about its data-dependent shapes
+    options.log_severity_level = 3  # errors only: a detector's graph warns about its data-dependent shapes
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -207,29 +182,20 @@ def _compare(net: nn.Module, path: Path, inputs: list[torch.Tensor], outputs: li
     return worst_abs, worst_rel
 
 
-def _export_maskrcnn(model: nn.Module, method: Any, picture: np.ndarray, image_path: Path, output: Path, opset: int) -> dict[str, Any]:
-    """torchvision's Mask R-CNN through the TorchScript-based ONNX exporter (as torchvision tests it): batch 1 and
-    the check image's size, fixed (pytorch/vision#2311: dynamic axes do not work for it)."""
+def _export_fixed_size(model: nn.Module, method: Method, picture: np.ndarray, image_path: Path, output: Path, opset: int,
+                       facts: dict[str, Any]) -> dict[str, Any]:
+    """A detector through the TorchScript-based ONNX exporter (as torchvision tests its models): batch 1 and the
+    check image's size, fixed (pytorch/vision#2311: dynamic axes do not work for them)."""
     example = method.prepare(picture)
     h, w = picture.shape[:2]
-
-    class _Detections(nn.Module):
-        def __init__(self, detector: nn.Module) -> None:
-            super().__init__()
-            self.detector = detector
-
-        def forward(self, image: torch.Tensor):
-            out = self.detector([image[0]])[0]
-            return out["boxes"], out["labels"], out["scores"], out["masks"]
-
-    net = _Detections(model).eval()
-    outputs = ["boxes", "labels", "scores", "masks"]
-    facts = {"task": "instance", "method": "maskrcnn", "model": "maskrcnn", "input_size": [h, w], "size_multiple": None}
+    net = method.export_module(model).eval()
+    outputs = list(method.onnx_outputs)
+    facts = {**facts, "input_size": [h, w], "size_multiple": None}
     try:
         worst_abs, worst_rel = _write_checked(net, example[None], output, outputs, {}, opset, [example[None]], facts,
-                                              dynamo=False, what="the Mask R-CNN export")
+                                              dynamo=False, what=f"the {method.name} export")
     except ExportError as exc:
-        raise ExportError(f"Mask R-CNN does not export to ONNX with this torch/torchvision ({exc}); "
+        raise ExportError(f"method {method.name} does not export to ONNX with this torch/torchvision ({exc}); "
                           "use the PyTorch checkpoint (tools/predict.py without --onnx)") from None
     return {"output": str(output), "image": str(image_path), "input_size": [h, w], "dynamic": False, "outputs": outputs,
             "batch": 1, "checked_shapes": [[1, 3, h, w]], "max_abs_difference": worst_abs, "max_relative_difference": worst_rel}

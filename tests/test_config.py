@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from seg_ext.config import SEMANTIC_DEFAULTS, load_config, parse_value
+from seg_ext.config import parse_value
+from seg_ext.methods import method_config
+
+SEMANTIC_DEFAULTS = method_config("semantic")
 from seg_ext.errors import ConfigError
 
 
 def test_defaults_file_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-4\n  epochs: 3\nmodel:\n  name: baseconv\n  width: 8\n")
-    cfg = load_config(path, ["train.epochs=5", "data.image_size=[64,96]"])
+    cfg = method_config("semantic", path, ["train.epochs=5", "data.image_size=[64,96]"])
     assert cfg["train"]["lr"] == pytest.approx(1e-4) and isinstance(cfg["train"]["lr"], float)
     assert cfg["train"]["epochs"] == 5
     assert cfg["data"]["image_size"] == [64, 96]
@@ -21,7 +24,7 @@ def test_defaults_file_and_overrides(tmp_path):
 
 
 def test_same_model_name_merges_kwargs():
-    cfg = load_config(overrides=["model.depth=2"])
+    cfg = method_config("semantic", overrides=["model.depth=2"])
     assert cfg["model"]["name"] == "unet" and cfg["model"]["depth"] == 2 and "base_width" in cfg["model"]
 
 
@@ -44,30 +47,30 @@ def test_parse_value():
 )
 def test_bad_override_names_the_key(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        load_config(overrides=[override])
+        method_config("semantic", overrides=[override])
 
 
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "missing.yaml")
+        method_config("semantic", tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
-        load_config(bad)
+        method_config("semantic", bad)
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="holds a list; expected a mapping"):
-        load_config(listy)
+        method_config("semantic", listy)
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("data:\n  roott: x\n")
     with pytest.raises(ConfigError, match=rf"unknown config key 'data\.roott' in {unknown}"):
-        load_config(unknown)
+        method_config("semantic", unknown)
 
 
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    from seg_ext.config import instance_defaults, read_yaml
+    from seg_ext.config import read_yaml
     from seg_ext.models import SEMANTIC_MODELS
 
     root = Path(__file__).resolve().parents[1] / "configs"
@@ -75,8 +78,8 @@ def test_every_shipped_config_loads():
     instance = sorted((root / "instance").glob("*.yaml"))
     assert semantic and instance
     for path in semantic:
-        assert load_config(path)["model"]["name"] in SEMANTIC_MODELS
+        assert method_config("semantic", path)["model"]["name"] in SEMANTIC_MODELS
     for path in instance:
         method = read_yaml(path)["method"]
-        cfg = load_config(path, defaults=instance_defaults(method))
+        cfg = method_config(method, path)
         assert cfg["model"]["name"] == {"maskrcnn": "maskrcnn", "watershed": "dual_unet"}[method]

@@ -1,8 +1,13 @@
-"""Every semantic model and every instance method through the same contract (tests/contracts.py)."""
+"""Every semantic model, every method, every dataset format and every evaluator through the same contract
+(tests/contracts.py)."""
 
 from __future__ import annotations
 
-from contracts import InstanceMethodContract, SemanticModelContract
+import numpy as np
+import pytest
+import torch
+
+from contracts import EvaluatorContract, FormatContract, InstanceMethodContract, SemanticModelContract
 
 
 class TestUNet(SemanticModelContract):
@@ -33,3 +38,95 @@ class TestMaskRCNN(InstanceMethodContract):
 class TestWatershed(InstanceMethodContract):
     method = "watershed"
     opts = ["watershed.input_size=[64,64]", "model.base_width=4", "model.depth=2"]
+
+
+class TestFolderFormat(FormatContract):
+    format = "folder"
+
+    @pytest.fixture
+    def root(self, scenes_root):
+        return scenes_root
+
+
+class TestStanfordFormat(FormatContract):
+    format = "stanford"
+
+    @pytest.fixture
+    def root(self, stanford_root):
+        return stanford_root
+
+
+class TestPennFudanFormat(FormatContract):
+    format = "pennfudan"
+
+    @pytest.fixture
+    def root(self, pennfudan_root):
+        return pennfudan_root
+
+
+class TestSyntheticFormat(FormatContract):
+    format = "synthetic"
+
+
+class TestCocoFormat(FormatContract):
+    format = "coco"
+
+    @pytest.fixture
+    def root(self, pennfudan_root, tmp_path_factory):
+        """The images of a COCO dataset (Penn-Fudan's, converted), in a folder of no other layout."""
+        from seg_ext.data.pennfudan import convert_pennfudan
+
+        root = tmp_path_factory.mktemp("coco_format")
+        (root / "PNGImages").symlink_to(pennfudan_root / "PNGImages")
+        self._paths = convert_pennfudan(pennfudan_root, root / "annotations", seed=0, val=2, test=2)
+        return root
+
+    def files(self, root):
+        return {s: str(p) for s, p in self._paths.items()}
+
+
+class TestSemSegEvaluator(EvaluatorContract):
+    evaluator = "semseg"
+    best = "mIoU"
+
+    def context(self):
+        return {"num_classes": 3, "ignore_index": 255, "class_names": ["a", "b", "c"], "coco_gt": None}
+
+    def batches(self, perfect):
+        rng = np.random.default_rng(0)
+        out = []
+        for _ in range(2):
+            target = torch.from_numpy(rng.integers(0, 3, (2, 8, 9)))
+            logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
+            if not perfect:
+                logits = logits + torch.from_numpy(rng.normal(0, 8, logits.shape)).float()
+            out.append((logits, target))
+        return out
+
+
+class TestCOCOEvaluator(EvaluatorContract):
+    evaluator = "coco"
+    best = "segm/AP"
+
+    @pytest.fixture(autouse=True)
+    def _data(self, pennfudan_root, tmp_path_factory):
+        from seg_ext.data.coco import CocoInstanceDataset
+        from seg_ext.data.pennfudan import convert_pennfudan
+
+        paths = convert_pennfudan(pennfudan_root, tmp_path_factory.mktemp("coco_eval"), seed=0, val=2, test=2)
+        self.dataset = CocoInstanceDataset(paths["train"], pennfudan_root)
+
+    def context(self):
+        return {"coco_gt": self.dataset.coco, "category_of": self.dataset.category_of, "mask_threshold": 0.5,
+                "backend": "pycocotools", "num_classes": 2}
+
+    def batches(self, perfect):
+        out = []
+        for i in range(len(self.dataset)):
+            _, target = self.dataset[i]
+            masks = target["masks"][:, None].float()
+            if not perfect:
+                masks = masks[:, :, :, torch.arange(masks.shape[-1]).roll(7)]  # shifted: a worse overlap
+            out.append(([{"boxes": target["boxes"], "labels": target["labels"], "scores": torch.ones(len(masks)),
+                          "masks": masks}], [target]))
+        return out

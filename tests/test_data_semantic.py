@@ -73,9 +73,9 @@ def test_splits_are_seeded_disjoint_and_complete():
 
 def test_pennfudan_default_split_keeps_50_for_test(tmp_path):
     # the default split sizes on a Penn-Fudan-sized list of ids: 170 images -> 105 / 15 / 50
-    from seg_ext.data.semantic import DEFAULT_SPLIT_SIZES
+    from seg_ext.data.formats import FORMATS
 
-    val, test = DEFAULT_SPLIT_SIZES["pennfudan"]
+    val, test = FORMATS["pennfudan"].default_split
     split = make_splits([f"p{i}" for i in range(170)], val, test, seed=0)
     assert [len(split[s]) for s in ("train", "val", "test")] == [105, 15, 50]
 

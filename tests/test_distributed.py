@@ -61,7 +61,7 @@ def _history(run: Path) -> list[dict]:
 def _state(path: Path) -> dict:
     """The training state in a checkpoint; {} while there is none (or it is being replaced)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["state"]
+        return torch.load(path, map_location="cpu", weights_only=True)["state"]
     except Exception:
         return {}
 
@@ -122,8 +122,8 @@ def test_two_processes_of_batch_b_train_as_one_of_batch_2b(semantic_runs):
     for a, b in zip(_history(two), _history(one), strict=True):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
-    w2 = torch.load(two / "last.pt", weights_only=False)["model"]
-    w1 = torch.load(one / "last.pt", weights_only=False)["model"]
+    w2 = torch.load(two / "last.pt", weights_only=True)["model"]
+    w1 = torch.load(one / "last.pt", weights_only=True)["model"]
     assert w2.keys() == w1.keys() and not any(k.startswith("module.") for k in w2)  # the unwrapped model
     drift = max(float((w2[k].double() - w1[k].double()).norm() / w1[k].double().norm().clamp_min(1e-12))
                 for k in w1 if w1[k].is_floating_point())
@@ -160,7 +160,7 @@ def test_sigterm_to_torchrun_then_resume_equals_the_uninterrupted_run(semantic_r
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0 and "stopped by SIGTERM" in stderr, stderr[-3000:]
-    assert torch.load(out / "last.pt", weights_only=False)["state"]["world_size"] == 2
+    assert torch.load(out / "last.pt", weights_only=True)["state"]["world_size"] == 2
     _run(_torchrun("train_semantic", ["--resume", "--output-dir", out]))
     keys = ("epoch", "lr", "train/loss", "val/loss", "val/mIoU", "val/mAP")
     assert [{k: h[k] for k in keys} for h in _history(out)] == [{k: h[k] for k in keys} for h in _history(two)]

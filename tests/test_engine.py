@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from seg_ext.config import load_config, merge_config
+from seg_ext.config import merge_config
+from seg_ext.methods import method_config
 from seg_ext.engine import (
     Precision, Trainer, atomic_save, build_optimizer, load_checkpoint, lr_factor_fn, make_loader, native_bf16_cpu,
     resolve_precision,
@@ -24,7 +25,7 @@ def _schedule(cfg, iters_per_epoch):
 
 
 def test_schedules():
-    cfg = load_config()["train"]
+    cfg = method_config("semantic")["train"]
     cos = _schedule({**cfg, "scheduler": "cosine", "epochs": 4}, iters_per_epoch=5)
     assert cos(0) == pytest.approx(1.0) and cos(10) == pytest.approx(0.5) and cos(20) == pytest.approx(0.0, abs=1e-12)
     step = _schedule({**cfg, "scheduler": "step", "step_size": 2, "gamma": 0.1, "epochs": 6}, iters_per_epoch=5)
@@ -32,7 +33,7 @@ def test_schedules():
     warm = _schedule({**cfg, "scheduler": "none", "warmup_iters": 10, "warmup_factor": 0.0}, iters_per_epoch=5)
     assert [warm(i) for i in (0, 5, 10, 50)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
     with pytest.raises(ConfigError, match="train.scheduler"):  # checked when the config is loaded
-        load_config(overrides=["train.scheduler=linear"])
+        method_config("semantic", overrides=["train.scheduler=linear"])
 
 
 def test_atomic_save_never_leaves_half_a_file(tmp_path):
@@ -44,11 +45,11 @@ def test_atomic_save_never_leaves_half_a_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
 
 
-def _toy(tmp_path, epochs, nan_at_epoch=None, interrupt_at_epoch=None):
+def _toy(tmp_path, epochs, nan_at_epoch=None, interrupt_at_epoch=None, best_metric="loss"):
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(24, 3), torch.randn(24, 1))
     model = torch.nn.Linear(3, 1)
-    cfg = {**load_config()["train"], "epochs": epochs, "lr": 0.05}
+    cfg = {**method_config("semantic")["train"], "epochs": epochs, "lr": 0.05}
     loader = make_loader(data, batch_size=4, shuffle=True, num_workers=0, seed=1)
     optimizer = build_optimizer(model.parameters(), cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["momentum"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(loader)))
@@ -70,7 +71,7 @@ def _toy(tmp_path, epochs, nan_at_epoch=None, interrupt_at_epoch=None):
             return {"loss": float(torch.nn.functional.mse_loss(model(x), y)), "score": -float(epoch_seen["n"])}
 
     trainer = Trainer(model, optimizer, scheduler, loader, loss_step, validate, tmp_path, epochs=epochs,
-                      best_metric="loss", precision=Precision(torch.device("cpu")))
+                      best_metric=best_metric, precision=Precision(torch.device("cpu")))
     return trainer
 
 
@@ -86,7 +87,7 @@ def test_resume_continues_exactly(tmp_path):
     resumed.fit()
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
-    assert [h["epoch"] for h in resumed.state.history] == [1, 2, 3]
+    assert [h["epoch"] for h in resumed.progress()["history"]] == [1, 2, 3]
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
     assert load_checkpoint(tmp_path / "b" / "last.pt")["state"]["epoch"] == 3
@@ -101,8 +102,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_best_metric_must_be_reported(tmp_path):
-    trainer = _toy(tmp_path, epochs=1)
-    trainer.best_metric = "mIoU"
+    trainer = _toy(tmp_path, epochs=1, best_metric="mIoU")
     with pytest.raises(ConfigError, match=r"train\.best_metric' is 'mIoU'.*expected one of: loss, score"):
         trainer.fit()
 
@@ -116,7 +116,7 @@ def _resolve(train, device, model=None):
 
 def _precision(**train):
     """The precision of the default config with ``train`` settings (checked when the config is loaded)."""
-    return _resolve(merge_config(load_config(), {"train": train}, source="test")["train"], torch.device("cpu"))
+    return _resolve(merge_config(method_config("semantic"), {"train": train}, source="test")["train"], torch.device("cpu"))
 
 
 def test_precision_settings_resolve_on_the_cpu():
@@ -128,7 +128,7 @@ def test_precision_settings_resolve_on_the_cpu():
     assert not _precision(channels_last=False).channels_last and not _precision(channels_last="false").channels_last
     assert _precision(amp="off", channels_last=False).describe() == "fp32"
     assert _precision(amp="bf16").describe() == "bf16 autocast, channels_last"
-    cfg = load_config(overrides=["train.amp=false", "train.channels_last=true"])["train"]
+    cfg = method_config("semantic", overrides=["train.amp=false", "train.channels_last=true"])["train"]
     assert _resolve(cfg, torch.device("cpu")) == Precision(torch.device("cpu"), None, True)
     with pytest.raises(ConfigError, match=r"config key 'train\.amp' is 'half'; expected one of: auto, off, fp16, bf16"):
         _precision(amp="half")
@@ -192,7 +192,7 @@ def test_auto_keeps_models_marked_unsafe_in_bf16_in_fp32(monkeypatch):
     from seg_ext.models import build_model
     from seg_ext.models.dual_unet import DualHeadUNet
 
-    train = load_config()["train"]
+    train = method_config("semantic")["train"]
     cpu = torch.device("cpu")
     unet = build_model({"name": "unet", "base_width": 8, "depth": 2}, num_classes=3)
     resnet_unet = build_model({"name": "smp_unet"}, num_classes=3, image_size=(64, 64))
@@ -213,7 +213,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_handlers_come_back():
     import signal
     import time
 
-    from seg_ext.engine.trainer import StopOnSignal
+    from seg_ext.engine.signals import StopOnSignal
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     stop = StopOnSignal()

@@ -11,7 +11,7 @@ from scipy.ndimage import binary_erosion
 
 from seg_ext.data.coco import CocoInstanceDataset, masks_to_rles
 from seg_ext.data.pennfudan import tight_bbox
-from seg_ext.config import instance_defaults, load_config
+from seg_ext.methods import method_config
 from seg_ext.data.transforms import build_instance_transforms
 from seg_ext.errors import ConfigError
 
@@ -86,6 +86,6 @@ def test_no_instance_left_is_a_valid_negative(coded, tmp_path):
 def test_eval_has_no_transform_and_bad_augment_config():
     assert build_instance_transforms(train=False) is None
     with pytest.raises(ConfigError, match="augment.crop_fraction"):  # checked when the config is loaded
-        load_config(overrides=["augment.crop_fraction=0.7"], defaults=instance_defaults("maskrcnn"))
+        method_config("maskrcnn", overrides=["augment.crop_fraction=0.7"])
     with pytest.raises(ConfigError, match="augment.scale_jitter"):
-        load_config(overrides=["augment.scale_jitter=[1.2,0.8]"], defaults=instance_defaults("maskrcnn"))
+        method_config("maskrcnn", overrides=["augment.scale_jitter=[1.2,0.8]"])

@@ -26,8 +26,8 @@ def test_the_contract_catches_an_upward_import(tmp_path):
     """The same check on a copy of the package with one import pointing up (engine -> tasks) fails."""
     shutil.copytree(ROOT / "seg_ext", tmp_path / "seg_ext")
     trainer = tmp_path / "seg_ext" / "engine" / "trainer.py"
-    trainer.write_text(trainer.read_text() + "\nfrom seg_ext.tasks import base as _upward  # noqa\n")
+    trainer.write_text(trainer.read_text() + "\nfrom seg_ext.tasks import driver as _upward  # noqa\n")
     out = subprocess.run(_lint_imports()[:1] + ["--config", str(ROOT / ".importlinter")], cwd=tmp_path,
                          capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode != 0
-    assert "seg_ext.engine.trainer -> seg_ext.tasks.base" in out.stdout
+    assert "seg_ext.engine.trainer -> seg_ext.tasks.driver" in out.stdout

@@ -162,7 +162,7 @@ def test_maskrcnn_outputs_and_refused_tta(pennfudan_root, tmp_path, capsys):
         assert np.asarray(Image.open(out / "instances" / f"{path.stem}.png")).shape == np.asarray(Image.open(path)).shape[:2]
     capsys.readouterr()
     assert call_tool("predict", ["--checkpoint", run / "best.pt", "--input", files[0], "--output-dir", out, "--tta"]) == 2
-    assert "test-time augmentation is for" in capsys.readouterr().err
+    assert "test-time augmentation is not available for method maskrcnn" in capsys.readouterr().err
 
     # torchvision's ONNX path: one image size, batch 1, checked against PyTorch
     onnx = tmp_path / "maskrcnn.onnx"
@@ -294,4 +294,4 @@ def test_tune_postprocess_scores_each_setting_as_the_run_evaluates(pennfudan_roo
     assert call_tool("tune_postprocess", [watershed_run / "best.pt", "--grid", "train.lr=0.1", "--output", out]) == 2
     assert "grid key 'train.lr' is not a post-processing setting" in capsys.readouterr().err
     assert call_tool("tune_postprocess", [semantic_run / "best.pt", "--grid", "eval.mask_threshold=0.5", "--output", out]) == 2
-    assert "expected a watershed one" in capsys.readouterr().err
+    assert "post-processing has settings (watershed)" in capsys.readouterr().err

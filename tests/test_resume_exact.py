@@ -33,7 +33,7 @@ def _run(tool: str, args: list) -> subprocess.CompletedProcess:
 
 def _state(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["state"]
+        return torch.load(path, map_location="cpu", weights_only=True)["state"]
     except Exception:
         return {}
 

@@ -22,7 +22,7 @@ FAST = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "m
 
 
 def _epoch(path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=False)["state"]["epoch"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state"]["epoch"]
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(scenes_root, tmp_path, capsys):

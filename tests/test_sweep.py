@@ -18,7 +18,9 @@ import yaml
 
 from conftest import ROOT, call_tool
 from seg_ext.errors import ConfigError
-from seg_ext.config import SEMANTIC_DEFAULTS
+from seg_ext.methods import method_config
+
+SEMANTIC_DEFAULTS = method_config("semantic")
 from seg_ext.tasks.sweep import parse_grid, plan
 
 TINY = ["data.image_size=[48,48]", "data.batch_size=4", "data.num_workers=0", "model.base_width=4", "model.depth=2",

@@ -43,7 +43,7 @@ def test_one_iteration_run_and_eval_only(method, opts, pennfudan_root, tmp_path,
 @pytest.mark.parametrize(
     "argv, pattern",
     [
-        (["--method", "maskrcnn", "--oracle"], r"--oracle is for --method watershed"),
+        (["--method", "maskrcnn", "--oracle"], r"--oracle is for methods with an oracle \(watershed\)"),
         (["--method", "maskrcnn", "--opts", "model.backbone=resnet34_fpn"], r"'model\.backbone' is 'resnet34_fpn'; expected one of"),
         (["--method", "maskrcnn", "--opts", "model.weights=coco", "model.backbone=resnet18_fpn"], r"no COCO Mask R-CNN with resnet18_fpn"),
         (["--method", "watershed", "--opts", "watershed.input_size=[100,100]"], r"watershed\.input_size.*multiples of 16"),

@@ -83,7 +83,7 @@ def _bad_dataset(tmp_path, kind):
     "case, pattern",
     [
         ("missing", r"dataset folder .*missing does not exist"),
-        ("layout", r"dataset folder .*layout has no recognised layout; expected images/ \+ masks/"),
+        ("layout", r"dataset folder .*layout has no recognised layout for semantic segmentation; expected .*images/ \+ masks/"),
         ("no_mask", r"image .*im003\.png has no mask; expected .*masks/im003\.png"),
         ("size", r"mask .*im003\.png is 17x16 but image .*im003\.png is 16x16; expected the same size"),
         ("label", r"mask file .*\.png contains label value 9; expected class ids 0\.\.1 or the ignore index 255"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion
 
-from seg_ext.config import load_config
+from seg_ext.methods import method_config
 from seg_ext.data.transforms import build_transforms, denormalize
 from seg_ext.errors import ConfigError
 
@@ -35,7 +35,7 @@ def coded_pair(h: int = 90, w: int = 120, seed: int = 0):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_random_crop_and_flip_keep_alignment(seed):
-    cfg = load_config(overrides=["data.image_size=[64,48]", "augment.crop_scale=[0.2,1.0]", "augment.hflip_prob=0.5"])
+    cfg = method_config("semantic", overrides=["data.image_size=[64,48]", "augment.crop_scale=[0.2,1.0]", "augment.hflip_prob=0.5"])
     transform = transforms_of(cfg, train=True, normalize=False, seed=seed)
     image, mask = coded_pair(seed=seed)
     for _ in range(10):
@@ -50,7 +50,7 @@ def test_random_crop_and_flip_keep_alignment(seed):
 
 
 def test_flip_with_full_crop_is_an_exact_mirror():
-    cfg = load_config(
+    cfg = method_config("semantic", 
         overrides=["data.image_size=[90,120]", "augment.crop_scale=[1.0,1.0]", "augment.crop_ratio=[1.3333333,1.3333334]",
                    "augment.hflip_prob=1.0"]
     )
@@ -61,7 +61,7 @@ def test_flip_with_full_crop_is_an_exact_mirror():
 
 
 def test_eval_transform_is_deterministic_and_normalised():
-    cfg = load_config(overrides=["data.image_size=[32,40]"])
+    cfg = method_config("semantic", overrides=["data.image_size=[32,40]"])
     transform = transforms_of(cfg, train=False)
     image, mask = coded_pair()
     a, b = transform(image=image, mask=mask), transform(image=image, mask=mask)
@@ -81,11 +81,11 @@ def test_eval_transform_is_deterministic_and_normalised():
 )
 def test_bad_augment_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        transforms_of(load_config(overrides=[override]), train=True)
+        transforms_of(method_config("semantic", overrides=[override]), train=True)
 
 
 def test_crop_scale_null_trains_on_the_whole_image_resized():
-    cfg = load_config(overrides=["augment.crop_scale=null", "augment.hflip_prob=0", "data.image_size=[48,64]"])
+    cfg = method_config("semantic", overrides=["augment.crop_scale=null", "augment.hflip_prob=0", "data.image_size=[48,64]"])
     assert cfg["augment"]["crop_scale"] is None
     image, mask = coded_pair()
     plain = transforms_of(cfg, train=False, normalize=False)(image=image, mask=mask)
@@ -93,4 +93,4 @@ def test_crop_scale_null_trains_on_the_whole_image_resized():
         out = transforms_of(cfg, train=True, normalize=False, seed=seed)(image=image, mask=mask)
         assert np.array_equal(out["image"], plain["image"]) and np.array_equal(out["mask"], plain["mask"])
     with pytest.raises(ConfigError, match="or null for no crop"):
-        load_config(overrides=["augment.crop_scale=[0,1]"])
+        method_config("semantic", overrides=["augment.crop_scale=[0,1]"])

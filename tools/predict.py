@@ -50,7 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(default: the checkpoint's eval.score_threshold; COCO results keep every detection)")
     parser.add_argument("--no-overlays", action="store_true", help="do not write overlays/")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of the checkpoint's config, e.g. watershed.marker_level=2 eval.mask_threshold=0.4")
+                        help="overrides of the checkpoint's config that leave the network as it is (post-processing, evaluation), "
+                             "e.g. eval.mask_threshold=0.4")
     return parser
 
 

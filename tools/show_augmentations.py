@@ -30,14 +30,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    from seg_ext.config import load_config, merge_config
-    from seg_ext.tasks.semantic import show_augmentations
+    from seg_ext.methods import build_method, merge_checked, method_config, resolve_method
 
     setup_logging()
-    cfg = load_config(args.config, args.opts)
+    cfg = method_config(resolve_method(None, args.config), args.config, args.opts)
     if args.data_root is not None:
-        cfg = merge_config(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
-    path = show_augmentations(cfg, args.output, args.num_images, args.per_image)
+        cfg = merge_checked(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
+    path = build_method(cfg).show_augmentations(args.output, args.num_images, args.per_image)
     print(f"wrote {path}")
 
 

@@ -31,8 +31,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, required=True, help="the sweep's folder")
     parser.add_argument("--config", type=Path, default=None, help="YAML config the settings change")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: built-in synthetic data)")
-    parser.add_argument("--method", choices=("maskrcnn", "watershed"), default=None,
-                        help="sweep tools/train_instance.py with this method (default: tools/train_semantic.py)")
+    from seg_ext.methods import method_names
+
+    parser.add_argument("--method", choices=method_names(), default=None,
+                        help="the method (its task's training tool runs; default: the config file's, else semantic)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1: one after the other)")
     return parser

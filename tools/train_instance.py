@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Train and evaluate an instance-segmentation model: Mask R-CNN (detection-based) or a dual-head UNet whose
-foreground and energy outputs a watershed turns into instances (detection-free). Both are scored with COCO box
-and mask AP (pycocotools); the run folder gets results files, metrics.json and report.md.
+"""Train and evaluate an instance-segmentation method, e.g. Mask R-CNN (detection-based) or a dual-head UNet
+whose foreground and energy outputs a watershed turns into instances (detection-free); the choices are the
+registered instance methods. Every method is scored with COCO box and mask AP (pycocotools); the run folder gets
+results files, metrics.json and report.md.
 
 With no --data-root: built-in synthetic pedestrians in the Penn-Fudan layout, converted to COCO like the real data.
 
@@ -22,51 +23,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from seg_ext.cli import add_run_arguments, command_line, print_summary, resolve_run, run_tool, setup_logging  # noqa: E402
-from seg_ext.errors import ConfigError  # noqa: E402
+from seg_ext.cli import add_run_arguments, run_tool, train_tool  # noqa: E402
+
+TASK = "instance"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=("maskrcnn", "watershed"), default=None,
-                        help="maskrcnn (default) or watershed; a config file may name it instead")
-    parser.add_argument("--oracle", action="store_true",
-                        help="watershed only: no training; run the post-processing on targets made from the ground "
-                             "truth and report the AP it reaches (the method's ceiling)")
-    return add_run_arguments(parser)
+    return add_run_arguments(parser, TASK)
 
 
 def main(args: argparse.Namespace) -> None:
-    from seg_ext.config import instance_defaults, read_yaml
-
-    method = args.method
-    if args.config is not None and not (args.resume or args.eval_only):
-        in_file = read_yaml(args.config).get("method")
-        if method is not None and in_file is not None and in_file != method:
-            raise ConfigError(f"config file {args.config} is for method {in_file!r} but --method is {method!r}")
-        method = method or in_file
-    method = method or "maskrcnn"
-    if args.oracle and method != "watershed":
-        raise ConfigError("--oracle is for --method watershed")
-    cfg, output_dir = resolve_run(args, "instance", instance_defaults(method))
-    if args.method is not None and cfg["method"] != args.method:
-        raise ConfigError(f"the checkpoint's run used method {cfg['method']!r} but --method is {args.method!r}")
-    setup_logging(output_dir)
-    command = command_line()
-    if args.oracle:
-        from seg_ext.tasks.instance import run_oracle
-
-        summary = run_oracle(cfg, output_dir, command)
-    elif args.eval_only:
-        from seg_ext.tasks.instance import evaluate_instance
-
-        summary = evaluate_instance(cfg, args.checkpoint, output_dir, command)
-    else:
-        from seg_ext.tasks.instance import train_instance
-
-        summary = train_instance(cfg, output_dir, resume=args.resume, command=command)
-    print_summary(summary, output_dir, lambda m: f"bbox AP {m['bbox/AP']:.2f} (AP50 {m['bbox/AP50']:.2f})  "
-                                                 f"segm AP {m['segm/AP']:.2f} (AP50 {m['segm/AP50']:.2f})")
+    train_tool(args, TASK)
 
 
 if __name__ == "__main__":

@@ -18,25 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from seg_ext.cli import add_run_arguments, command_line, print_summary, resolve_run, run_tool, setup_logging  # noqa: E402
+from seg_ext.cli import add_run_arguments, run_tool, train_tool  # noqa: E402
+
+TASK = "semantic"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_run_arguments(parser)
+    return add_run_arguments(parser, TASK)
 
 
 def main(args: argparse.Namespace) -> None:
-    from seg_ext.config import SEMANTIC_DEFAULTS
-    from seg_ext.tasks.semantic import evaluate_semantic, train_semantic
-
-    cfg, output_dir = resolve_run(args, "semantic", SEMANTIC_DEFAULTS)
-    setup_logging(output_dir)
-    if args.eval_only:
-        summary = evaluate_semantic(cfg, args.checkpoint, output_dir, command_line())
-    else:
-        summary = train_semantic(cfg, output_dir, resume=args.resume, command=command_line())
-    print_summary(summary, output_dir, lambda m: f"mIoU {m['mIoU']:.2f}  mAP {m['mAP']:.2f}  pixel acc {m['pixel_acc']:.2f}")
+    train_tool(args, TASK)
 
 
 if __name__ == "__main__":

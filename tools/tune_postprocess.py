@@ -24,7 +24,7 @@ from seg_ext.cli import run_tool, setup_logging  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="watershed checkpoints (best.pt of several seeds)")
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints of a method whose post-processing has settings (best.pt of several seeds)")
     parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
                         help="post-processing key and its values (YAML), one item per key")
     parser.add_argument("--output", type=Path, required=True, help="the markdown file to write (a .json and a plot beside it)")

@@ -1,4 +1,6 @@
-"""A COCO-instances dataset (any COCO json + image folder) yielding what torchvision's detection models take."""
+"""COCO instance data: the ``coco`` format (any COCO instances files + their image folder, named by
+``data.train_json`` / ``data.val_json`` / ``data.test_json``) and the dataset every instance method reads,
+yielding what torchvision's detection models take."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from seg_ext.data.base import SPLITS, Format, SplitRequest, masks_to_rles  # noqa: F401  (re-exported)
 from seg_ext.data.files import read_image, read_json
-from seg_ext.errors import DatasetError
+from seg_ext.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +56,6 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
             raise DatasetError(f"COCO file {path}: annotation {ann['id']} has category_id {ann['category_id']}, which is not in categories")
         ann.setdefault("iscrowd", 0)
     return data
-
-
-def masks_to_rles(masks: np.ndarray) -> list[dict[str, Any]]:
-    """COCO RLEs of binary masks, with ``counts`` as a str so they can go into JSON. Shape: (N, H, W)."""
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:
@@ -196,3 +188,24 @@ def collate_instances(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple
     """Detection batches are lists: images differ in size."""
     images, targets = zip(*batch)
     return list(images), list(targets)
+
+
+class CocoFormat(Format):
+    """COCO instances files named in the config, images under ``data.root``."""
+
+    name = "coco"
+    layout = "COCO files (data.format=coco with data.train_json and data.val_json)"
+    serves = ("instance",)
+
+    @classmethod
+    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> bool:
+        return bool((files or {}).get("train"))
+
+    def coco_splits(self, root: Path | None, output_dir: Path, request: SplitRequest) -> tuple[dict[str, Path | None], Path]:
+        if root is None:
+            raise ConfigError("config key 'data.format' is coco but data.root is null; expected the COCO image folder")
+        files = request.files or {}
+        for split in ("train", "val"):
+            if not files.get(split):
+                raise ConfigError(f"config key 'data.{split}_json' is empty; COCO data needs the instance files of train and val")
+        return {s: Path(files[s]).expanduser() if files.get(s) else None for s in SPLITS}, root

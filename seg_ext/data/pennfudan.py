@@ -1,30 +1,36 @@
-"""The Penn-Fudan pedestrian dataset: reading its instances, and converting it to COCO instance files.
+"""The Penn-Fudan pedestrian dataset: both tasks (every pedestrian as ``person`` for semantic segmentation;
+each pedestrian an instance), and its conversion to COCO instance files.
 
 Layout: ``PNGImages/<id>.png`` (RGB), ``PedMasks/<id>_mask.png`` (8-bit: 0 background, 1..N pedestrian N).
 The conversion writes ``instances_{train,val,test}.json`` with one category, ``person``; every pedestrian
 becomes an annotation with an RLE ``segmentation`` (pycocotools), ``area`` = its pixel count, a tight ``bbox``
 from its mask (COCO ``[x, y, width, height]``) and ``iscrowd`` 0. ``file_name`` is relative to the dataset
-folder (``PNGImages/<id>.png``), which is the image root for the COCO dataset reader.
+folder (``PNGImages/<id>.png``), which is the image root for the COCO dataset reader. Default split: 15 val and
+50 test images (torchvision's tutorial keeps 50 for test), the same images for both tasks with the same seed.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seg_ext.data.coco import masks_to_rles
+from seg_ext.data.base import (
+    Format, InstanceSource, SemanticSource, images_in, instances_to_coco, pair_items, require_dir, tight_bbox,  # noqa: F401
+    write_coco_splits,
+)
 from seg_ext.data.files import image_size, read_label_png
-from seg_ext.data.semantic import make_splits
 from seg_ext.errors import DatasetError
 
-logger = logging.getLogger(__name__)
-
 PERSON_CATEGORY = {"id": 1, "name": "person", "supercategory": "person"}
-DEFAULT_VAL, DEFAULT_TEST = 15, 50  # the same split as Penn-Fudan semantic segmentation for the same seed
+PENNFUDAN_CLASSES = ["background", "person"]
+DEFAULT_VAL, DEFAULT_TEST = 15, 50
+
+
+def pennfudan_mask(path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Penn-Fudan instance mask (0 background, 1..N pedestrians) as background/person."""
+    return (read_label_png(path) > 0).astype(np.uint8)
 
 
 def list_pennfudan(root: str | Path) -> list[tuple[str, Path, Path]]:
@@ -64,66 +70,44 @@ def instance_masks(mask_path: Path) -> tuple[np.ndarray, list[int]]:
     return (label[None] == np.array(ids)[:, None, None]).astype(np.uint8), ids
 
 
-def tight_bbox(mask: np.ndarray) -> list[float]:
-    """COCO ``[x, y, width, height]`` of the pixels of a binary mask (a pixel is 1x1)."""
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+class PennFudanFormat(Format):
+    name = "pennfudan"
+    layout = "PNGImages/ + PedMasks/ (Penn-Fudan)"
+    serves = ("semantic", "instance")
+    default_split = (DEFAULT_VAL, DEFAULT_TEST)
+    title = "Penn-Fudan pedestrians"
+
+    @classmethod
+    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> bool:
+        return (root / "PNGImages").is_dir() and (root / "PedMasks").is_dir()
+
+    def semantic_source(self, root: Path, ignore_index: int = 255) -> SemanticSource:
+        require_dir(root / "PNGImages", "the Penn-Fudan images")
+        require_dir(root / "PedMasks", "the Penn-Fudan masks")
+        items = pair_items(images_in(root / "PNGImages"), lambda i: root / "PedMasks" / f"{i}_mask.png", root)
+        return SemanticSource(root, self.name, list(PENNFUDAN_CLASSES), items, pennfudan_mask, None, ignore_index,
+                              default_split=self.default_split)
+
+    def instance_source(self, root: Path) -> InstanceSource:
+        records = list_pennfudan(root)
+        masks_of = {image_id: mask_path for image_id, _, mask_path in records}
+
+        def read(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+            masks, _ = instance_masks(masks_of[image_id])
+            return masks, np.full(len(masks), PERSON_CATEGORY["id"], np.int64)
+
+        return InstanceSource(Path(root), self.title, [dict(PERSON_CATEGORY)],
+                              {image_id: image_path for image_id, image_path, _ in records}, read, self.default_split)
 
 
-def pennfudan_to_coco(
-    root: str | Path, seed: int = 0, val: float = DEFAULT_VAL, test: float = DEFAULT_TEST
-) -> dict[str, dict[str, Any]]:
-    """COCO instance dicts for the train/val/test splits of a Penn-Fudan folder.
-
-    Image ids are the 1-based position of the image in the sorted list, the same in every split file.
-    """
-    records = list_pennfudan(root)
-    root = Path(root)
-    splits = make_splits([r[0] for r in records], val, test, seed)
-    split_of = {image_id: split for split, ids in splits.items() for image_id in ids}
-    out = {
-        split: {
-            "info": {"description": f"Penn-Fudan pedestrians ({split}), converted by seg_ext", "seed": seed},
-            "images": [],
-            "annotations": [],
-            "categories": [dict(PERSON_CATEGORY)],
-        }
-        for split in splits
-    }
-    for number, (image_id, image_path, mask_path) in enumerate(records, start=1):
-        coco = out[split_of[image_id]]
-        masks, _ = instance_masks(mask_path)
-        h, w = masks.shape[1:] if len(masks) else image_size(mask_path)
-        coco["images"].append(
-            {"id": number, "file_name": f"PNGImages/{image_path.name}", "width": int(w), "height": int(h)}
-        )
-        for m, rle in zip(masks, masks_to_rles(masks)):
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": number,
-                    "category_id": PERSON_CATEGORY["id"],
-                    "segmentation": rle,
-                    "area": float(m.sum()),
-                    "bbox": tight_bbox(m),
-                    "iscrowd": 0,
-                }
-            )
-    return out
+def pennfudan_to_coco(root: str | Path, seed: int = 0, val: float = DEFAULT_VAL, test: float = DEFAULT_TEST
+                      ) -> dict[str, dict[str, Any]]:
+    """COCO instance dicts for the train/val/test splits of a Penn-Fudan folder (image ids: the 1-based position
+    of the image in the sorted list, the same in every split file)."""
+    return instances_to_coco(PennFudanFormat().instance_source(Path(root)), seed, val, test)
 
 
-def convert_pennfudan(
-    root: str | Path, output_dir: str | Path, seed: int = 0, val: float = DEFAULT_VAL, test: float = DEFAULT_TEST
-) -> dict[str, Path]:
+def convert_pennfudan(root: str | Path, output_dir: str | Path, seed: int = 0, val: float = DEFAULT_VAL,
+                      test: float = DEFAULT_TEST) -> dict[str, Path]:
     """Write ``instances_{train,val,test}.json`` for a Penn-Fudan folder; return their paths by split."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, coco in pennfudan_to_coco(root, seed, val, test).items():
-        path = output_dir / f"instances_{split}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(coco))
-        tmp.replace(path)
-        paths[split] = path
-        logger.info("%s: %d images, %d pedestrians", path, len(coco["images"]), len(coco["annotations"]))
-    return paths
+    return write_coco_splits(PennFudanFormat().instance_source(Path(root)), output_dir, seed, val, test)

@@ -23,6 +23,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from seg_ext.data.base import Format, InstanceSource, SemanticSource
+
 logger = logging.getLogger(__name__)
 
 SCENE_CLASSES = ["sky", "tree", "road", "grass", "water", "building", "mountain", "foreground", "misc"]
@@ -330,3 +332,36 @@ def ensure_synthetic_pedestrians(
     }
     root = Path(root) if root is not None else default_generated_dir() / "synthetic_pedestrians"
     return _ensure(root, params, lambda out: write_pedestrians(out, num_images, seed, size_range))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the format of data.root null
+
+
+class SyntheticFormat(Format):
+    """``data.root: null``: the built-in synthetic data, generated on first use: scenes (folder format) for
+    semantic segmentation, pedestrians (Penn-Fudan layout, 10 val and 20 test images) for instances."""
+
+    name = "synthetic"
+    layout = "data.root null (built-in synthetic data)"
+    serves = ("semantic", "instance")
+    default_split = (10, 20)
+
+    def describe(self, root: Path | None, task: str = "semantic") -> str:
+        return "built-in synthetic scenes" if task == "semantic" else "built-in synthetic pedestrians"
+
+    def example_image(self, root: Path | None, task: str = "semantic") -> Path | None:
+        generated = ensure_synthetic_scenes() if task == "semantic" else ensure_synthetic_pedestrians()
+        return super().example_image(generated, task)
+
+    def semantic_source(self, root: Path | None, ignore_index: int = 255) -> SemanticSource:
+        from seg_ext.data.folder import FolderFormat
+
+        return FolderFormat().semantic_source(ensure_synthetic_scenes(), ignore_index)
+
+    def instance_source(self, root: Path | None) -> InstanceSource:
+        from seg_ext.data.pennfudan import PennFudanFormat
+
+        source = PennFudanFormat().instance_source(ensure_synthetic_pedestrians())
+        source.default_split = self.default_split
+        return source

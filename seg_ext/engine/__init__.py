@@ -1,24 +1,28 @@
 """The training engine, split by concern: where a run computes (``runtime``), in what precision (``precision``),
-its loaders (``loader``), optimiser and schedule (``optim``), checkpoint files (``checkpoint``) and the open
-training loop with its hooks (``trainer``). Functions here take plain arguments; they know no config keys.
+its loaders (``loader``), optimiser and schedule (``optim``), checkpoint files (``checkpoint``), stopping on
+signals (``signals``), the hooks around the steps (``hooks``) and the loop (``trainer``). Functions here take plain arguments; they know no config keys.
 """
 
-from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint, previous_path, resume_checkpoint
+from seg_ext.engine.checkpoint import (
+    CHECKPOINT_VERSION, UnsafeCheckpointError, atomic_save, load_checkpoint, previous_path, resume_checkpoint,
+    upgrade_checkpoint_file,
+)
+from seg_ext.engine.hooks import (
+    Checkpoints, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Validation, default_hooks,
+)
 from seg_ext.engine.loader import make_loader, seed_worker
 from seg_ext.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, lr_factor_fn
 from seg_ext.engine.precision import (
     AMP_MODES, CHANNELS_LAST_MODES, Precision, bf16_safe, native_bf16_cpu, place_model, resolve_precision,
 )
 from seg_ext.engine.runtime import seed_everything, select_device, set_threads
-from seg_ext.engine.trainer import (
-    Checkpoints, CountingTrainer, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Trainer, TrainState,
-    Validation, default_hooks,
-)
+from seg_ext.engine.signals import StopOnSignal
+from seg_ext.engine.trainer import CountingTrainer, Trainer, TrainState
 
 __all__ = [
     "AMP_MODES", "CHANNELS_LAST_MODES", "CHECKPOINT_VERSION", "OPTIMIZERS", "SCHEDULERS", "Checkpoints",
     "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TensorBoard", "TrainState",
-    "Trainer", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
+    "StopOnSignal", "Trainer", "UnsafeCheckpointError", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
     "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
-    "seed_worker", "select_device", "set_threads",
+    "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file",
 ]

@@ -10,9 +10,11 @@ the metrics there once and hands the same numbers to every process.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +25,41 @@ logger = logging.getLogger(__name__)
 
 
 class Evaluator:
-    """Base class: accumulate over batches with ``process``, summarise with ``evaluate``."""
+    """Base class: accumulate over batches with ``process``, summarise with ``evaluate``.
+
+    What a registered evaluator (``seg_ext.evaluation.EVALUATORS``) also declares, so that adding a metric is its
+    module and one registry line: the :attr:`task` whose runs it scores; :attr:`summary`, its headline keys (the
+    log and the tools' closing lines); :meth:`comparison_keys` (the columns ``tools/compare.py`` shows);
+    :meth:`report` (its sections of ``report.md``); :meth:`save` (its files after a final evaluation). It is built
+    by :meth:`from_context` from what the method knows of a split (``num_classes``, ``ignore_index``,
+    ``class_names``; ``coco_gt``, ``category_of``, ``mask_threshold``, ``backend``), each evaluator taking the
+    arguments of its constructor.
+
+    Semantic evaluators take a batch's logits in :meth:`process` and, in the final evaluation at each image's
+    size, one image's class probabilities in ``process_probs(probs, target)``; instance evaluators take lists of
+    per-image detections and targets.
+    """
+
+    task: ClassVar[str] = ""
+    summary: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_context(cls, **context: Any) -> "Evaluator":
+        """An evaluator built from the context arguments its constructor names."""
+        params = inspect.signature(cls).parameters
+        return cls(**{k: v for k, v in context.items() if k in params})
+
+    @classmethod
+    def comparison_keys(cls, metrics: dict[str, Any]) -> list[str]:
+        """The keys of ``metrics`` (a split's) that a comparison of runs shows for this evaluator."""
+        return []
+
+    @classmethod
+    def report(cls, report: Any, summary: dict[str, Any]) -> None:
+        """Add this evaluator's sections to a run's report (``summary``: metrics.json's content)."""
+
+    def save(self, output_dir: Path, split: str, metrics: dict[str, float]) -> None:
+        """Write this evaluator's files of a final evaluation of ``split`` (process 0, after ``evaluate``)."""
 
     def reset(self) -> None:
         """Forget everything processed so far."""

@@ -143,6 +143,9 @@ class COCOEvaluator(Evaluator):
         backend: ``pycocotools`` or ``faster_coco_eval`` (see ``coco_evaluate``).
     """
 
+    task = "instance"
+    summary = ("segm/AP", "segm/AP50", "segm/AP75", "bbox/AP", "bbox/AP50")
+
     def __init__(
         self,
         coco_gt: COCO,
@@ -190,6 +193,25 @@ class COCOEvaluator(Evaluator):
     def save_results(self, path: str | Path, iou_type: str = "segm") -> None:
         """Write the accumulated results of one kind as a COCO results JSON."""
         Path(path).write_text(json.dumps(self.results[iou_type]))
+
+    def save(self, output_dir: Path, split: str, metrics: dict[str, float]) -> None:
+        """``results_<split>_segm.json`` and ``results_<split>_bbox.json``."""
+        for iou_type in ("segm", "bbox"):
+            self.save_results(Path(output_dir) / f"results_{split}_{iou_type}.json", iou_type)
+
+    @classmethod
+    def comparison_keys(cls, metrics: dict[str, Any]) -> list[str]:
+        return ["segm/AP", "bbox/AP"] if "segm/AP" in metrics else []
+
+    @classmethod
+    def report(cls, report: Any, summary: dict[str, Any]) -> None:
+        """The 12-number COCO summaries of each split, masks then boxes."""
+        for iou_type, label in (("segm", "Mask AP (segm)"), ("bbox", "Box AP (bbox)")):
+            report.heading(label)
+            rows = [[split, *[summary[split][f"{iou_type}/{n}"] for n in STAT_NAMES]] for split in ("val", "test")
+                    if split in summary]
+            report.table(["split", *STAT_NAMES], rows, digits=1)
+        report.text("Percentages; n/a where the split has no object of that size (COCO: small < 32², large > 96² px).")
 
 
 def load_results(path: str | Path, coco_gt: COCO, iou_type: str) -> list[dict[str, Any]]:

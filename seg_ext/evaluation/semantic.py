@@ -24,13 +24,17 @@ All values are percentages.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from seg_ext import distributed
 from seg_ext.evaluation.base import Evaluator
+
+SUMMARY_KEYS = ("mIoU", "mAP", "fwIoU", "pixel_acc", "mean_acc")
+SUMMARY_HEADERS = ("mIoU", "mAP", "fwIoU", "pixel acc", "mean acc")
 
 
 def average_precision_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -87,6 +91,9 @@ class SemSegEvaluator(Evaluator):
         class_names: names for the ``IoU/<name>`` and ``AP/<name>`` keys (default: class indices).
         bins_per_octave: AP histogram resolution: bins per factor of two in the odds (a power of two, <= 2^23).
     """
+
+    task = "semantic"
+    summary = SUMMARY_KEYS
 
     def __init__(
         self,
@@ -205,6 +212,76 @@ class SemSegEvaluator(Evaluator):
         for name, value in zip(self.class_names, ap):
             results[f"AP/{name}"] = 100 * float(value)
         return results
+
+
+    @classmethod
+    def comparison_keys(cls, metrics: dict[str, Any]) -> list[str]:
+        """mIoU and mAP, and the IoU and AP of the object class of two-class data (Penn-Fudan's person)."""
+        if "mIoU" not in metrics:
+            return []
+        names = ["mIoU", "mAP"]
+        classes = [k.split("/", 1)[1] for k in metrics if k.startswith("IoU/")]
+        if len(classes) == 2:
+            names += [f"IoU/{classes[1]}", f"AP/{classes[1]}"]
+        return names
+
+    @classmethod
+    def report(cls, report: Any, summary: dict[str, Any]) -> None:
+        """The results table of each split and the per-class IoU and AP."""
+        report.heading("Results (best checkpoint)")
+        rows = [[split, *[summary[split][k] for k in SUMMARY_KEYS]] for split in ("val", "test") if split in summary]
+        report.table(["split", *SUMMARY_HEADERS], rows)
+        report.text("All numbers are percentages. AP is per-pixel average precision (VOC all-point) pooled over the split.")
+        report.heading("Per class")
+        splits = [s for s in ("test", "val") if s in summary]
+        if not splits:
+            return
+        class_names = [k.split("/", 1)[1] for k in summary[splits[0]] if k.startswith("IoU/")]
+        headers = ["class"] + [f"{s} {m}" for s in splits for m in ("IoU", "AP")]
+        report.table(headers, [[c] + [summary[s][f"{m}/{c}"] for s in splits for m in ("IoU", "AP")] for c in class_names])
+
+    def save(self, output_dir: Path, split: str, metrics: dict[str, float]) -> None:
+        """``confusion_<split>.png``: the row-normalised confusion matrix with AP and IoU per class."""
+        from seg_ext.visualize import plot_confusion
+
+        plot_confusion(
+            self.confusion_matrix(), self.class_names,
+            [metrics[f"AP/{c}"] for c in self.class_names], [metrics[f"IoU/{c}"] for c in self.class_names],
+            Path(output_dir) / f"confusion_{split}.png",
+            title=f"{split}: mIoU {metrics['mIoU']:.1f}, mAP {metrics['mAP']:.1f}",
+        )
+
+
+class SemanticLoss(Evaluator):
+    """The mean loss over a split's batches, weighted by their size: of logits (``process``) or of one image's
+    probabilities (``process_probs``, their log taken as logits).
+
+    Args:
+        loss: ``loss(logits, target) -> scalar`` (e.g. the run's weighted cross entropy).
+    """
+
+    task = "semantic"
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.loss = loss
+        self.reset()
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def process(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.total += float(self.loss(logits, target.to(logits.device))) * len(target)
+        self.count += len(target)
+
+    def process_probs(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        self.process(torch.log(probs.clamp_min(1e-30)), target)
+
+    def evaluate(self) -> dict[str, float]:
+        return {"loss": self.total / max(self.count, 1)}
+
+    def combine(self) -> None:
+        self.total, count = distributed.all_reduce([self.total, float(self.count)])
+        self.count = int(count)
 
 
 def _bincount(index: torch.Tensor, length: int) -> np.ndarray:

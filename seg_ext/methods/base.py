@@ -1,24 +1,299 @@
-"""The instance-method protocol: what a way of turning images into instances must provide.
+"""The method protocol: everything that differs between ways of segmenting, for both tasks.
 
-The instance task owns the data (COCO files, the augmentation), the engine, the evaluator and the report; a
-method brings the rest. A new method is a subclass of :class:`InstanceMethod` in its own module plus one entry
-in ``seg_ext.methods.METHODS`` (its config block); its tests come from subclassing the contract test
-``tests/contracts.py::InstanceMethodContract``.
+A method says, as attributes and methods of its class (nothing else in the package asks for its name):
+
+* config: :meth:`Method.defaults` (its blocks with their defaults) and :meth:`Method.validate`;
+* data: :meth:`Method.datasets` (the train/val/test datasets from the format table, ``seg_ext.data.formats``)
+  and :meth:`Method.collate`;
+* model: :attr:`Method.models` (name -> builder for the config's ``model`` block), :meth:`Method.build_model`,
+  :meth:`Method.size_multiple`, :attr:`Method.network_keys` (config keys that shape the network);
+* training: :meth:`Method.loss` (the loss step, with its state made in its constructor) and
+  :meth:`Method.trainer`;
+* prediction: :meth:`Method.prepare` (one image -> the network's input; runs in loader workers),
+  :meth:`Method.forward` (a batch, with or without test-time augmentation: :attr:`Method.supports_tta`),
+  :meth:`Method.postprocess` (one image at its own size), :meth:`Method.result` (the API's NumPy result),
+  :meth:`Method.write_prediction` (the files ``tools/predict.py`` writes);
+* evaluation: :meth:`Method.evaluators` (the evaluator registry's for its task, ``seg_ext.evaluation``) and
+  :meth:`Method.evaluate`;
+* report: :attr:`Method.title`, :meth:`Method.draw_overlays`, :meth:`Method.write_report`, :meth:`Method.facts`;
+* export: :attr:`Method.onnx_outputs`, :meth:`Method.export_module`, :attr:`Method.export_fixed_size`.
+
+Two families implement most of it: :class:`~seg_ext.methods.semantic.SemanticMethod` (per-pixel classes) and
+:class:`~seg_ext.methods.instance.InstanceMethod` (instances scored with COCO AP, whose subclasses bring the
+network, its loss and its post-processing). A new method is a subclass in its own module plus one entry in
+``seg_ext.methods.METHODS`` (or :func:`~seg_ext.methods.register_method` from a plugin); its tests come from
+subclassing a contract test in ``tests/contracts.py``.
+
+The driver (``seg_ext.tasks.driver``) hands a method its run: an object with ``cfg``, ``output_dir``,
+``device``, ``precision``, ``data`` (:class:`RunData`), ``loaders`` and ``loader(dataset, train, collate_fn)``
+(:class:`RunLike`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from seg_ext.data.coco import CocoInstanceDataset, collate_instances, image_tensor
+from seg_ext.engine import Precision, Trainer
+from seg_ext.evaluation import Evaluator
+from seg_ext.models import build_from_block
 
-# what ``predict`` / ``postprocess`` return for each image: keys and dtypes (masks: (N, H, W) or (N, 1, H, W), at the image's size)
-PREDICTION_KEYS = {"boxes": torch.float32, "labels": torch.int64, "scores": torch.float32}
+# model-block keys that name pretrained weights to fetch: a checkpoint holds the trained weights already
+WEIGHT_KEYS = ("weights", "backbone_weights", "encoder_weights")
+
+
+@dataclass
+class RunData:
+    """A method's data for a run: the datasets of each split (None for one the data lacks), what the model's
+    head needs, and what the run folder and the checkpoints keep of it.
+
+    Attributes:
+        datasets: ``train``, ``val``, ``test``.
+        class_names: semantic: every class; instance: the categories (model label k is ``class_names[k - 1]``).
+        num_classes: classes of the model's head (instance: with the background).
+        description: the data as the report names it.
+        split_sizes: images per split, for ``metrics.json``.
+        files: JSON files to write into the run folder (name -> content), e.g. ``splits.json``.
+        checkpoint_facts: what checkpoints hold besides config and class names (COCO categories, ...).
+    """
+
+    datasets: dict[str, Dataset | None]
+    class_names: list[str]
+    num_classes: int
+    description: str
+    split_sizes: dict[str, int]
+    files: dict[str, Any] = field(default_factory=dict)
+    checkpoint_facts: dict[str, Any] = field(default_factory=dict)
+
+
+class RunLike(Protocol):
+    """What a method reads of the driver's run (``seg_ext.tasks.run.Run``)."""
+
+    cfg: dict[str, Any]
+    output_dir: Path
+    command: str
+    device: torch.device
+    precision: Precision
+    data: RunData
+    loaders: dict[str, DataLoader]
+
+    def loader(self, dataset: Dataset, train: bool = False, collate_fn: Callable | None = None) -> DataLoader: ...
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer: ...
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> Any: ...
+
+
+LossStep = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+
+
+class Method:
+    """Base class of the methods (see the module docstring).
+
+    Attributes:
+        name: the config's ``method`` and the tools' ``--method``.
+        task: ``semantic`` or ``instance``: which tool trains it and what the data must hold.
+        title: the report's title.
+        models: model names -> builders for the config's ``model`` block.
+        supports_tta: ``forward(..., tta=True)`` averages with the horizontally flipped images.
+        supports_oracle: :meth:`oracle_outputs` turns ground truth into outputs (``--oracle``).
+        onnx_outputs: the exported network's output names (:meth:`export_module` returns them in this order).
+        export_fixed_size: the export takes one image size and batch 1 (torchvision's detectors).
+        network_keys: config keys besides the ``model`` block whose values shape the network (a resume or
+            ``--opts`` that changes them is refused before any weights are loaded).
+        context_keys: config keys of the builder arguments the method supplies (for error messages).
+    """
+
+    name: ClassVar[str] = ""
+    task: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    models: ClassVar[dict[str, Callable[..., nn.Module]]] = {}
+    supports_tta: ClassVar[bool] = True
+    supports_oracle: ClassVar[bool] = False
+    onnx_outputs: ClassVar[tuple[str, ...]] = ()
+    export_fixed_size: ClassVar[bool] = False
+    network_keys: ClassVar[tuple[str, ...]] = ()
+    context_keys: ClassVar[dict[str, str]] = {}
+    #: the method's own config blocks (name -> defaults), e.g. ``watershed``
+    config_blocks: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: renamed keys of the method's blocks ((block, old) -> new), for configs saved before the rename
+    renamed_keys: ClassVar[dict[tuple[str, str], str]] = {}
+
+    def __init__(self, cfg: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
+        self.validate(cfg)
+        self.cfg, self.device = cfg, device
+
+    # ---- config -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The method's whole default config (a fresh copy)."""
+        raise NotImplementedError
+
+    @classmethod
+    def validate(cls, cfg: dict[str, Any]) -> None:
+        """Check the keys that are the method's (the common ones are checked by ``config.validate_config``).
+
+        Raises:
+            ConfigError: naming the key and what was expected.
+        """
+
+    # ---- data ---------------------------------------------------------------------------------------------
+
+    def datasets(self, output_dir: Path) -> RunData:
+        """The run's datasets (training ones augmented), from the format table."""
+        raise NotImplementedError
+
+    def collate(self, batch: list[Any]) -> Any:
+        """Batch the samples of the datasets (default: PyTorch's)."""
+        return torch.utils.data.default_collate(batch)
+
+    # ---- model --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def postprocess_keys(cls) -> tuple[str, ...]:
+        """Config keys of the post-processing, which may change without retraining
+        (``tools/tune_postprocess.py`` tunes them on val)."""
+        return ()
+
+    @classmethod
+    def head_classes(cls, class_names: Sequence[str]) -> int:
+        """The classes of the model's head for a run's class names (instance methods add the background)."""
+        return len(class_names)
+
+    def model_arguments(self, num_classes: int) -> dict[str, Any]:
+        """What the method tells the model builder besides the config's ``model`` block."""
+        return {"num_classes": num_classes}
+
+    def build_model(self, num_classes: int, pretrained: bool = True) -> nn.Module:
+        """The network of the config's ``model`` block; ``pretrained`` False leaves out pretrained weights (a
+        checkpoint brings the trained ones)."""
+        block = self.cfg["model"] if pretrained else without_weights(self.cfg["model"])
+        return build_from_block(self.models, block, self.model_arguments(num_classes), context_keys=self.context_keys)
+
+    def size_multiple(self, model: nn.Module) -> int | None:
+        """The multiple that input height and width must be of (1: any size; None: only the trained size)."""
+        return getattr(model, "size_multiple", 1)
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The (H, W) the network sees (None: each image at its own size)."""
+        return None
+
+    # ---- training -----------------------------------------------------------------------------------------
+
+    def loss(self, data: RunData) -> LossStep:
+        """The training loss step ``loss(model, batch) -> (loss, parts)``."""
+        raise NotImplementedError
+
+    def trainer(self, run: RunLike, model: nn.Module, loss: LossStep, meta: dict[str, Any]) -> Trainer:
+        """A gradient-descent trainer with the default hooks, validating on val."""
+        train_loader = run.loader(run.data.datasets["train"], train=True, collate_fn=self.collate)
+        optimizer = run.optimizer(model)
+        scheduler = run.scheduler(optimizer, len(train_loader))
+        t = run.cfg["train"]
+        return Trainer(
+            model, optimizer, scheduler, train_loader, loss, lambda m: self.evaluate(run, m, "val"),
+            run.output_dir, epochs=t["epochs"], best_metric=t["best_metric"], precision=run.precision,
+            grad_clip=t["grad_clip"], eval_every=t["eval_every"], meta=meta, checkpoint_every=t["checkpoint_every"],
+        )
+
+    # ---- prediction ---------------------------------------------------------------------------------------
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """The network input of one HxWx3 uint8 RGB image, as evaluation prepares it. Runs in loader workers."""
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], tta: bool = False) -> Any:
+        """The network's outputs for a batch of prepared images (a stacked tensor or a list), in whatever form
+        :meth:`postprocess` takes; ``tta``: averaged with the horizontally flipped images'. Callers run it
+        without gradients and in the run's precision."""
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any, index: int, size: tuple[int, int], probs: bool = False) -> dict[str, Any]:
+        """Image ``index`` of :meth:`forward`'s outputs at the image's own ``size`` (H, W), as tensors."""
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, images: Any, sizes: Sequence[tuple[int, int]], tta: bool = False) -> list[dict[str, Any]]:
+        """:meth:`forward`, then :meth:`postprocess` of every image."""
+        outputs = self.forward(model, images, tta)
+        return [self.postprocess(outputs, i, tuple(size)) for i, size in enumerate(sizes)]
+
+    def result(self, raw: dict[str, Any], score_threshold: float = 0.5) -> dict[str, np.ndarray]:
+        """A :meth:`postprocess` output as the Python API's NumPy result."""
+        raise NotImplementedError
+
+    #: the folders ``tools/predict.py`` writes per-image files into (besides ``overlays/``)
+    prediction_folders: ClassVar[tuple[str, ...]] = ()
+    #: whether predictions are COCO results (``results_*.json``; ``--coco-gt`` scores them)
+    coco_results: ClassVar[bool] = False
+
+    def write_prediction(self, raw: dict[str, Any], result: dict[str, np.ndarray], image: np.ndarray, name: str,
+                         output_dir: Path, class_names: Sequence[str], overlays: bool) -> dict[str, Any]:
+        """Write one image's files for ``tools/predict.py``; return its ``predictions.json`` entry."""
+        raise NotImplementedError
+
+    # ---- evaluation and report -----------------------------------------------------------------------------
+
+    def evaluators(self, dataset: Dataset) -> list[Evaluator]:
+        """The evaluators of a split (``seg_ext.evaluation.EVALUATORS`` of the method's task, plus its own)."""
+        raise NotImplementedError
+
+    def evaluate(self, run: RunLike, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
+        """The metrics of ``split``; ``final``: the final evaluation, which also writes the split's files."""
+        raise NotImplementedError
+
+    def draw_overlays(self, run: RunLike, model: nn.Module, split: str) -> None:
+        """Predictions drawn over a few images of ``split`` (``overlays_<split>.png``)."""
+
+    def write_report(self, run: RunLike, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """``report.md`` of a finished run."""
+        raise NotImplementedError
+
+    def facts(self) -> dict[str, Any]:
+        """The method's entries of ``metrics.json``."""
+        return {}
+
+    # ---- export and the oracle -----------------------------------------------------------------------------
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """The network as ONNX exports it: prepared images in, the :attr:`onnx_outputs` out (a tuple)."""
+        return model
+
+    def oracle_outputs(self, target: dict[str, Any]) -> dict[str, Any]:
+        """What :meth:`postprocess` would give for a perfect network, from one evaluation target."""
+        raise NotImplementedError(f"method {self.name} has no oracle")
+
+    def oracle_facts(self) -> dict[str, Any]:
+        """What the oracle's ``metrics.json`` says of the method's settings."""
+        return {}
+
+    def write_oracle_report(self, output_dir: Path, summary: dict[str, Any], description: str, command: str) -> None:
+        """``report.md`` of ``--oracle``."""
+        raise NotImplementedError(f"method {self.name} has no oracle")
+
+    def show_augmentations(self, output: Path, num_images: int = 4, per_image: int = 4) -> Path:
+        """A picture of training samples as the augmentation makes them, to check their alignment."""
+        from seg_ext.errors import SegExtError
+
+        raise SegExtError(f"method {self.name} cannot show its augmentations; tools/show_augmentations.py draws the "
+                          "semantic method's")
+
+
+def without_weights(block: dict[str, Any]) -> dict[str, Any]:
+    """A ``model`` block with its pretrained-weight keys emptied."""
+    block = copy.deepcopy(block)
+    for key in WEIGHT_KEYS:
+        if block.get(key):
+            block[key] = None
+    return block
 
 
 def to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -26,61 +301,8 @@ def to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[
     return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
 
 
-class InstanceMethod:
-    """Base class of the instance methods.
-
-    Attributes:
-        name: the method's name (``method`` in the config, ``--method`` on the command line).
-        models: model names -> builders, for the config's ``model`` block.
-        device: where batches go.
-    """
-
-    name: str = ""
-    supports_tta: bool = True  # forward(..., tta=True) averages with the flipped images
-    models: dict[str, Callable[..., nn.Module]] = {}
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def collate(self, batch: list[Any]) -> Any:
-        """Batch samples of :meth:`dataset` (default: images and targets as lists)."""
-        return collate_instances(batch)
-
-    def dataset(self, base: CocoInstanceDataset, train: bool) -> Dataset:
-        """The dataset training and evaluation batches come from, on top of a COCO split (default: the split)."""
-        return base
-
-    def model_arguments(self, num_classes: int) -> dict[str, Any]:
-        """What the method tells the model builder besides the config's ``model`` block."""
-        return {"num_classes": num_classes}
-
-    def loss_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss of a batch and its named parts (floats, for the log)."""
-        raise NotImplementedError
-
-    def prepare(self, image: np.ndarray) -> torch.Tensor:
-        """The network input of one HxWx3 uint8 RGB image, as :meth:`dataset` gives it for evaluation (default:
-        the image as a float tensor in [0, 1]). Runs in loader workers."""
-        return image_tensor(image)
-
-    def forward(self, model: nn.Module, images: Any, tta: bool = False) -> Any:
-        """The network's outputs for a batch of prepared images (``tta``: averaged with the horizontally flipped
-        images'), in whatever form :meth:`postprocess` takes."""
-        raise NotImplementedError
-
-    def postprocess(self, outputs: Any, index: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Instances of image ``index`` of a batch's :meth:`forward` outputs, at the image's own ``size`` (H, W):
-        ``boxes`` (N, 4) xyxy float32, ``labels`` (N,) int64, ``scores`` (N,) float32, ``masks`` (N, H, W) or
-        (N, 1, H, W) probabilities or 0/1."""
-        raise NotImplementedError
-
-    def predict(self, model: nn.Module, images: Any, sizes: Sequence[tuple[int, int]], tta: bool = False) -> list[dict[str, torch.Tensor]]:
-        """Instances of each image at its own size ``sizes[i]``: :meth:`forward`, then :meth:`postprocess`. The
-        one path of evaluation, the report's overlays and ``seg_ext.inference.Predictor``."""
-        outputs = self.forward(model, images, tta)
-        return [self.postprocess(outputs, i, tuple(size)) for i, size in enumerate(sizes)]
-
-    def extra_panel(self, outputs: Any, index: int, size: tuple[int, int]) -> tuple[np.ndarray, str] | None:
-        """An extra picture for the report's overlays from a batch's :meth:`forward` outputs (an array at
-        ``size`` and its title), or None."""
-        return None
+def overlay_indices(count: int, length: int) -> list[int]:
+    """``count`` image indices spread over a split of ``length`` images."""
+    if count <= 0 or length <= 0:
+        return []
+    return [int(i) for i in np.linspace(0, length - 1, min(count, length)).round().astype(int)]

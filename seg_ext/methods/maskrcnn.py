@@ -1,4 +1,5 @@
-"""torchvision Mask R-CNN as an instance method: the model computes its own losses in training mode."""
+"""torchvision Mask R-CNN as an instance method: boxes, then a mask per box; the model computes its own losses in
+training mode and maps its detections back to each input image's pixels."""
 
 from __future__ import annotations
 
@@ -7,16 +8,44 @@ from typing import Any
 import torch
 from torch import nn
 
-from seg_ext.methods.base import InstanceMethod, to_device
+from seg_ext.methods.base import to_device
+from seg_ext.methods.instance import InstanceMethod
 from seg_ext.models.maskrcnn import maskrcnn
+
+
+class _Detections(nn.Module):
+    """Mask R-CNN on a batch of one image, its detections as a tuple (what ONNX exports)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor):
+        out = self.detector([image[0]])[0]
+        return out["boxes"], out["labels"], out["scores"], out["masks"]
 
 
 class MaskRCNNMethod(InstanceMethod):
     """Detection-based instances: boxes, then a mask per box."""
 
     name = "maskrcnn"
+    title = "Mask R-CNN"
     supports_tta = False  # detections of a flipped image would need merging
     models = {"maskrcnn": maskrcnn}
+    onnx_outputs = ("boxes", "labels", "scores", "masks")
+    export_fixed_size = True  # torchvision's exporter takes one size and batch 1 (pytorch/vision#2311)
+    # CPU-sized: ResNet-18-FPN with group norm (trains from scratch with batches of 2), small images, and fewer
+    # proposals and sampled RoIs than torchvision's defaults (2000 / 512), which makes an iteration 2x cheaper
+    default_model = {
+        "name": "maskrcnn",
+        "backbone": "resnet18_fpn",
+        "norm": "group",
+        "min_size": 256,
+        "max_size": 416,
+        "box_batch_size_per_image": 128,
+        "rpn_post_nms_top_n_train": 500,
+        "rpn_post_nms_top_n_test": 300,
+    }
 
     def loss_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch
@@ -31,5 +60,12 @@ class MaskRCNNMethod(InstanceMethod):
         outputs = model([i.to(self.device, non_blocking=True) for i in images])
         return [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
 
-    def postprocess(self, outputs: list[dict[str, torch.Tensor]], index: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def postprocess(self, outputs: list[dict[str, torch.Tensor]], index: int, size: tuple[int, int],
+                    probs: bool = False) -> dict[str, torch.Tensor]:
         return outputs[index]
+
+    def size_multiple(self, model: nn.Module) -> int | None:
+        return None  # the export takes the one size it was made at
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        return _Detections(model)

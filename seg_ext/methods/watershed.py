@@ -12,19 +12,38 @@ Watershed Transform (Bai & Urtasun, CVPR 2017).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seg_ext.config import pixels
 from seg_ext.data.coco import CocoInstanceDataset, image_tensor
 from seg_ext.data.energy import WatershedDataset, collate_watershed, network_input
+from seg_ext.errors import ConfigError
 from seg_ext.losses import watershed_loss
-from seg_ext.methods.base import InstanceMethod
+from seg_ext.methods.instance import InstanceMethod
 from seg_ext.models.dual_unet import DualHeadUNet
 from seg_ext.postprocess import expected_energy, instances_from_labels, watershed_instances
+
+WATERSHED_BLOCK: dict[str, Any] = {
+    "input_size": [256, 256],  # (H, W) the UNet sees; outputs are resized back to each image's own size
+    "levels": [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54],  # lower bin edges in pixels
+    "level_weights": [3, 3, 3, 2],  # the lowest levels weighted up; the rest 1
+    "area_weighting": True,  # weight energy pixels by 1/sqrt(instance area)
+    "foreground_loss_weight": 1.0,  # scalar weights of the two losses in the total
+    "energy_loss_weight": 1.0,
+    "marker_level": 1.0,  # markers: foreground with expected energy at or above this level (DWT cuts at 1-2)
+    "min_marker_area": 10,
+    "min_instance_area": 50,
+    "foreground_threshold": 0.5,
+    "split_dynamic": 0.0,  # > 0: split a marker at energy peaks rising this many levels above their saddle
+    "score_energy": 0.0,  # score: peak energy (levels) at which the energy factor reaches 1; 0: 2 x marker_level
+    "score_area": 0.0,  # score: area (pixels at input_size) at which sqrt(area / score_area) reaches 1; 0: off
+    "full_resolution": False,  # masks at each image's size from the upsampled foreground (eval.mask_threshold)
+}
 
 
 @dataclass(frozen=True)
@@ -57,37 +76,71 @@ class PostProcessing:
         return asdict(self)
 
 
+class _Outputs(nn.Module):
+    """The dual-head UNet with its dict of outputs as a tuple (ONNX outputs are positional)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out["foreground"], out["energy"]
+
+
 class WatershedMethod(InstanceMethod):
     """The dual-head UNet trained on foreground/energy targets; instances come from the watershed.
 
-    Args:
-        input_size: (H, W) the network sees; outputs are resized back to each image's own size.
-        levels: lower bin edges (pixels) of the energy levels.
-        level_weights, area_weighting: how the energy loss weights its pixels (see ``energy_targets``).
-        foreground_loss_weight, energy_loss_weight: the two losses' scalar weights in the total.
-        post: the post-processing settings.
+    Its settings are the config's ``watershed`` block: ``input_size`` (the (H, W) the network sees; outputs
+    are resized back to each image's own size), ``levels`` (lower bin edges of the energy levels, pixels),
+    ``level_weights`` and ``area_weighting`` (how the energy loss weights its pixels), the two losses' scalar
+    weights, and the post-processing (:class:`PostProcessing`, with ``eval.mask_threshold``).
     """
 
     name = "watershed"
+    title = "dual-head UNet + watershed"
     models = {"dual_unet": DualHeadUNet}
+    supports_oracle = True
+    onnx_outputs = ("foreground", "energy")
+    network_keys = ("watershed.levels", "watershed.input_size")
+    context_keys = {"image_size": "watershed.input_size"}
+    default_model = {"name": "dual_unet", "base_width": 16, "depth": 4}
+    default_changes = {
+        "train": {"optimizer": "adamw", "lr": 3.0e-3, "weight_decay": 1.0e-4, "scheduler": "cosine", "warmup_iters": 0,
+                  "epochs": 30},
+        "data": {"batch_size": 4},
+    }
+    config_blocks = {"watershed": WATERSHED_BLOCK}
+    renamed_keys = {("watershed", "foreground_weight"): "foreground_loss_weight",
+                    ("watershed", "energy_weight"): "energy_loss_weight"}
 
-    def __init__(
-        self,
-        device: torch.device,
-        input_size: tuple[int, int] = (256, 256),
-        levels: Sequence[float] = (0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 30, 37, 45, 54),
-        level_weights: Sequence[float] = (3, 3, 3, 2),
-        area_weighting: bool = True,
-        foreground_loss_weight: float = 1.0,
-        energy_loss_weight: float = 1.0,
-        post: PostProcessing = PostProcessing(),
-    ) -> None:
-        super().__init__(device)
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.edges = [float(v) for v in levels]
-        self.level_weights, self.area_weighting = list(level_weights), bool(area_weighting)
-        self.foreground_loss_weight, self.energy_loss_weight = float(foreground_loss_weight), float(energy_loss_weight)
-        self.post = post
+    def __init__(self, cfg: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
+        super().__init__(cfg, device)
+        ws = cfg["watershed"]
+        self._input_size = (int(ws["input_size"][0]), int(ws["input_size"][1]))
+        self.edges = [float(v) for v in ws["levels"]]
+        self.level_weights, self.area_weighting = list(ws["level_weights"]), bool(ws["area_weighting"])
+        self.foreground_loss_weight = float(ws["foreground_loss_weight"])
+        self.energy_loss_weight = float(ws["energy_loss_weight"])
+        self.post = PostProcessing(**{key: ws[key] for key in PostProcessing.watershed_keys()},
+                                   mask_threshold=cfg["eval"]["mask_threshold"])
+
+    @classmethod
+    def validate(cls, cfg: dict[str, Any]) -> None:
+        super().validate(cfg)
+        ws = cfg["watershed"]
+        pixels(ws["input_size"], "watershed.input_size", minimum=16, multiple=16)
+        edges = ws["levels"]
+        if len(edges) < 3 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] != 0:
+            raise ConfigError(f"config key 'watershed.levels' is {edges}; expected increasing bin edges starting at 0")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._input_size
+
+    @classmethod
+    def postprocess_keys(cls) -> tuple[str, ...]:
+        return (*(f"watershed.{key}" for key in PostProcessing.watershed_keys()), "eval.mask_threshold")
 
     def collate(self, batch: list[Any]) -> Any:
         return collate_watershed(batch)
@@ -135,7 +188,8 @@ class WatershedMethod(InstanceMethod):
     def forward(self, model: nn.Module, images: Any, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         return self.maps(model, images, tta)
 
-    def postprocess(self, outputs: tuple[np.ndarray, np.ndarray], index: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def postprocess(self, outputs: tuple[np.ndarray, np.ndarray], index: int, size: tuple[int, int],
+                    probs: bool = False) -> dict[str, torch.Tensor]:
         fg, energy = outputs
         return self.instances(fg[index], energy[index], size)
 
@@ -145,3 +199,14 @@ class WatershedMethod(InstanceMethod):
         shown = torch.from_numpy(np.where(fg[index] >= self.post.foreground_threshold, energy[index], 0.0))
         resized = F.interpolate(shown[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
         return resized.numpy(), "predicted energy on the foreground"
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        return _Outputs(model)
+
+    def oracle_outputs(self, target: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The instances of the ground-truth maps of an evaluation target (foreground and energy levels)."""
+        return self.instances(target["foreground"].numpy().astype(np.float32), target["level"].numpy().astype(np.float32),
+                              target["orig_size"])
+
+    def oracle_facts(self) -> dict[str, Any]:
+        return {"input_size": list(self.input_size), "post": self.post.as_dict()}

@@ -12,7 +12,10 @@ class SegmentationModel(nn.Module):
         fitted_by_counting: trained by counting labels (``count``), not by gradient descent.
         bf16_safe: bf16 autocast keeps its gradients close to fp32's (``benchmarks/cpu_throughput.py`` measures
             it); the engine keeps a model that holds any module declaring False in fp32 under ``train.amp=auto``.
+        size_multiple: the multiple input height and width must be of (1: any size; None: only the size it was
+            built for). A model whose multiple depends on how it is built overrides it with a property.
     """
 
     fitted_by_counting: bool = False
     bf16_safe: bool = True
+    size_multiple: int | None = 1

@@ -23,6 +23,7 @@ class PixelFrequencyBaseline(SegmentationModel):
     """
 
     fitted_by_counting = True
+    size_multiple = None  # per-pixel frequencies at the training size; other sizes are interpolated, not learnt
 
     def __init__(self, num_classes: int, image_size: tuple[int, int] = (128, 128), pseudo_count: float = 1e-3) -> None:
         super().__init__()

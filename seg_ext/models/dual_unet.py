@@ -44,6 +44,11 @@ class DualHeadUNet(SegmentationModel):
             self.smp = smp_unet(2 + num_levels, encoder_name=encoder, encoder_weights=encoder_weights,
                                 in_channels=in_channels, image_size=image_size)
 
+    @property
+    def size_multiple(self) -> int:
+        """32 with an smp encoder (it halves the size five times); the hand-written UNet pads any size."""
+        return 1 if self.smp is None else 32
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.smp is not None:
             out = self.smp(x)

@@ -30,6 +30,7 @@ def _smp_unet_class() -> type:
 
             fitted_by_counting = False
             bf16_safe = False
+            size_multiple = 32  # the ResNet encoder halves the size five times
 
         _SMP_UNET = SmpUNet
     return _SMP_UNET

@@ -17,16 +17,11 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from seg_ext.config import upgrade_config
 from seg_ext.errors import ConfigError, SegExtError
 from seg_ext.io import atomic_write_text
 from seg_ext.report import fmt
 
 SEED_KEY = "train.seed"
-# metrics of the table by task (keys inside metrics.json's "val" / "test"); per-class IoU/AP are added for
-# two-class semantic data (the object class: Penn-Fudan's person)
-SEMANTIC_METRICS = ("mIoU", "mAP")
-INSTANCE_METRICS = ("segm/AP", "bbox/AP")
 
 
 @dataclass
@@ -92,7 +87,9 @@ def read_run(folder: Path) -> RunRecord:
     if (folder / "metrics.jsonl").is_file():
         history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     try:  # a run saved before a config key existed is compared at that key's default
-        config = upgrade_config(config)
+        from seg_ext.methods import upgrade
+
+        config = upgrade(config)
     except (ConfigError, KeyError, TypeError):
         pass  # not a config this version knows: compared as written
     return RunRecord(folder, flatten(config), metrics, history)
@@ -111,16 +108,12 @@ def _word(value: Any) -> str:
 
 
 def table_metrics(runs: Sequence[RunRecord]) -> list[str]:
-    """The metric keys of the table: the task's main ones, plus IoU and AP of the object class of two-class
-    semantic data."""
-    val = runs[0].metrics.get("val", {})
-    if "mIoU" in val:
-        names = list(SEMANTIC_METRICS)
-        classes = [k.split("/", 1)[1] for k in val if k.startswith("IoU/")]
-        if len(classes) == 2:
-            names += [f"IoU/{classes[1]}", f"AP/{classes[1]}"]
-        return names
-    return list(INSTANCE_METRICS)
+    """The metric keys of the table: the comparison columns every registered evaluator declares for these
+    metrics (``Evaluator.comparison_keys``: mIoU and mAP with the object class of two-class semantic data; mask
+    and box AP)."""
+    from seg_ext.evaluation import comparison_keys
+
+    return comparison_keys(runs[0].metrics.get("val", {}))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:

@@ -1,6 +1,7 @@
 """Predict on image files with a :class:`~seg_ext.inference.Predictor` and write what a person or a program
-reads: label or instance maps at each image's own size, overlays, ``predictions.json`` and, for instances, COCO
-results files (scored against ``--coco-gt`` when given). What ``tools/predict.py`` calls.
+reads: the method's per-image files at each image's own size (``Method.write_prediction``: label maps or
+instance maps, overlays), ``predictions.json`` and, for methods whose predictions are COCO results, the results
+files (scored against ``--coco-gt`` when given). What ``tools/predict.py`` calls.
 
 Images are read and prepared in DataLoader workers; the network runs on batches in the main process; each
 image's post-processing and file writing go to a thread, so decoding, the network and writing overlap. An
@@ -19,17 +20,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from seg_ext.data.base import IMAGE_EXTENSIONS
 from seg_ext.data.coco import coco_from_dict, load_coco_json
 from seg_ext.data.files import read_image
-from seg_ext.data.semantic import IMAGE_EXTENSIONS
 from seg_ext.errors import DatasetError, SegExtError
-from seg_ext.evaluation.coco import coco_evaluate, detections_to_results
+from seg_ext.evaluation.coco import coco_evaluate
 from seg_ext.inference import Predictor
 from seg_ext.io import check_output_folder, write_json
-from seg_ext.visualize import instance_overlay_picture, palette, semantic_overlay_picture
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +144,18 @@ def predict_files(
     """Predict every file and write the outputs into ``output_dir`` (see the module docstring).
 
     Returns:
-        How many images were written, the files that could not be read, the time, and COCO metrics (instance
-        predictions with ``coco_gt``).
+        How many images were written, the files that could not be read, the time, and COCO metrics (COCO results
+        with ``coco_gt``).
     """
     output_dir = Path(output_dir)
     check_output_folder(output_dir)
+    method = predictor.method
+    if coco_gt is not None and not method.coco_results:
+        raise SegExtError(f"--coco-gt is for checkpoints whose predictions are COCO results; method {method.name} "
+                          f"writes {', '.join(method.prediction_folders)}/ files")
     target = CocoTarget.load(coco_gt) if coco_gt is not None else None
     names = output_names(files)
-    instance = predictor.task == "instance"
     if target is not None:
-        if not instance:
-            raise SegExtError("--coco-gt is for instance checkpoints; a semantic checkpoint's masks are PNGs")
         image_ids = [target.image_ids.get(f.name) for f in files]
         unknown = [f for f, i in zip(files, image_ids) if i is None]
         if len(unknown) == len(files):
@@ -168,7 +168,7 @@ def predict_files(
     else:
         image_ids = list(range(1, len(files) + 1))
         category_of = {k + 1: int(c) for k, c in enumerate(predictor.categories)}
-    folders = ["instances" if instance else "masks"] + (["overlays"] if overlays else [])
+    folders = list(method.prediction_folders) + (["overlays"] if overlays else [])
     for folder in folders:
         (output_dir / folder).mkdir(parents=True, exist_ok=True)
 
@@ -194,7 +194,7 @@ def predict_files(
             if good:
                 t0 = time.perf_counter()
                 inputs = [item["input"] for item in good]
-                outputs = predictor.forward(torch.stack(inputs) if not instance else inputs)
+                outputs = predictor.forward(inputs)
                 network_seconds = (time.perf_counter() - t0) / len(good)
                 for i, item in enumerate(good):
                     k = item["index"]
@@ -208,10 +208,10 @@ def predict_files(
     bar.close()
     seconds = time.perf_counter() - start
     written = [e for e in entries if e is not None]
-    write_json({"checkpoint_task": predictor.task, "classes": predictor.class_names, "images": written,
-                "failed": failed, "seconds": round(seconds, 3)}, output_dir / "predictions.json")
+    write_json({"checkpoint_task": predictor.task, "method": method.name, "classes": predictor.class_names,
+                "images": written, "failed": failed, "seconds": round(seconds, 3)}, output_dir / "predictions.json")
     metrics = None
-    if instance:
+    if method.coco_results:
         for iou_type in ("segm", "bbox"):
             write_json(results[iou_type], output_dir / f"results_{iou_type}.json")
         if target is not None:
@@ -244,36 +244,18 @@ def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.nd
             category_of: dict[int, int], output_dir: Path, overlays: bool, network_seconds: float) -> tuple:
     """Post-process image ``i`` of a batch and write its files; returns its predictions.json entry and results."""
     t0 = time.perf_counter()
+    method = predictor.method
     size = image.shape[:2]
     raw = predictor.postprocess(outputs, i, size)
     result = predictor.result(raw)
     entry: dict[str, Any] = {"file": str(path), "name": name, "size": [int(size[0]), int(size[1])]}
     bbox: list[dict[str, Any]] = []
     segm: list[dict[str, Any]] = []
-    if predictor.task == "semantic":
-        labels = result["labels"].astype(np.uint8)
-        mask = Image.fromarray(labels, mode="P")
-        mask.putpalette(palette(len(predictor.class_names)).ravel().tolist())
-        mask.save(output_dir / "masks" / f"{name}.png", compress_level=1)  # fast; label maps compress well anyway
-        counts = np.bincount(labels.ravel(), minlength=len(predictor.class_names))
-        entry["class_share"] = {c: round(float(n) / labels.size, 6) for c, n in zip(predictor.class_names, counts)}
-        if overlays:
-            picture = semantic_overlay_picture(image, labels, predictor.class_names)
-            Image.fromarray(picture).save(output_dir / "overlays" / f"{name}.jpg", quality=90)
-    else:
+    entry.update(method.write_prediction(raw, result, image, name, output_dir, predictor.class_names, overlays))
+    if method.coco_results:
         if image_id is not None:  # None: not in --coco-gt
-            bbox, segm = detections_to_results(raw, image_id, category_of, predictor.mask_threshold)
-        Image.fromarray(result["instance_map"]).save(output_dir / "instances" / f"{name}.png", compress_level=1)
+            bbox, segm = method.coco_results_of(raw, image_id, category_of)
         entry["image_id"] = None if image_id is None else int(image_id)
-        entry["instances"] = [
-            {"id": k + 1, "score": round(float(s), 5), "box": [round(float(v), 2) for v in b],
-             "category": predictor.class_names[int(label) - 1] if 0 < int(label) <= len(predictor.class_names) else str(int(label)),
-             "area": int(m.sum())}
-            for k, (s, b, label, m) in enumerate(zip(result["scores"], result["boxes"], result["labels"], result["masks"]))
-        ]
         entry["score_threshold"] = predictor.score_threshold
-        if overlays:
-            picture = instance_overlay_picture(image, result["instance_map"], result["scores"], result["boxes"])
-            Image.fromarray(picture).save(output_dir / "overlays" / f"{name}.jpg", quality=90)
     entry["seconds"] = round(network_seconds + time.perf_counter() - t0, 4)
     return index, entry, bbox, segm

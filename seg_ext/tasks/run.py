@@ -1,6 +1,10 @@
-"""The run object, and where config blocks become the plain arguments of the engine, data code and builders.
+"""The run object and the one path that builds it from a config (:func:`build_run`): seeds and device, the
+method, its data, the run folder's files, the placed model, its loss and the evaluation loaders, in that order.
+The driver (training, evaluation, the oracle), ``tools/tune_postprocess.py`` and the contract tests all build
+their run here. The run is also where config blocks become the plain arguments of the engine (``loader``,
+``optimizer``, ``scheduler``, ``place``).
 
-Config values are checked once, when the config is loaded (``seg_ext.config.validate_config``); the functions
+Config values are checked once, when the config is loaded (``seg_ext.methods.check_config``); the functions
 here only read them and pass them on.
 """
 
@@ -18,25 +22,29 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from seg_ext import distributed
+from seg_ext.config import save_config
 from seg_ext.engine import (
     previous_path,
     Precision, build_optimizer, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
 )
 from seg_ext.errors import ConfigError, SegExtError
+from seg_ext.io import write_json
+from seg_ext.methods import Method, RunData, build_method
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Run:
-    """One training or evaluation run: its config, folder and device, and what the driver builds for it.
+    """One training or evaluation run: its config, folder and device, and what :func:`build_run` builds for it.
 
     Attributes:
         cfg: the validated config.
         output_dir: the run folder.
         command: how the run was started (for the report).
         device: where it computes; precision: how (set by :meth:`place`).
-        datasets: ``train``/``val``/``test`` (None for a split the data does not have).
+        method: the method of ``cfg``; data: its datasets and what the run keeps of them.
+        model: the placed network (None for a run without one: the oracle); loss: the method's loss step.
         loaders: evaluation loaders of the splits that have images, built once.
     """
 
@@ -45,8 +53,15 @@ class Run:
     command: str
     device: torch.device
     precision: Precision | None = None
-    datasets: dict[str, Any] = field(default_factory=dict)
+    method: Method | None = None
+    data: RunData | None = None
+    model: nn.Module | None = None
+    loss: Any = None
     loaders: dict[str, DataLoader] = field(default_factory=dict)
+
+    @property
+    def datasets(self) -> dict[str, Any]:
+        return self.data.datasets if self.data is not None else {}
 
     @classmethod
     def start(cls, cfg: dict[str, Any], output_dir: Path, command: str = "") -> "Run":
@@ -118,6 +133,34 @@ class Run:
         factor = lr_factor_fn(t["scheduler"], t["epochs"], iters_per_epoch, t["step_size"], t["gamma"], t["warmup_iters"],
                               t["warmup_factor"])
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+EVAL_SPLITS = ("val", "test")
+
+
+def build_run(cfg: dict[str, Any], output_dir: Path, command: str = "", model: bool = True, files: bool = True) -> Run:
+    """The run of ``cfg``: threads, seeds and device (joining a torchrun process group), the method, its data
+    (process 0 first: it may generate or convert files), the run folder's ``config.yaml`` and data files
+    (``files``; process 0), the model placed in the run's precision, the loss and the evaluation loaders
+    (``model`` False: none of the three, for a run that needs no network)."""
+    run = Run.start(cfg, output_dir, command)
+    run.method = build_method(cfg, run.device)
+    with distributed.main_first():  # process 0 generates or converts data files before the others read them
+        run.data = run.method.datasets(run.output_dir)
+    if files and distributed.is_main():
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.output_dir / "config.yaml")
+        for name, content in run.data.files.items():
+            write_json(content, run.output_dir / name)
+    if not model:
+        return run
+    run.model = run.place(run.method.build_model(run.data.num_classes))
+    logger.info("model %s: %s parameters, device %s", cfg["model"]["name"],
+                f"{sum(p.numel() for p in run.model.parameters()):,}", run.device)
+    run.loaders = {s: run.loader(run.datasets[s], collate_fn=run.method.collate)
+                   for s in EVAL_SPLITS if run.datasets.get(s) is not None and len(run.datasets[s])}
+    run.loss = run.method.loss(run.data)
+    return run
 
 
 def join_processes(cfg: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from seg_ext.config import instance_defaults, load_config, merge_config, parse_value, SEMANTIC_DEFAULTS
+from seg_ext.config import parse_value
 from seg_ext.errors import ConfigError, Preempted, SegExtError
 from seg_ext.io import atomic_write_text
 
@@ -104,20 +104,23 @@ def check_settings(runs: Sequence[PlannedRun], config: Path | None, method: str 
     Raises:
         ConfigError: naming the key (from the config loader) and the grid setting.
     """
-    defaults = SEMANTIC_DEFAULTS if method is None else instance_defaults(method)
-    from seg_ext.config import validate_config
+    from seg_ext.methods import method_config, resolve_method
 
+    name = resolve_method(method, config)
     for run in runs:
         try:
-            validate_config(load_config(config, [*opts, *run.overrides], defaults=defaults))
+            method_config(name, config, [*opts, *run.overrides])
         except ConfigError as exc:
             raise ConfigError(f"{exc} (in the sweep's setting {run.name})") from None
 
 
 def run_command(run: PlannedRun, config: Path | None, data_root: Path | None, method: str | None,
                 opts: Sequence[str]) -> list[str]:
-    """The training tool's command line for ``run`` (``--resume`` when its folder holds an unfinished run)."""
-    tool = ROOT / "tools" / ("train_semantic.py" if method is None else "train_instance.py")
+    """The training tool's command line for ``run`` (``--resume`` when its folder holds an unfinished run): the
+    tool of the method's task."""
+    from seg_ext.methods import method_class, resolve_method
+
+    tool = ROOT / "tools" / f"train_{method_class(resolve_method(method, config)).task}.py"
     command = [sys.executable, str(tool), "--output-dir", str(run.folder)]
     if (run.folder / "last.pt").is_file() or (run.folder / "last.prev.pt").is_file():
         return command + ["--resume"]  # the run keeps its saved config

@@ -1,0 +1,415 @@
+"""Semantic segmentation as a method: a per-pixel classifier (``seg_ext.models.SEMANTIC_MODELS``) trained with
+weighted cross entropy, scored by the semantic evaluators (confusion matrix, IoU, pixel AP), on any format of the
+table that holds semantic masks. The per-pixel frequency baseline trains with a
+:class:`~seg_ext.engine.CountingTrainer`.
+
+Prediction: the image resized to ``data.image_size`` and normalised (:meth:`SemanticMethod.prepare`), softmax
+probabilities (averaged with the mirror image's under TTA), resized bilinearly to the image's own size, then the
+argmax (:meth:`SemanticMethod.postprocess`). The final val/test evaluation scores exactly that, at each image's
+size (``eval.full_resolution``); per-epoch validation scores at ``data.image_size`` for speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from seg_ext import distributed
+from seg_ext.config import CLASS_WEIGHT_MODES, TRAIN_DEFAULTS, choice, image_size, interval, pair, pixels
+from seg_ext.data.formats import find_format, get_format
+from seg_ext.data.semantic import SemanticSegDataset, build_semantic_datasets
+from seg_ext.data.transforms import build_transforms
+from seg_ext.engine import CountingTrainer, Trainer, seed_everything
+from seg_ext.errors import DatasetError, SegExtError
+from seg_ext.evaluation import Evaluator, SemanticLoss, build_evaluators, evaluator_classes, run_inference
+from seg_ext.evaluation.semantic import argmax_channels
+from seg_ext.losses import class_weights, weighted_cross_entropy
+from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices
+from seg_ext.models import SEMANTIC_MODELS
+from seg_ext.report import Report
+from seg_ext.visualize import palette, plot_loss_curves, plot_overlays, semantic_overlay_picture
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "method": "semantic",
+    "data": {
+        "root": None,  # null: the built-in synthetic scene dataset (generated on first use)
+        "format": "auto",  # auto, or a semantic format of seg_ext.data.formats (folder, stanford, pennfudan, ...)
+        "image_size": [128, 128],  # (H, W): training crop size and evaluation size
+        "val": None,  # size of the val split: a count or a fraction; null: the format's default
+        "test": None,  # size of the test split, likewise
+        "split_seed": 0,
+        "splits_file": None,  # a splits.json from an earlier run, to reuse its split exactly
+        "batch_size": 8,
+        "num_workers": 2,
+    },
+    "augment": {
+        "crop_scale": [0.5, 1.0],  # RandomResizedCrop area range; null: no crop (the whole image resized)
+        "crop_ratio": [0.75, 1.3333333],  # RandomResizedCrop aspect-ratio range
+        "hflip_prob": 0.5,
+    },
+    "model": {"name": "unet", "base_width": 16, "depth": 3, "batch_norm": True},
+    "loss": {"class_weights": "none"},  # none | inverse | median
+    "train": dict(TRAIN_DEFAULTS),
+    # full_resolution: the final val/test evaluation (and --eval-only) scores each image at its own size, with the
+    # probabilities upsampled and the masks untouched; per-epoch validation stays at data.image_size
+    # tta: horizontal-flip test-time augmentation in the final val/test evaluation (as tools/predict.py --tta)
+    "eval": {"full_resolution": True, "tta": False},
+    "report": {"num_overlays": 6},
+}
+
+
+def semantic_probabilities(model: Any, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Softmax of the logits, float32; ``tta``: averaged with the flipped images' (flipped back).
+    Shape: (N, 3, h, w) -> (N, C, h, w)."""
+    probs = torch.softmax(model(images).float(), 1)
+    if tta:
+        probs = (probs + torch.softmax(model(images.flip(-1)).float(), 1).flip(-1)) / 2
+    return probs
+
+
+def probabilities_at(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """One image's class probabilities resized bilinearly to ``size`` (H, W). Shape: (C, h, w) -> (C, H, W)."""
+    if tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
+class FullResolutionDataset(Dataset):
+    """A split as the final evaluation reads it: the network's input (``prepare`` of the image) and the label
+    map untouched, at the image's own size (``full`` False: as the evaluation transform resizes it)."""
+
+    def __init__(self, dataset: SemanticSegDataset, prepare: Callable[[np.ndarray], torch.Tensor], full: bool = True) -> None:
+        self.dataset, self.prepare, self.full = dataset, prepare, full
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not self.full:  # the evaluation transform's resized mask (eval.full_resolution false, with eval.tta)
+            sample = self.dataset[index]
+            return {"image": sample["image"], "mask": sample["mask"]}
+        image, mask = self.dataset.load_pair(index)
+        return {"image": self.prepare(image), "mask": torch.from_numpy(mask.astype(np.int64))}
+
+
+def collate_full_resolution(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Images stacked (they share the network's size); masks as a list (each at its image's size)."""
+    return {"image": torch.stack([b["image"] for b in batch]), "mask": [b["mask"] for b in batch]}
+
+
+class AtImageSize(Evaluator):
+    """Feeds semantic evaluators each image's class probabilities at the image's own size (the method's
+    ``postprocess``), through their ``process_probs``."""
+
+    def __init__(self, method: "SemanticMethod", *evaluators: Evaluator) -> None:
+        self.method, self.evaluators = method, evaluators
+
+    def reset(self) -> None:
+        for ev in self.evaluators:
+            ev.reset()
+
+    def process(self, outputs: torch.Tensor, masks: list[torch.Tensor]) -> None:
+        for i, mask in enumerate(masks):
+            probs = self.method.postprocess(outputs, i, tuple(mask.shape), probs=True)["probs"][None]
+            for ev in self.evaluators:
+                ev.process_probs(probs, mask[None])
+
+    def evaluate(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for ev in self.evaluators:
+            results.update(ev.evaluate())
+        return results
+
+    def combine(self) -> None:
+        for ev in self.evaluators:
+            ev.combine()
+
+
+class WeightedLoss:
+    """The training loss: weighted cross entropy, the class weights (``loss.class_weights``) counted on the
+    training split when it is made (the masks are read only when weights are asked for)."""
+
+    def __init__(self, train: SemanticSegDataset, mode: str, device: torch.device) -> None:
+        self.weight = None if mode == "none" else class_weights(train.class_pixel_counts(), mode)
+        if self.weight is not None:
+            logger.info("class weights (%s): %s", mode, np.round(self.weight.numpy(), 3).tolist())
+        self.device_weight = None if self.weight is None else self.weight.to(device)
+        self.device, self.ignore_index = device, train.ignore_index
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(batch["image"].to(self.device, non_blocking=True))
+        target = batch["mask"].to(self.device, non_blocking=True)
+        return weighted_cross_entropy(logits.float(), target, self.device_weight, self.ignore_index), {}
+
+    def of_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of given logits (the evaluation's ``loss``)."""
+        return weighted_cross_entropy(logits, target, self.device_weight, self.ignore_index)
+
+
+class SemanticMethod(Method):
+    """Per-pixel classification of any semantic format (or the synthetic scenes) with a model of
+    ``seg_ext.models.SEMANTIC_MODELS``."""
+
+    name = "semantic"
+    task = "semantic"
+    title = "Semantic segmentation"
+    models = SEMANTIC_MODELS
+    supports_tta = True
+    onnx_outputs = ("logits",)
+    network_keys = ()
+    prediction_folders = ("masks",)
+
+    def __init__(self, cfg: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
+        super().__init__(cfg, device)
+        self.transform = build_transforms(image_size(cfg), train=False)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return copy.deepcopy(DEFAULTS)
+
+    @classmethod
+    def validate(cls, cfg: dict[str, Any]) -> None:
+        data, augment = cfg["data"], cfg["augment"]
+        pixels(data["image_size"], "data.image_size", minimum=8)
+        if data["format"] != "auto":
+            get_format(data["format"], cls.task)
+        if augment.get("crop_scale") is not None:
+            interval(pair(augment["crop_scale"], "augment.crop_scale"), "augment.crop_scale",
+                     lambda lo, hi: 0 < lo <= hi <= 1, "0 < low <= high <= 1, or null for no crop")
+            interval(pair(augment["crop_ratio"], "augment.crop_ratio"), "augment.crop_ratio",
+                     lambda lo, hi: 0 < lo <= hi, "0 < low <= high")
+        choice(cfg["loss"]["class_weights"], "loss.class_weights", CLASS_WEIGHT_MODES)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return image_size(self.cfg)
+
+    # ---- data
+
+    def transforms(self, train: bool, normalize: bool = True):
+        """The augmentation (``train``) or evaluation pipeline."""
+        if not train:
+            return build_transforms(image_size(self.cfg), train=False, normalize=normalize)
+        aug = self.cfg["augment"]
+        return build_transforms(image_size(self.cfg), train=True, crop_scale=aug["crop_scale"], crop_ratio=aug["crop_ratio"],
+                                hflip_prob=aug["hflip_prob"], normalize=normalize, seed=self.cfg["train"]["seed"])
+
+    def _datasets(self, transforms: dict[str, Any]) -> tuple[dict[str, SemanticSegDataset], dict[str, list[str]]]:
+        data = self.cfg["data"]
+        return build_semantic_datasets(data["root"], transforms, format=data["format"], val=data["val"], test=data["test"],
+                                       split_seed=data["split_seed"], splits_file=data["splits_file"])
+
+    def datasets(self, output_dir: Path) -> RunData:
+        transforms = {"train": self.transforms(True), "val": self.transforms(False), "test": self.transforms(False)}
+        datasets, splits = self._datasets(transforms)
+        if not splits["val"]:
+            raise DatasetError("the val split is empty; set data.val to a count or fraction of the images")
+        train, data = datasets["train"], self.cfg["data"]
+        root = Path(data["root"]).expanduser() if data["root"] else None
+        description = find_format(root, data["format"], self.task).describe(root, self.task)
+        return RunData(datasets, list(train.class_names), train.num_classes, description,
+                       {s: len(v) for s, v in splits.items()}, files={"splits.json": splits})
+
+    # ---- model and training
+
+    def model_arguments(self, num_classes: int) -> dict[str, Any]:
+        return {"num_classes": num_classes, "image_size": image_size(self.cfg)}
+
+    def loss(self, data: RunData) -> WeightedLoss:
+        return WeightedLoss(data.datasets["train"], self.cfg["loss"]["class_weights"], self.device)
+
+    def trainer(self, run: RunLike, model: nn.Module, loss: LossStep, meta: dict[str, Any]) -> Trainer:
+        if not getattr(model, "fitted_by_counting", False):
+            return super().trainer(run, model, loss, meta)
+        # the baseline: count labels over the training split at the evaluation size; one 'epoch'
+        train = run.data.datasets["train"]
+        counting = SemanticSegDataset(train.source, train.ids, self.transforms(False))
+        ignore = counting.ignore_index
+        return CountingTrainer(model, run.loader(counting), lambda m, batch: m.count(batch["mask"], ignore),
+                               lambda m: self.evaluate(run, m, "val"), run.output_dir, run.cfg["train"]["best_metric"],
+                               run.precision, meta=meta)
+
+    # ---- prediction
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        return self.transform(image=image)["image"]
+
+    def forward(self, model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], tta: bool = False) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            images = torch.stack(list(images))
+        return semantic_probabilities(model, images.to(self.device, non_blocking=True), tta)
+
+    def postprocess(self, outputs: torch.Tensor, index: int, size: tuple[int, int], probs: bool = False) -> dict[str, Any]:
+        """``labels`` (H, W) int64 and, with ``probs``, ``probs`` (C, H, W): the probabilities resized bilinearly
+        to the image, then the argmax (the label map is never resized)."""
+        full = probabilities_at(outputs[index].contiguous(), (int(size[0]), int(size[1])))
+        out = {"labels": argmax_channels(full[None])[0]}  # argmax over a strided dim is slow on CPUs
+        if probs:
+            out["probs"] = full
+        return out
+
+    def result(self, raw: dict[str, Any], score_threshold: float = 0.5) -> dict[str, np.ndarray]:
+        out = {"labels": raw["labels"].cpu().numpy()}
+        if "probs" in raw:
+            out["probs"] = raw["probs"].cpu().numpy()
+        return out
+
+    def write_prediction(self, raw: dict[str, Any], result: dict[str, np.ndarray], image: np.ndarray, name: str,
+                         output_dir: Path, class_names: Sequence[str], overlays: bool) -> dict[str, Any]:
+        """``masks/<name>.png`` (class ids, a palette PNG in the report's colours), the class shares, the overlay."""
+        labels = result["labels"].astype(np.uint8)
+        mask = Image.fromarray(labels, mode="P")
+        mask.putpalette(palette(len(class_names)).ravel().tolist())
+        mask.save(output_dir / "masks" / f"{name}.png", compress_level=1)  # fast; label maps compress well anyway
+        counts = np.bincount(labels.ravel(), minlength=len(class_names))
+        entry = {"class_share": {c: round(float(n) / labels.size, 6) for c, n in zip(class_names, counts)}}
+        if overlays:
+            picture = semantic_overlay_picture(image, labels, class_names)
+            Image.fromarray(picture).save(output_dir / "overlays" / f"{name}.jpg", quality=90)
+        return entry
+
+    # ---- evaluation
+
+    def evaluators(self, dataset: SemanticSegDataset, loss: WeightedLoss | None = None) -> list[Evaluator]:
+        evaluators = build_evaluators(self.task, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
+                                      class_names=dataset.class_names)
+        if loss is not None:
+            evaluators.append(SemanticLoss(loss.of_logits))
+        return evaluators
+
+    def evaluate(self, run: RunLike, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
+        """Per-epoch validation scores at ``data.image_size``; the final evaluation with ``eval.full_resolution``
+        scores each image at its own size (probabilities from :meth:`forward`, resized by :meth:`postprocess`)."""
+        dataset, precision, cfg = run.data.datasets[split], run.precision, run.cfg
+        evaluators = self.evaluators(dataset, run.loss)
+        if final and (cfg["eval"]["full_resolution"] or cfg["eval"]["tta"]):
+            full = FullResolutionDataset(dataset, self.prepare, cfg["eval"]["full_resolution"])
+            loader = run.loader(full, collate_fn=collate_full_resolution)  # the final evaluation reads each split once
+            tta = cfg["eval"]["tta"]
+
+            def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                with precision.autocast():
+                    return self.forward(model, batch["image"], tta), batch["mask"]
+
+            metrics = run_inference(model, loader, AtImageSize(self, *evaluators), forward, desc=split)
+        else:
+            def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                images = batch["image"].to(precision.device, non_blocking=True)
+                with precision.autocast():
+                    logits = model(images)
+                return logits.float(), batch["mask"].to(precision.device, non_blocking=True)
+
+            metrics = run_inference(model, run.loaders[split], evaluators, forward, desc=split)
+        if final and distributed.is_main():  # process 0 holds the whole split's state
+            for ev in evaluators:
+                ev.save(run.output_dir, split, metrics)
+            keys = [k for cls in evaluator_classes(self.task) for k in cls.summary]
+            logger.info("%s: %s", split, "  ".join(f"{k} {metrics[k]:.2f}" for k in keys))
+        return metrics
+
+    # ---- report
+
+    def predict_labels(self, model: nn.Module, image: np.ndarray, precision: Any) -> np.ndarray:
+        """The label map of one image at its size (eval mode, no gradients, the run's precision)."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), precision.autocast():
+                outputs = self.forward(model, [self.prepare(image)])
+                return self.postprocess(outputs, 0, image.shape[:2])["labels"].cpu().numpy()
+        finally:
+            model.train(was_training)
+
+    def draw_overlays(self, run: RunLike, model: nn.Module, split: str) -> None:
+        """A few images of ``split`` at their own size: the ground truth and the prediction."""
+        dataset = run.data.datasets[split]
+        indices = overlay_indices(run.cfg["report"]["num_overlays"], len(dataset))
+        if not indices:
+            return
+        rows, titles = [], []
+        for i in indices:
+            image, mask = dataset.load_pair(i)
+            rows.append((image, mask, self.predict_labels(model, image, run.precision)))
+            titles.append(dataset.ids[i])
+        plot_overlays(rows, dataset.class_names, run.output_dir / f"overlays_{split}.png", dataset.ignore_index, titles)
+
+    def write_report(self, run: RunLike, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        cfg, output_dir, class_names = run.cfg, run.output_dir, run.data.class_names
+        report = Report(f"{self.title}: {cfg['model']['name']}")
+        report.bullets([
+            f"command: `{run.command}`" if run.command else "command: (library call)",
+            f"dataset: `{cfg['data']['root'] or run.data.description}` ({len(class_names)} classes: {', '.join(class_names)})",
+            "split sizes: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + " (ids in `splits.json`)",
+            f"image size (H, W): {image_size(cfg)}; " + ("final evaluation with horizontal-flip test-time augmentation; "
+                                                          if cfg["eval"]["tta"] else "") + ("the final val and test metrics score each image at its own size "
+            "(probabilities upsampled, masks untouched); per-epoch validation at the network's size"
+            if cfg["eval"]["full_resolution"] else "metrics are computed at this size (masks resized)"),
+            f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
+            f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
+            f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
+        ])
+        for cls in evaluator_classes(self.task):
+            cls.report(report, summary)
+        report.heading("Training curves")
+        if any("train/loss" in h for h in history):
+            plot_loss_curves(history, output_dir / "loss_curves.png", metrics=("mIoU", "mAP"))
+            report.image("loss_curves.png", "train and val loss per epoch; val mIoU and mAP")
+        else:
+            report.text("The baseline is fitted by counting labels, not by gradient descent: there is no loss curve.")
+        for split in ("test", "val"):
+            if (output_dir / f"confusion_{split}.png").is_file():
+                report.heading(f"Confusion matrix ({split})")
+                report.image(f"confusion_{split}.png", f"row-normalised confusion matrix on {split}, with AP and IoU per class")
+        for split in ("test", "val"):
+            if (output_dir / f"overlays_{split}.png").is_file():
+                report.heading(f"Examples ({split})")
+                report.image(f"overlays_{split}.png", f"{split} images: ground truth and prediction overlaid")
+                break
+        report.heading("Files")
+        report.bullets([
+            "`config.yaml`: the resolved config; `splits.json`: the image ids of each split",
+            "`metrics.jsonl`: one line per epoch; `metrics.json`: the final val and test metrics",
+            "`last.pt` (`last.prev.pt`: the one before), `best.pt`: checkpoints; `log.txt`: the log",
+        ])
+        report.save(output_dir / "report.md")
+
+    # ---- looking at augmentation
+
+    def show_augmentations(self, output: Path, num_images: int = 4, per_image: int = 4) -> Path:
+        """Draw training images (resized, first column) and ``per_image`` random augmentations of each, with their
+        masks blended over them and outlined, so a person can check that image and mask stay aligned."""
+        from seg_ext.visualize import plot_sample_grid
+
+        seed_everything(self.cfg["train"]["seed"])
+        datasets, _ = self._datasets({})
+        train = datasets["train"]
+        plain, augment = self.transforms(False, normalize=False), self.transforms(True, normalize=False)
+        samples, titles = [], []
+        for i in overlay_indices(num_images, len(train)):
+            image, mask = train.load_pair(i)
+            out = plain(image=image, mask=mask)
+            samples.append((out["image"], out["mask"]))
+            titles.append(f"{train.ids[i]} (resized)")
+            for k in range(per_image):
+                out = augment(image=image, mask=mask)
+                samples.append((out["image"], out["mask"]))
+                titles.append(f"augmented {k + 1}")
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        plot_sample_grid(samples, train.class_names, output, columns=per_image + 1, ignore_index=train.ignore_index,
+                         titles=titles)
+        return output
+
+
+__all__ = ["SemanticMethod", "SegExtError"]
