@@ -1,5 +1,6 @@
-# Quick start:  make train   (builds the environment once, then trains the default model)
-#               make test    (the test suite; CI runs this)
+# Quick start:  make train     (builds the environment once, then trains the default model)
+#               make test      (the fast tier: unit and contract tests, after every edit)
+#               make test-all  (everything: real processes, signals, torchrun, the README's commands; CI runs this)
 #
 # The environment lives outside the checkout, in $(VENV), and is reused by every clone: the stack with its
 # CUDA libraries is about 6 GB, so building one per clone would fill the disk. It is (re)installed only when
@@ -14,7 +15,7 @@ ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv train train-instance test bench clean-runs
+.PHONY: venv train train-instance test test-all bench clean-runs
 
 venv: $(STAMP)
 
@@ -29,6 +30,9 @@ train: venv
 	$(PY) tools/train_semantic.py $(ARGS)
 
 test: venv
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-all: venv
 	$(PY) -m pytest -q $(ARGS)
 
 bench: venv

@@ -257,12 +257,15 @@ class FormatContract:
 
 
 class EvaluatorContract:
-    """What every registered evaluator must do. Subclasses set ``evaluator`` and implement ``context`` (the
-    arguments a method would give) and ``batches(perfect)`` (outputs and targets; ``perfect``: predictions that
-    equal the ground truth) and ``best`` (the key that a perfect prediction scores 100 in)."""
+    """What every registered evaluator must do. Subclasses set ``evaluator``, ``best`` (a key of its results) with
+    the value a perfect prediction scores there (``perfect``, 100 by default; ``higher_is_better``), and implement
+    ``context`` (the arguments a method would give) and ``batches(perfect)`` (outputs and targets; ``perfect``:
+    predictions that equal the ground truth)."""
 
     evaluator = ""
     best = ""
+    perfect = 100.0
+    higher_is_better = True
 
     def context(self) -> dict:
         raise NotImplementedError
@@ -281,21 +284,22 @@ class EvaluatorContract:
         cls = EVALUATORS[self.evaluator]
         assert issubclass(cls, Evaluator) and cls.task in ("semantic", "instance") and cls.summary
 
-    def test_perfect_predictions_score_100_and_the_summary_keys_are_reported(self):
+    def test_perfect_predictions_score_best_and_the_summary_keys_are_reported(self):
         metrics = self._evaluate(perfect=True)
-        assert metrics[self.best] == pytest.approx(100)
+        assert metrics[self.best] == pytest.approx(self.perfect)
         assert set(EVALUATORS[self.evaluator].summary) <= set(metrics)
         assert set(EVALUATORS[self.evaluator].comparison_keys(metrics)) <= set(metrics)
 
-    def test_worse_predictions_score_lower_and_reset_forgets(self):
-        assert self._evaluate(perfect=False)[self.best] < 100
+    def test_worse_predictions_score_worse_and_reset_forgets(self):
+        worse = self._evaluate(perfect=False)[self.best]
+        assert worse < self.perfect if self.higher_is_better else worse > self.perfect
         ev = EVALUATORS[self.evaluator].from_context(**self.context())
         for outputs, targets in self.batches(False):
             ev.process(outputs, targets)
         ev.reset()
         for outputs, targets in self.batches(True):
             ev.process(outputs, targets)
-        assert ev.evaluate()[self.best] == pytest.approx(100)
+        assert ev.evaluate()[self.best] == pytest.approx(self.perfect)
 
     def test_report_section_renders(self, tmp_path):
         from seg_ext.report import Report

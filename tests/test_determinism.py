@@ -10,6 +10,8 @@ import pytest
 
 from conftest import run_tool_process
 
+pytestmark = pytest.mark.slow  # two real tool processes with loader workers
+
 SEMANTIC = ["data.image_size=[64,64]", "data.batch_size=4", "model.base_width=4", "model.depth=2",
             "report.num_overlays=0"]
 WATERSHED = ["--method", "watershed", "--opts", "data.val=2", "data.test=3", "data.batch_size=4",

@@ -21,6 +21,8 @@ import torch
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # real processes under torchrun
+
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 # SGD: AdamW divides by the gradients' size and magnifies float noise (one process with 2 threads instead of 1
 # ends these 72 steps with weights 8e-3 apart); with SGD two ways of computing the same steps stay 1e-6 apart

@@ -1,6 +1,7 @@
-"""A method and a dataset format from outside the package (tests/plugins/toy_plugin.py), registered from there,
-are trained, evaluated, predicted and exported by the unchanged tools, in processes of their own as a user runs
-them (``SEG_EXT_PLUGINS=toy_plugin``); and the contract tests take them as they take the built-in ones."""
+"""A method, a dataset format and a metric from outside the package (tests/plugins/toy_plugin.py), registered
+from there, are trained, evaluated, predicted and exported (the metric computed, reported, printed and compared)
+by the unchanged tools, in processes of their own as a user runs them (``SEG_EXT_PLUGINS=toy_plugin``); and the
+contract tests take them as they take the built-in ones."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT
-from contracts import FormatContract, InstanceMethodContract
+from contracts import EvaluatorContract, FormatContract, InstanceMethodContract
 
 PLUGINS = ROOT / "tests" / "plugins"
 sys.path.insert(0, str(PLUGINS))
@@ -92,6 +94,15 @@ def test_the_semantic_tool_reads_a_plugin_format_found_by_its_layout(toy_root, t
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"IoU/background", "IoU/disc", "IoU/box"} <= set(metrics["test"])
     assert "(toyshapes)" in (run / "log.txt").read_text()
+    # the plugin's metric: computed at the images' size, reported, printed, compared
+    pixel_acc = metrics["test"]["pixel_acc"]
+    assert metrics["test"]["toy/error"] == pytest.approx(100 - pixel_acc, abs=1e-6)
+    assert "Toy error rate" in (run / "report.md").read_text() and "toy/error" in out.stdout
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("val/toy/error" in h for h in history)
+    out = _tool("compare", [run, "--output", tmp_path / "compare.md"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test toy/error" in (tmp_path / "compare.md").read_text()
 
 
 class TestToyMethodContract(InstanceMethodContract):
@@ -109,3 +120,19 @@ class TestToyFormatContract(FormatContract):
     @pytest.fixture
     def root(self, toy_root):
         return toy_root
+
+
+class TestToyMetricContract(EvaluatorContract):
+    evaluator = "toy_error"
+    best, perfect, higher_is_better = "toy/error", 0.0, False
+
+    def context(self):
+        return {"num_classes": 3, "ignore_index": 255, "class_names": ["a", "b", "c"]}
+
+    def batches(self, perfect):
+        rng = np.random.default_rng(0)
+        target = torch.from_numpy(rng.integers(0, 3, (2, 8, 9)))
+        logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float()
+        if not perfect:
+            logits = logits + torch.from_numpy(rng.normal(0, 1, logits.shape)).float()
+        return [(logits, target)]

@@ -148,6 +148,7 @@ def test_watershed_results_scored_by_evaluate_give_the_run_test_mask_ap(watershe
         assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_maskrcnn_outputs_and_refused_tta(pennfudan_root, tmp_path, capsys):
     run = tmp_path / "maskrcnn"
     assert call_tool("train_instance", ["--method", "maskrcnn", "--data-root", pennfudan_root, "--output-dir", run,
@@ -255,6 +256,7 @@ def test_bad_input_is_one_sentence(semantic_run, watershed_run, scenes_root, tmp
         assert re.search(message, err), (message, err)
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_is_named_and_the_rest_are_written(semantic_run, scenes_root, tmp_path):
     """A real tool process with loader workers: the broken file is named, every other image is written, exit 1."""
     folder = tmp_path / "pictures"

@@ -16,6 +16,8 @@ import torch
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # real tool processes killed and signalled, then resumed
+
 SEMANTIC = ["data.image_size=[64,64]", "data.batch_size=1", "data.num_workers=2", "model.base_width=4",
             "model.depth=2", "report.num_overlays=0", "train.epochs=4"]
 WATERSHED = ["data.val=2", "data.test=3", "data.batch_size=2", "data.num_workers=2", "watershed.input_size=[64,64]",

@@ -17,6 +17,8 @@ import torch
 
 from conftest import ROOT, call_tool, run_tool_process
 
+pytestmark = pytest.mark.slow  # real processes, signals, locks and a full disk
+
 FAST = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "model.base_width=4", "model.depth=2",
         "report.num_overlays=0"]
 

@@ -66,6 +66,7 @@ def _command(out: Path) -> list[str]:
             "--output-dir", str(out), "--opts", *TINY, "train.epochs=3"]
 
 
+@pytest.mark.slow
 def test_a_sweep_interrupted_then_run_again_skips_finished_runs_and_resumes_the_stopped_one(tmp_path):
     out = tmp_path / "sweep"
     proc = subprocess.Popen(_command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
@@ -146,6 +147,7 @@ def test_a_folder_that_is_not_a_run_is_one_sentence(make, pattern, tmp_path, cap
     assert code == 2 and err.count("\n") == 1 and pattern in err
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_are_written_and_readable(scenes_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

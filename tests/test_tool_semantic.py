@@ -116,6 +116,7 @@ def test_bad_input_is_one_sentence_and_exit_2(case, pattern, tmp_path, scenes_ro
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_error_inside_a_loader_worker_is_still_one_line(tmp_path):
     """A bad label found by a DataLoader worker process comes back wrapped; the tool still prints one sentence."""
     root = _bad_dataset(tmp_path, "label")

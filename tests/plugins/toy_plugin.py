@@ -7,6 +7,7 @@ with ``SEG_EXT_PLUGINS=toy_plugin`` (this folder on ``PYTHONPATH``).
   shapes painted with their class; background 0) and instances (each shape).
 * Method ``blobs``: a two-layer convolutional network that predicts the foreground at ``blobs.input_size``;
   instances are the connected components of the foreground, scored by their mean probability.
+* Metric ``toy_error``: the share of wrongly classified pixels, for every semantic run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from seg_ext.data.base import Format, InstanceSource, SemanticSource
 from seg_ext.data.coco import CocoInstanceDataset, image_tensor
 from seg_ext.data.formats import register_format
 from seg_ext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from seg_ext.evaluation import Evaluator, register_evaluator
 from seg_ext.methods import register_method
 from seg_ext.methods.instance import InstanceMethod
 
@@ -227,5 +229,48 @@ class BlobsMethod(InstanceMethod):
                 "scores": torch.from_numpy(scores), "masks": torch.from_numpy(masks)}
 
 
+# ---- the metric ----------------------------------------------------------------------------------------------
+
+
+class ToyErrorRate(Evaluator):
+    """The share of pixels (not ignored) whose predicted class is wrong, in percent."""
+
+    task = "semantic"
+    summary = ("toy/error",)
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        self.wrong, self.total = 0, 0
+
+    def process(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        valid = target != self.ignore_index
+        self.wrong += int(((logits.argmax(1) != target) & valid).sum())
+        self.total += int(valid.sum())
+
+    def process_probs(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        self.process(probs, target)
+
+    def evaluate(self) -> dict[str, float]:
+        return {"toy/error": 100.0 * self.wrong / max(self.total, 1)}
+
+    def combine(self) -> None:
+        from seg_ext import distributed
+
+        self.wrong, self.total = (int(v) for v in distributed.all_reduce([float(self.wrong), float(self.total)]))
+
+    @classmethod
+    def comparison_keys(cls, metrics: dict[str, Any]) -> list[str]:
+        return ["toy/error"] if "toy/error" in metrics else []
+
+    @classmethod
+    def report(cls, report: Any, summary: dict[str, Any]) -> None:
+        report.heading("Toy error rate")
+        report.table(["split", "error %"], [[s, summary[s]["toy/error"]] for s in ("val", "test") if s in summary])
+
+
 register_format(ToyShapesFormat)
 register_method(BlobsMethod)
+register_evaluator("toy_error", ToyErrorRate)
