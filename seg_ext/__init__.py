@@ -5,4 +5,4 @@ import os
 # albumentations asks the package registry for its latest version on import; we never want that.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

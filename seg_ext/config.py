@@ -47,7 +47,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_every": 1,  # validate every N epochs (and always after the last)
     "checkpoint_every": 0,  # also write last.pt every N iterations inside an epoch (resumable there); 0: off
     "threads": 0,  # torch CPU threads; 0 keeps torch's default
-    # under torchrun (README "Training on several GPUs or machines"); data.batch_size stays per process
+    # under torchrun (docs/training.md, "Training on several GPUs or machines"); data.batch_size stays per process
     "sync_bn": "auto",  # batch-norm statistics over all processes: auto = on for several CUDA processes; true; false
     "lr_scaling": "none",  # none | linear (train.lr times the number of processes)
     "dist_timeout": 1800,  # seconds a process waits for the others in a collective before the run stops

@@ -309,3 +309,24 @@ class EvaluatorContract:
         EVALUATORS[self.evaluator].report(report, {"val": metrics, "test": metrics})
         report.save(tmp_path / "report.md")
         assert (tmp_path / "report.md").read_text().count("|") > 0
+
+
+class SemanticEvaluatorContract(EvaluatorContract):
+    """The contract for a semantic evaluator, with its inputs: batches of logits over 3 classes and their targets
+    (perfect: the targets' one-hot, scaled; else with noise of the given ``noise`` standard deviation)."""
+
+    noise = 8.0
+
+    def context(self) -> dict:
+        return {"num_classes": 3, "ignore_index": 255, "class_names": ["a", "b", "c"]}
+
+    def batches(self, perfect: bool) -> list[tuple]:
+        rng = np.random.default_rng(0)
+        out = []
+        for _ in range(2):
+            target = torch.from_numpy(rng.integers(0, 3, (2, 8, 9)))
+            logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
+            if not perfect:
+                logits = logits + torch.from_numpy(rng.normal(0, self.noise, logits.shape)).float()
+            out.append((logits, target))
+        return out

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from contracts import EvaluatorContract, FormatContract, InstanceMethodContract, SemanticModelContract
+from contracts import (
+    EvaluatorContract, FormatContract, InstanceMethodContract, SemanticEvaluatorContract, SemanticModelContract,
+)
 
 
 class TestUNet(SemanticModelContract):
@@ -85,23 +86,9 @@ class TestCocoFormat(FormatContract):
         return {s: str(p) for s, p in self._paths.items()}
 
 
-class TestSemSegEvaluator(EvaluatorContract):
+class TestSemSegEvaluator(SemanticEvaluatorContract):
     evaluator = "semseg"
     best = "mIoU"
-
-    def context(self):
-        return {"num_classes": 3, "ignore_index": 255, "class_names": ["a", "b", "c"], "coco_gt": None}
-
-    def batches(self, perfect):
-        rng = np.random.default_rng(0)
-        out = []
-        for _ in range(2):
-            target = torch.from_numpy(rng.integers(0, 3, (2, 8, 9)))
-            logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
-            if not perfect:
-                logits = logits + torch.from_numpy(rng.normal(0, 8, logits.shape)).float()
-            out.append((logits, target))
-        return out
 
 
 class TestCOCOEvaluator(EvaluatorContract):

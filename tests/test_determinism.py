@@ -1,4 +1,4 @@
-"""The README's "runs are deterministic on a given machine", on the real path: two separate tool processes with
+"""docs/results.md's "runs are deterministic on a given machine", on the real path: two separate tool processes with
 the same config, loader workers (persistent over epochs) and augmentation, give the same per-epoch losses and the
 same final metrics, bit for bit."""
 

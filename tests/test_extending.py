@@ -12,11 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import ROOT
-from contracts import EvaluatorContract, FormatContract, InstanceMethodContract
+from contracts import FormatContract, InstanceMethodContract, SemanticEvaluatorContract
 
 PLUGINS = ROOT / "tests" / "plugins"
 sys.path.insert(0, str(PLUGINS))
@@ -122,17 +121,6 @@ class TestToyFormatContract(FormatContract):
         return toy_root
 
 
-class TestToyMetricContract(EvaluatorContract):
+class TestToyMetricContract(SemanticEvaluatorContract):
     evaluator = "toy_error"
     best, perfect, higher_is_better = "toy/error", 0.0, False
-
-    def context(self):
-        return {"num_classes": 3, "ignore_index": 255, "class_names": ["a", "b", "c"]}
-
-    def batches(self, perfect):
-        rng = np.random.default_rng(0)
-        target = torch.from_numpy(rng.integers(0, 3, (2, 8, 9)))
-        logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float()
-        if not perfect:
-            logits = logits + torch.from_numpy(rng.normal(0, 1, logits.shape)).float()
-        return [(logits, target)]

@@ -1,4 +1,4 @@
-"""The package's layering (README "Design"), enforced with import-linter: nothing imports a layer above it."""
+"""The package's layering (docs/design.md), enforced with import-linter: nothing imports a layer above it."""
 
 from __future__ import annotations
 

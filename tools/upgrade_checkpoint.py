@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a checkpoint written by seg_ext before version 2 to the safe format, once.
+"""Convert a checkpoint written by seg_ext before 0.2 to the safe format, once.
 
 Checkpoints are read with torch.load(weights_only=True), which runs nothing a file carries; older checkpoints
 hold NumPy objects that only an unsafe load can read, so every tool refuses them. This tool does that unsafe load
@@ -28,7 +28,7 @@ from seg_ext.errors import SegExtError  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints written before seg_ext 2 that you trust")
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints written by seg_ext before 0.2 that you trust")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the converted checkpoint (one input only; default: in place, the "
                              "original kept as <name>.v1)")

@@ -130,7 +130,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise SegExtError(f"cannot read checkpoint {path} (UnpicklingError); expected a .pt written by seg_ext") from None
         raise UnsafeCheckpointError(
             f"checkpoint {path} holds Python objects that only an unsafe load could read, and an unsafe load can run "
-            "any code the file carries, so seg_ext refuses it; if it is a checkpoint of seg_ext before version 2 from "
+            "any code the file carries, so seg_ext refuses it; if it is a checkpoint written by seg_ext before 0.2 from "
             f"a source you trust, convert it once with: python tools/upgrade_checkpoint.py {path}") from None
     except Exception as exc:
         raise SegExtError(f"cannot read checkpoint {path} ({exc.__class__.__name__}); expected a .pt written by seg_ext") from None
