@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 from seg_ext.config import parse_value
-from seg_ext.methods import method_config
-
-SEMANTIC_DEFAULTS = method_config("semantic")
 from seg_ext.errors import ConfigError
+from seg_ext.methods import METHODS, method_config
 
 
 def test_defaults_file_and_overrides(tmp_path):
@@ -19,8 +17,21 @@ def test_defaults_file_and_overrides(tmp_path):
     assert cfg["train"]["epochs"] == 5
     assert cfg["data"]["image_size"] == [64, 96]
     assert cfg["model"] == {"name": "baseconv", "width": 8}  # another model: the default block is replaced
-    assert cfg["data"]["batch_size"] == SEMANTIC_DEFAULTS["data"]["batch_size"]
-    assert SEMANTIC_DEFAULTS["train"]["epochs"] != 5  # defaults untouched
+    defaults = METHODS["semantic"].defaults()
+    assert cfg["data"]["batch_size"] == defaults["data"]["batch_size"] and cfg["method"] == "semantic"
+    assert defaults["train"]["epochs"] != 5  # defaults untouched
+
+
+def test_each_method_has_its_own_blocks_and_checks_them():
+    watershed = method_config("watershed")
+    assert "watershed" in watershed and "watershed" not in method_config("maskrcnn")
+    assert watershed["model"]["name"] == "dual_unet" and watershed["data"]["batch_size"] == 4
+    with pytest.raises(ConfigError, match="unknown config key 'watershed' in --opts; valid keys here are: augment, data"):
+        method_config("maskrcnn", overrides=["watershed.levels=[0,1,2]"])
+    with pytest.raises(ConfigError, match=r"watershed\.levels' is \[0, 2, 1\]; expected increasing"):
+        method_config("watershed", overrides=["watershed.levels=[0,2,1]"])
+    with pytest.raises(ConfigError, match=r"config key 'method' is 'nope'; expected one of: semantic, maskrcnn, watershed"):
+        method_config("nope")
 
 
 def test_same_model_name_merges_kwargs():

@@ -18,9 +18,7 @@ import yaml
 
 from conftest import ROOT, call_tool
 from seg_ext.errors import ConfigError
-from seg_ext.methods import method_config
-
-SEMANTIC_DEFAULTS = method_config("semantic")
+from seg_ext.methods import METHODS
 from seg_ext.tasks.sweep import parse_grid, plan
 
 TINY = ["data.image_size=[48,48]", "data.batch_size=4", "data.num_workers=0", "model.base_width=4", "model.depth=2",
@@ -117,7 +115,7 @@ def test_comparison_numbers_are_mean_and_sample_std_over_seeds(tmp_path, capsys)
     for lr, pairs in values.items():
         for seed, (val, test) in enumerate(pairs):
             # seed 1 saved a key the others' configs lack (added to the config since), at its default: same setting
-            augment = {"hflip_prob": SEMANTIC_DEFAULTS["augment"]["hflip_prob"]} if seed == 1 else None
+            augment = {"hflip_prob": METHODS["semantic"].defaults()["augment"]["hflip_prob"]} if seed == 1 else None
             _fake_run(tmp_path / "runs" / f"lr{lr}" / f"s{seed}", lr, seed, val, test, augment)
     assert call_tool("compare", [tmp_path / "runs", "--output", tmp_path / "c.md"]) == 0
     numbers = json.loads((tmp_path / "c.json").read_text())

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Choose the watershed's post-processing on val without retraining: run trained checkpoints (say, one per seed)
-once over the split, then score every combination of a grid of post-processing values with COCO AP; the table
-gives each setting's mean ± standard deviation over the checkpoints, the best mean in bold, like a sweep's
-comparison. Keys: watershed.marker_level, .foreground_threshold, .min_marker_area, .min_instance_area,
-.split_dynamic, .score_energy, .score_area, .full_resolution and eval.mask_threshold. Put the chosen values in the
-config (or give them to tools/predict.py with --opts).
+"""Choose a method's post-processing on val without retraining: run trained checkpoints (say, one per seed) once
+over the split, then score every combination of a grid of post-processing values with the method's own
+evaluation; the table gives each setting's mean ± standard deviation over the checkpoints, the best mean in bold,
+like a sweep's comparison. For methods whose post-processing has settings (Method.postprocess_keys); the
+watershed's: watershed.marker_level, .foreground_threshold, .min_marker_area, .min_instance_area, .split_dynamic,
+.score_energy, .score_area, .full_resolution and eval.mask_threshold. Put the chosen values in the config (or give
+them to tools/predict.py with --opts).
 
 Example:
     python tools/tune_postprocess.py runs/sweeps/ws/default/seed*/best.pt \\
@@ -24,7 +25,8 @@ from seg_ext.cli import run_tool, setup_logging  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints of a method whose post-processing has settings (best.pt of several seeds)")
+    parser.add_argument("checkpoints", nargs="+", type=Path,
+                        help="checkpoints of a method whose post-processing has settings (best.pt of several seeds)")
     parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
                         help="post-processing key and its values (YAML), one item per key")
     parser.add_argument("--output", type=Path, required=True, help="the markdown file to write (a .json and a plot beside it)")

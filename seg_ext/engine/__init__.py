@@ -1,6 +1,7 @@
 """The training engine, split by concern: where a run computes (``runtime``), in what precision (``precision``),
 its loaders (``loader``), optimiser and schedule (``optim``), checkpoint files (``checkpoint``), stopping on
-signals (``signals``), the hooks around the steps (``hooks``) and the loop (``trainer``). Functions here take plain arguments; they know no config keys.
+signals (``signals``), the hooks around the steps (``hooks``) and the loop (``trainer``). Functions here take plain
+arguments; they know no config keys.
 """
 
 from seg_ext.engine.checkpoint import (

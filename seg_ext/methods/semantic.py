@@ -29,7 +29,7 @@ from seg_ext.data.formats import find_format, get_format
 from seg_ext.data.semantic import SemanticSegDataset, build_semantic_datasets
 from seg_ext.data.transforms import build_transforms
 from seg_ext.engine import CountingTrainer, Trainer, seed_everything
-from seg_ext.errors import DatasetError, SegExtError
+from seg_ext.errors import DatasetError
 from seg_ext.evaluation import Evaluator, SemanticLoss, build_evaluators, evaluator_classes, run_inference
 from seg_ext.evaluation.semantic import argmax_channels
 from seg_ext.losses import class_weights, weighted_cross_entropy
@@ -412,4 +412,4 @@ class SemanticMethod(Method):
         return output
 
 
-__all__ = ["SemanticMethod", "SegExtError"]
+__all__ = ["SemanticMethod"]
