@@ -85,6 +85,25 @@ def watershed_instances(
     return labels, scores.astype(np.float32)
 
 
+def instance_classes(labels: np.ndarray, scores: np.ndarray, class_prob: np.ndarray,
+                     foreground_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each instance's class and class-aware score: the class with the most probability over its pixels (labels
+    1..K), and the score times the mean probability of that class given the foreground over its pixels.
+
+    Shape:
+        labels (h, w) 0..N; scores (N,); class_prob (K, h, w); foreground_prob (h, w) -> (N,) int64, (N,) float32
+    """
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, np.int64), scores
+    index = np.arange(1, n + 1)
+    totals = np.stack([ndimage.sum(p, labels, index) for p in class_prob], axis=1)  # (N, K)
+    best = totals.argmax(1)
+    given = class_prob / np.maximum(foreground_prob, 1e-6)[None]
+    share = np.array([ndimage.mean(given[c], labels, i) for c, i in zip(best, index)], np.float32)
+    return best.astype(np.int64) + 1, (scores * np.clip(share, 0, 1)).astype(np.float32)
+
+
 def _split_markers(markers: np.ndarray, count: int, energy: np.ndarray, dynamic: float,
                    min_area: int) -> tuple[np.ndarray, int]:
     """Markers split at their energy peaks: a marker holding two or more h-maxima of height ``dynamic`` (each
@@ -139,9 +158,11 @@ def full_resolution_labels(labels: np.ndarray, foreground_prob: np.ndarray, size
 
 
 def instances_from_labels(labels: np.ndarray, scores: np.ndarray, size: tuple[int, int],
-                          foreground_prob: np.ndarray | None = None, mask_threshold: float = 0.5) -> dict[str, torch.Tensor]:
+                          foreground_prob: np.ndarray | None = None, mask_threshold: float = 0.5,
+                          classes: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Detections (boxes, labels, scores, masks) of an instance label map resized to ``size``: nearest, or with
-    ``foreground_prob`` outlines drawn at ``size`` by :func:`full_resolution_labels`."""
+    ``foreground_prob`` outlines drawn at ``size`` by :func:`full_resolution_labels`. ``classes``: each
+    instance's class label (default: 1, one class)."""
     if foreground_prob is None:
         labels = _resize_labels(labels, size)
     else:
@@ -150,13 +171,14 @@ def instances_from_labels(labels: np.ndarray, scores: np.ndarray, size: tuple[in
     masks = labels[None] == np.arange(1, n + 1).reshape(-1, 1, 1) if n else np.zeros((0, *size), bool)
     keep = masks.reshape(n, -1).any(1) if n else np.zeros(0, bool)
     masks, scores = masks[keep], scores[keep]
+    classes = np.ones(len(masks), np.int64) if classes is None else np.asarray(classes, np.int64)[keep]
     boxes = np.zeros((len(masks), 4), np.float32)
     for i, m in enumerate(masks):
         ys, xs = np.nonzero(m)
         boxes[i] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     return {
         "boxes": torch.from_numpy(boxes),
-        "labels": torch.ones(len(masks), dtype=torch.int64),
+        "labels": torch.from_numpy(classes),
         "scores": torch.from_numpy(np.asarray(scores, np.float32)),
         "masks": torch.from_numpy(masks.astype(np.uint8)),
     }

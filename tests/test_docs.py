@@ -66,6 +66,6 @@ def test_the_readme_commands_run_in_order(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     for path in ("runs/sem/metrics.json", "runs/ws/metrics.json", "runs/sem_eval/metrics.json", "runs/oracle/metrics.json",
                  "runs/pred/predictions.json", "runs/ws_pred/metrics.json", "runs/sem.onnx", "runs/pred_onnx/predictions.json",
-                 "runs/sweep/comparison.md", "runs/compare.md", "runs/ws_post.md", "runs/coco/instances_test.json",
+                 "runs/sweep/comparison.md", "runs/compare.md", "runs/ws_post.md", "runs/coco/annotations/instances_all.json",
                  "runs/augmentations.png"):
         assert (tmp_path / path).is_file(), path

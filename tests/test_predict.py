@@ -211,7 +211,9 @@ def test_onnx_export_matches_pytorch(which, semantic_run, watershed_run, scenes_
     prepared = torch.stack([torch_predictor.prepare(image)] * 2)
     ours, theirs = torch_predictor.forward(prepared), onnx_predictor.forward(prepared)
     for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (ours, theirs))):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+        assert (a is None) == (b is None)  # the watershed's class maps: None with one class
+        if a is not None:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
     # and the dynamic graph runs at another size
     bigger = np.concatenate([image, image], axis=0)
     session = onnx_predictor.model.session

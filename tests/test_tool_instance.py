@@ -47,7 +47,7 @@ def test_one_iteration_run_and_eval_only(method, opts, pennfudan_root, tmp_path,
         (["--method", "maskrcnn", "--opts", "model.backbone=resnet34_fpn"], r"'model\.backbone' is 'resnet34_fpn'; expected one of"),
         (["--method", "maskrcnn", "--opts", "model.weights=coco", "model.backbone=resnet18_fpn"], r"no COCO Mask R-CNN with resnet18_fpn"),
         (["--method", "watershed", "--opts", "watershed.input_size=[100,100]"], r"watershed\.input_size.*multiples of 16"),
-        (["--method", "maskrcnn", "--opts", "data.format=coco"], r"data\.train_json' is empty"),
+        (["--method", "maskrcnn", "--opts", "data.format=coco"], r"holds no COCO instance file; expected annotations/\*\.json there, or the files named by data\.train_json"),
     ],
 )
 def test_bad_options_are_one_sentence(argv, pattern, pennfudan_root, tmp_path, capsys):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -33,12 +34,13 @@ TASKS = ("semantic", "instance")
 @dataclass
 class SemanticSource:
     """What a dataset folder holds for semantic segmentation: its image/label pairs, class names and any split
-    it brings."""
+    it brings. The label of an image is what ``mask_reader`` takes: a file's path, or an image id for formats
+    whose labels are shapes in an annotation file."""
 
     root: Path
     format: str
     class_names: list[str]
-    items: dict[str, tuple[Path, Path]]  # image id -> (image path, label path)
+    items: dict[str, tuple[Path, Any]]  # image id -> (image path, label path or reference)
     mask_reader: Callable[[Path, int, int], np.ndarray]
     splits: dict[str, list[str]] | None = None
     ignore_index: int = 255
@@ -49,14 +51,17 @@ class SemanticSource:
 @dataclass
 class InstanceSource:
     """What a dataset folder holds for instance segmentation: images (ids in order), their COCO categories and a
-    reader of each image's instances: ``read(image_id) -> (masks (N, H, W) uint8, category ids (N,))``."""
+    reader of each image's instances: ``read(image_id) -> (masks (N, H, W) uint8, category ids (N,))``, or with a
+    third array, whether each is a crowd region (ignored in training and evaluation)."""
 
     root: Path  # the folder image paths are relative to in the COCO files
     title: str  # what the COCO files' info says, e.g. "Penn-Fudan pedestrians"
     categories: list[dict[str, Any]]
     items: dict[str, Path]  # image id -> image path, in the order image ids are numbered
-    read: Callable[[str], tuple[np.ndarray, np.ndarray]]
+    read: Callable[[str], tuple]
     default_split: tuple[float, float] = (0.1, 0.1)
+    splits: dict[str, list[str]] | None = None  # the dataset's own split, used when the run asks for none
+    dropped: Counter = field(default_factory=Counter)  # what reading left out, by kind (counted in one warning)
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,11 @@ class Format:
     default_split: ClassVar[tuple[float, float]] = (0.1, 0.1)
 
     @classmethod
-    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> bool:
-        """Whether the folder ``root`` is in this layout (``files``: the COCO files the config names)."""
-        return False
+    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
+        """How surely the folder ``root`` is in this layout: 0 not, 1 possibly (its files one folder down, or a
+        part of the layout missing), 2 surely (``files``: the COCO files the config names). The surest wins;
+        a tie is ambiguous."""
+        return 0
 
     def describe(self, root: Path | None, task: str = "semantic") -> str:
         """The data as the report names it."""
@@ -114,15 +121,20 @@ class Format:
         :meth:`instance_source` converted into ``<output_dir>/coco`` (reused when a conversion with the same
         parameters is there)."""
         source = self.instance_source(root)
+        own = source.splits if request.val is None and request.test is None else None
         default_val, default_test = source.default_split
         val = request.val if request.val is not None else default_val
         test = request.test if request.test is not None else default_test
         coco_dir = Path(output_dir) / "coco"
         params = {"root": str(Path(source.root).resolve()), "seed": request.seed, "val": val, "test": test}
+        if own is not None:
+            params = {"root": params["root"], "format": self.name, "splits": "the dataset's own"}
+        elif request.val is None and request.test is None:
+            val, test = small_split(len(source.items), val, test, str(root))
         marker = coco_dir / "conversion.json"
         paths = {s: coco_dir / f"instances_{s}.json" for s in SPLITS}
         if not (marker.is_file() and json.loads(marker.read_text()) == params and all(p.is_file() for p in paths.values())):
-            write_coco_splits(source, coco_dir, request.seed, val, test)
+            write_coco_splits(source, coco_dir, request.seed, val, test, splits=own)
             marker.write_text(json.dumps(params))
         return dict(paths), Path(source.root)
 
@@ -160,6 +172,28 @@ def make_splits(ids: Sequence[str], val: float, test: float, seed: int) -> dict[
     }
 
 
+def small_split(total: int, val: float, test: float, what: str) -> tuple[float, float]:
+    """A format's default split sizes fitted to a small dataset: val and test shrink (test first) so that one
+    image is left to train on; a dataset needs two images at least (one to train on, one to validate).
+
+    Raises:
+        DatasetError: fewer than two images.
+    """
+    if total < 2:
+        raise DatasetError(f"dataset {what} has {total} image(s); expected at least 2 (one to train on, one to validate)")
+
+    def count(size: float) -> int:
+        return min(split_count(size, total, "") if size < 1 else int(size), total)
+
+    n_val, n_test = count(val), count(test)
+    fits = n_val + n_test < total
+    while n_val + n_test >= total and n_test > 0:
+        n_test -= 1
+    while n_val + n_test >= total and n_val > 1:
+        n_val -= 1
+    return (val, test) if fits else (n_val, n_test)
+
+
 def resolve_splits(
     source: SemanticSource, val: float | None = None, test: float | None = None, split_seed: int = 0,
     splits_file: str | Path | None = None,
@@ -177,8 +211,10 @@ def resolve_splits(
                     raise DatasetError(f"splits file {path} names image id '{image_id}', which is not in {source.root}")
         return {s: list(splits[s]) for s in SPLITS}
     if source.splits is not None and val is None and test is None:
-        return source.splits
+        return {s: [i for i in source.splits.get(s, []) if i in source.items] for s in SPLITS}
     default_val, default_test = source.default_split
+    if val is None and test is None:
+        val, test = small_split(len(source.items), default_val, default_test, str(source.root))
     val = val if val is not None else default_val
     test = test if test is not None else default_test
     return make_splits(list(source.items), val, test, split_seed)
@@ -205,14 +241,18 @@ def tight_bbox(mask: np.ndarray) -> list[float]:
     return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
-def instances_to_coco(source: InstanceSource, seed: int = 0, val: float = 0.1, test: float = 0.1) -> dict[str, dict[str, Any]]:
-    """COCO instance dicts of the train/val/test splits of an instance source (a seeded split).
+def instances_to_coco(source: InstanceSource, seed: int = 0, val: float = 0.1, test: float = 0.1,
+                      splits: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """COCO instance dicts of the train/val/test splits of an instance source: ``splits`` (the dataset's own), or
+    a seeded split with ``val`` and ``test`` images.
 
     Image ids are the 1-based position of the image in the source's order, the same in every split file; each
     instance is an annotation with an RLE ``segmentation``, ``area`` = its pixels, a tight ``bbox`` and
-    ``iscrowd`` 0; ``file_name`` is relative to ``source.root``.
+    ``iscrowd`` (1 for a crowd region); ``file_name`` is relative to ``source.root``.
     """
-    splits = make_splits(list(source.items), val, test, seed)
+    if splits is None:
+        splits = make_splits(list(source.items), val, test, seed)
+    splits = {s: list(splits.get(s, [])) for s in SPLITS}
     split_of = {image_id: split for split, ids in splits.items() for image_id in ids}
     out = {
         split: {
@@ -224,12 +264,18 @@ def instances_to_coco(source: InstanceSource, seed: int = 0, val: float = 0.1, t
         for split in splits
     }
     for number, (image_id, image_path) in enumerate(source.items.items(), start=1):
+        if image_id not in split_of:
+            continue
         coco = out[split_of[image_id]]
-        masks, categories = source.read(image_id)
+        masks, categories, *crowd = source.read(image_id)
+        crowd = crowd[0] if crowd else np.zeros(len(masks), bool)
         h, w = masks.shape[1:] if len(masks) else image_size(image_path)
-        coco["images"].append({"id": number, "file_name": Path(image_path).relative_to(source.root).as_posix(),
-                               "width": int(w), "height": int(h)})
-        for m, category, rle in zip(masks, categories, masks_to_rles(masks)):
+        try:  # relative to the image root; an image kept elsewhere (extracted from an annotation file) by its path
+            file_name = Path(image_path).relative_to(source.root).as_posix()
+        except ValueError:
+            file_name = str(Path(image_path).resolve())
+        coco["images"].append({"id": number, "file_name": file_name, "width": int(w), "height": int(h)})
+        for m, category, is_crowd, rle in zip(masks, categories, crowd, masks_to_rles(masks)):
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1,
                 "image_id": number,
@@ -237,18 +283,21 @@ def instances_to_coco(source: InstanceSource, seed: int = 0, val: float = 0.1, t
                 "segmentation": rle,
                 "area": float(m.sum()),
                 "bbox": tight_bbox(m),
-                "iscrowd": 0,
+                "iscrowd": int(bool(is_crowd)),
             })
+    for kind, n in sorted(source.dropped.items()):
+        logger.warning("%s: %d %s left out of the instances", source.root, n, kind)
     return out
 
 
 def write_coco_splits(source: InstanceSource, output_dir: str | Path, seed: int = 0, val: float = 0.1,
-                      test: float = 0.1) -> dict[str, Path]:
-    """Write ``instances_{train,val,test}.json`` of an instance source; return their paths by split."""
+                      test: float = 0.1, splits: dict[str, list[str]] | None = None) -> dict[str, Path]:
+    """Write ``instances_{train,val,test}.json`` of an instance source (``splits``: the dataset's own, else a
+    seeded split); return their paths by split."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for split, coco in instances_to_coco(source, seed, val, test).items():
+    for split, coco in instances_to_coco(source, seed, val, test, splits).items():
         path = output_dir / f"instances_{split}.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(coco))

@@ -7,15 +7,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from seg_ext.data.base import SPLITS, Format, SplitRequest, masks_to_rles  # noqa: F401  (re-exported)
+from seg_ext.data.annotations import BACKGROUND_NAMES, AnnotatedFormat, AnnotationSet, ImageAnnotation, Shape, subset_splits
+from seg_ext.data.base import SPLITS, SplitRequest, masks_to_rles  # noqa: F401  (re-exported)
 from seg_ext.data.files import read_image, read_json
 from seg_ext.errors import ConfigError, DatasetError
 
@@ -190,22 +194,129 @@ def collate_instances(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple
     return list(images), list(targets)
 
 
-class CocoFormat(Format):
-    """COCO instances files named in the config, images under ``data.root``."""
+def _coco_files(root: Path) -> list[Path]:
+    """COCO instance files in ``root/annotations/`` or ``root`` (sorted)."""
+    found = []
+    for folder in (root / "annotations", root):
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(1 << 16)
+            except OSError:
+                continue
+            if b'"images"' in head and b'"annotations"' in head or b'"categories"' in head and b'"images"' in head:
+                found.append(path)
+        if found:
+            return found
+    return found
+
+
+def _subset_of(path: Path) -> str | None:
+    match = re.search(r"(train|validation|valid|val|test)", path.stem.lower())
+    return match.group(1) if match else None
+
+
+class CocoFormat(AnnotatedFormat):
+    """COCO instance files: named in the config (``data.train_json``, ``data.val_json``, ``data.test_json``,
+    images under ``data.root``, read as they are), or found in the folder (``annotations/*.json`` or ``*.json``:
+    ``instances_<subset>.json`` files give the split; one file is split like any dataset). Polygons (several per
+    annotation: one instance), RLE (``counts`` a list or a string), ``iscrowd`` regions (ignore), category ids
+    through ``categories`` (a category named like the background is the background); an annotation without a
+    segmentation (a box only) is left out with a count."""
 
     name = "coco"
-    layout = "COCO files (data.format=coco with data.train_json and data.val_json)"
-    serves = ("instance",)
+    layout = "COCO instance files (annotations/*.json or *.json; or data.train_json and data.val_json)"
+    serves = ("semantic", "instance")
+    default_split = (0.1, 0.1)
 
     @classmethod
-    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> bool:
-        return bool((files or {}).get("train"))
+    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
+        if (files or {}).get("train"):
+            return 2
+        return 2 if _coco_files(root) else 0
 
     def coco_splits(self, root: Path | None, output_dir: Path, request: SplitRequest) -> tuple[dict[str, Path | None], Path]:
+        files = request.files or {}
+        if not any(files.values()):
+            if root is None:
+                raise ConfigError("config key 'data.format' is coco but data.root is null; expected the COCO image folder")
+            return super().coco_splits(root, output_dir, request)
         if root is None:
             raise ConfigError("config key 'data.format' is coco but data.root is null; expected the COCO image folder")
-        files = request.files or {}
         for split in ("train", "val"):
             if not files.get(split):
                 raise ConfigError(f"config key 'data.{split}_json' is empty; COCO data needs the instance files of train and val")
         return {s: Path(files[s]).expanduser() if files.get(s) else None for s in SPLITS}, root
+
+    def read(self, root: Path) -> AnnotationSet:
+        paths = _coco_files(root)
+        if not paths:
+            raise DatasetError(f"dataset folder {root} holds no COCO instance file; expected annotations/*.json there, or "
+                               "the files named by data.train_json and data.val_json")
+        classes: list[str] = []
+        background = "background"
+        images: dict[str, ImageAnnotation] = {}
+        subsets: dict[str, str] = {}
+        skipped = Counter()
+        for path in paths:
+            data = load_coco_json(path)
+            names = {c["id"]: str(c["name"]) for c in data["categories"]}
+            for name in names.values():
+                if name in BACKGROUND_NAMES:
+                    background = name
+                elif name not in classes:
+                    classes.append(name)
+            subset = _subset_of(path) if len(paths) > 1 else None
+            by_image: dict[Any, list[dict[str, Any]]] = {}
+            for ann in data["annotations"]:
+                by_image.setdefault(ann["image_id"], []).append(ann)
+            for info in data["images"]:
+                name = str(info["file_name"])
+                candidates = [root / name, path.parent / name, *([root / "images" / subset / name] if subset else []),
+                              root / "images" / name]
+                image = next((c for c in candidates if c.is_file()), None)
+                if image is None:
+                    raise DatasetError(f"COCO file {path}: image {info['id']} is {name!r}, which is not under {root} "
+                                       "(nor images/<subset>/); expected the image file")
+                image_id = (f"{subset}/" if subset else "") + Path(name).with_suffix("").as_posix()
+                h, w = int(info["height"]), int(info["width"])
+                shapes = []
+                for ann in by_image.get(info["id"], []):
+                    where = f"COCO file {path}, annotation {ann['id']}"
+                    seg = ann.get("segmentation")
+                    if not seg:
+                        skipped["COCO annotation(s) without a segmentation (boxes only) left out"] += 1
+                        continue
+                    shapes.append(Shape(names[ann["category_id"]], "mask", mask=_segmentation(seg, h, w, where),
+                                        group=("ann", ann["id"]), crowd=bool(ann.get("iscrowd", 0)), where=where))
+                images[image_id] = ImageAnnotation(image, shapes, (h, w), where=f"COCO file {path}, image {info['id']}")
+                if subset:
+                    subsets[image_id] = subset
+        splits = subset_splits(subsets, str(root)) if subsets else None
+        return AnnotationSet(root, "COCO annotations", classes, images, splits, background, skipped)
+
+
+def _segmentation(seg: Any, height: int, width: int, where: str):
+    """A COCO segmentation (polygons, or RLE with list or string counts) as a mask function, checked."""
+    if isinstance(seg, list):
+        for polygon in seg:
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise DatasetError(f"{where} has a polygon of {len(polygon)} coordinates; expected at least 3 x, y pairs")
+    elif isinstance(seg, dict):
+        size = [int(v) for v in seg.get("size", [])]
+        if size != [height, width]:
+            raise DatasetError(f"{where} has an RLE of size {size} (height, width) but its image is {[height, width]}; "
+                               "expected the same")
+    else:
+        raise DatasetError(f"{where} has a segmentation of type {type(seg).__name__}; expected polygons or RLE")
+
+    def draw(h: int, w: int) -> np.ndarray:
+        if isinstance(seg, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        elif isinstance(seg["counts"], list):
+            rle = mask_utils.frPyObjects(seg, h, w)
+        else:
+            rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+        return mask_utils.decode(rle).astype(bool)
+
+    return draw

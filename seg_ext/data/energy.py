@@ -78,8 +78,9 @@ class WatershedDataset(Dataset):
     """A COCO instance dataset resized to the network's input size, with foreground/energy targets.
 
     ``__getitem__`` returns ``(image, target)``: ``image`` a normalised float tensor (3, h, w) at ``input_size``;
-    ``target`` holds ``foreground``, ``level`` (h, w) int64, ``energy_weight`` (h, w) float (the per-pixel energy-loss weight), ``image_id`` and
-    ``orig_size`` (the size predictions are scored at). Class-agnostic: every category is "foreground".
+    ``target`` holds ``foreground`` (h, w) int64, each pixel's class (0 background, k for the dataset's label k:
+    with one class, the foreground), ``level`` (h, w) int64, ``energy_weight`` (h, w) float (the per-pixel
+    energy-loss weight), ``image_id`` and ``orig_size`` (the size predictions are scored at).
     """
 
     def __init__(self, base: CocoInstanceDataset, input_size: tuple[int, int], edges: Sequence[float],
@@ -87,7 +88,7 @@ class WatershedDataset(Dataset):
         self.base = base
         self.input_size = input_size
         self.edges, self.level_weights, self.area_weighting = list(edges), list(level_weights), area_weighting
-        self.coco, self.category_of = base.coco, {1: base.cat_ids[0]}
+        self.coco, self.category_of = base.coco, dict(base.category_of)
         self.class_names, self.num_classes = base.class_names, base.num_classes
         self.transform = base.transform  # re-seeded per DataLoader worker
 
@@ -111,9 +112,13 @@ class WatershedDataset(Dataset):
         else:
             masks = torch.zeros((0, h, w), dtype=torch.uint8)
         foreground, level, weight = energy_targets(masks.numpy(), self.edges, self.level_weights, self.area_weighting)
+        classes = foreground.copy()
+        for mask, label in zip(masks.numpy().astype(bool), target["labels"].tolist()):  # later instances on top
+            classes[mask] = label
+        classes[foreground == 0] = 0
         info = self.base.image_info(index)
         return image, {
-            "foreground": torch.from_numpy(foreground),
+            "foreground": torch.from_numpy(classes),
             "level": torch.from_numpy(level),
             "energy_weight": torch.from_numpy(weight),
             "image_id": target["image_id"],

@@ -45,8 +45,17 @@ class FolderFormat(Format):
     default_split = (0.1, 0.1)
 
     @classmethod
-    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> bool:
-        return (root / "images").is_dir() and (root / "masks").is_dir()
+    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
+        """2 with ``classes.txt`` (of names only: with colours it is a colour table); 1 without (the reader then
+        says what is missing)."""
+        if not ((root / "images").is_dir() and (root / "masks").is_dir()):
+            return 0
+        classes = root / "classes.txt"
+        if not classes.is_file():
+            return 1
+        rows = [line.split() for line in classes.read_text().splitlines() if line.strip()]
+        coloured = rows and all(len(r) >= 4 and all(v.isdigit() for v in r[-3:]) for r in rows)
+        return 0 if coloured else 2
 
     def semantic_source(self, root: Path, ignore_index: int = 255) -> SemanticSource:
         require_dir(root / "images", "images/<id>.png")

@@ -11,10 +11,15 @@ from typing import Any
 
 from seg_ext.data.base import Format
 from seg_ext.data.coco import CocoFormat
+from seg_ext.data.colormask import ColorMaskFormat
+from seg_ext.data.cvat import CvatFormat
 from seg_ext.data.folder import FolderFormat
+from seg_ext.data.labelme import LabelMeFormat
 from seg_ext.data.pennfudan import PennFudanFormat
 from seg_ext.data.stanford import StanfordFormat
 from seg_ext.data.synthetic import SyntheticFormat
+from seg_ext.data.voc import VocFormat
+from seg_ext.data.yolo import YoloFormat
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.plugins import load_plugins
 
@@ -23,6 +28,11 @@ FORMATS: dict[str, type[Format]] = {
     "stanford": StanfordFormat,
     "folder": FolderFormat,
     "coco": CocoFormat,
+    "labelme": LabelMeFormat,
+    "cvat": CvatFormat,
+    "yolo": YoloFormat,
+    "voc": VocFormat,
+    "colormask": ColorMaskFormat,
     "synthetic": SyntheticFormat,
 }
 
@@ -69,10 +79,21 @@ def find_format(root: Path | None, name: str, task: str, files: dict[str, Any] |
         raise DatasetError(f"dataset folder {root} does not exist")
     if name != "auto":
         return get_format(name, task)
-    candidates = [FORMATS[n] for n in format_names(task) if n != "synthetic"]
-    for cls in candidates:
-        if cls.detect(Path(root), files):
-            return cls()
-    layouts = [cls.layout for cls in candidates]
+    candidates = [FORMATS[n] for n in format_names(task)]
+    scores = {cls: int(cls.detect(Path(root), files)) for cls in candidates}
+    best = max(scores.values(), default=0)
+    found = [cls for cls, score in scores.items() if score == best and score > 0]
+    if len(found) == 1:
+        return found[0]()
+    if found:
+        raise DatasetError(f"dataset folder {root} fits several layouts: "
+                           + "; ".join(f"{cls.name} ({cls.layout})" for cls in found)
+                           + f"; set data.format to the one it is (--opts data.format={found[0].name})")
+    others = sorted((n for n, cls in FORMATS.items() if task not in cls.serves
+                     and cls.detect(Path(root), files)), key=lambda n: -int(FORMATS[n].detect(Path(root), files)))
+    if others:
+        raise DatasetError(f"dataset folder {root} is in the {others[0]} layout ({FORMATS[others[0]].layout}), which holds "
+                           f"no {task} data; the formats of {task} segmentation are: {', '.join(format_names(task))}")
+    layouts = [cls.layout for cls in candidates if cls.name != "synthetic"]
     raise DatasetError(f"dataset folder {root} has no recognised layout for {task} segmentation; expected "
                        + (", ".join(layouts[:-1]) + " or " + layouts[-1] if len(layouts) > 1 else layouts[0]))

@@ -78,8 +78,8 @@ class PennFudanFormat(Format):
     title = "Penn-Fudan pedestrians"
 
     @classmethod
-    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> bool:
-        return (root / "PNGImages").is_dir() and (root / "PedMasks").is_dir()
+    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
+        return 2 if (root / "PNGImages").is_dir() and (root / "PedMasks").is_dir() else 0
 
     def semantic_source(self, root: Path, ignore_index: int = 255) -> SemanticSource:
         require_dir(root / "PNGImages", "the Penn-Fudan images")

@@ -41,8 +41,10 @@ class StanfordFormat(Format):
     default_split = (0.1, 0.1)
 
     @classmethod
-    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> bool:
-        return (root / "images").is_dir() and (root / "labels").is_dir()
+    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
+        if not ((root / "images").is_dir() and (root / "labels").is_dir()):
+            return 0
+        return 2 if next((root / "labels").glob("*.regions.txt"), None) is not None else 0
 
     def semantic_source(self, root: Path, ignore_index: int = 255) -> SemanticSource:
         require_dir(root / "images", "images/<id>.jpg")

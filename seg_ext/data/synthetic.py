@@ -6,6 +6,8 @@
   network that looks at the image beats the baseline.
 * ``synthetic_pedestrians``: people-like figures on a street background in the Penn-Fudan layout
   (``PNGImages/``, ``PedMasks/``, ``Annotation/``), so the Penn-Fudan reader and converter run on it too.
+* ``synthetic_street`` (the instance default): the same streets with dogs among the people, two classes; the
+  Penn-Fudan layout plus ``categories.json`` (each image's instances' classes).
 
 Both are generated on first use into a git-ignored folder; generation writes into a temporary folder that is
 renamed into place, so an interrupted run never leaves a half-written dataset behind.
@@ -18,7 +20,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -33,6 +35,8 @@ SKY, TREE, ROAD, GRASS, WATER, BUILDING, MOUNTAIN, FOREGROUND, MISC = range(9)
 _MARKER = ".seg_ext_synthetic.json"
 _SCENES_VERSION = 1
 _PEDESTRIANS_VERSION = 1
+_STREET_VERSION = 1
+STREET_CLASSES = ["person", "dog"]
 
 
 def default_generated_dir() -> Path:
@@ -234,8 +238,30 @@ def _person(rng: np.random.Generator, h: int, w: int, height: float, cx: float, 
     return mask
 
 
-def _street(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A street picture with up to 4 pedestrians. Returns (image, instance mask 0..N, boxes Nx4 xyxy 0-based)."""
+def _dog(rng: np.random.Generator, h: int, w: int, height: float, cx: float, foot: float) -> np.ndarray:
+    """Boolean mask of one dog seen from the side: body, head, four legs, a tail; ``height`` is its shoulder's."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    length, facing = rng.uniform(1.2, 1.6) * height, rng.choice([-1.0, 1.0])
+    back, belly = foot - height, foot - 0.45 * height
+    body_cy, body_ry, body_rx = (back + belly) / 2, (belly - back) / 2, length / 2
+    mask = ((xx - cx) / body_rx) ** 2 + ((yy - body_cy) / body_ry) ** 2 < 1
+    head_r = 0.3 * height
+    head_x, head_y = cx + facing * (body_rx + 0.15 * head_r), back - 0.1 * height
+    mask |= (xx - head_x) ** 2 + (yy - head_y) ** 2 < head_r**2
+    for offset in (-0.38, -0.22, 0.22, 0.38):
+        mask |= (np.abs(xx - (cx + offset * length)) < 0.08 * length) & (yy >= body_cy) & (yy < foot)
+    # the tail: a short bar from the rump up and back, joined to the body
+    x0, y0 = cx - facing * 0.85 * body_rx, body_cy - 0.5 * body_ry
+    x1, y1 = cx - facing * (body_rx + 0.3 * height), back - 0.3 * height
+    t = np.clip(((xx - x0) * (x1 - x0) + (yy - y0) * (y1 - y0)) / ((x1 - x0) ** 2 + (y1 - y0) ** 2), 0, 1)
+    mask |= (xx - (x0 + t * (x1 - x0))) ** 2 + (yy - (y0 + t * (y1 - y0))) ** 2 < (0.07 * height) ** 2
+    return mask
+
+
+def _street(rng: np.random.Generator, h: int, w: int, dogs: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """A street picture with up to 4 pedestrians (and with ``dogs`` up to 2 dogs). Returns (image, instance mask
+    0..N, boxes Nx4 xyxy 0-based, each instance's class)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     horizon = rng.uniform(0.3, 0.5) * h
     img = np.empty((h, w, 3), np.float32)
@@ -249,12 +275,20 @@ def _street(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nd
     count = int(rng.integers(1, 5))
     # draw far (small) figures first so nearer ones occlude them
     feet = np.sort(rng.uniform(horizon + 0.25 * (h - horizon), h - 2, size=count))
-    placed = 0
-    for foot in feet:
+    kinds = ["person"] * count
+    if dogs:  # (drawn after the people's random numbers, so streets without dogs stay as they were)
+        extra = int(rng.integers(0, 3))
+        dog_feet = rng.uniform(horizon + 0.3 * (h - horizon), h - 2, size=extra)
+        order = np.argsort(np.concatenate([feet, dog_feet]), kind="stable")
+        feet, kinds = np.concatenate([feet, dog_feet])[order], [(kinds + ["dog"] * extra)[k] for k in order]
+    placed, classes = 0, []
+    for foot, kind in zip(feet, kinds):
         height = (0.45 + 0.5 * (foot - horizon) / max(h - horizon, 1)) * h * rng.uniform(0.75, 0.95)
+        if kind == "dog":
+            height *= rng.uniform(0.35, 0.45)
         for _attempt in range(20):
             cx = rng.uniform(0.1, 0.9) * w
-            figure = _person(rng, h, w, height, cx, foot)
+            figure = (_dog if kind == "dog" else _person)(rng, h, w, height, cx, foot)
             # the new (nearer) figure is drawn on top: each earlier one must keep most of its pixels
             areas = np.bincount(label.ravel(), minlength=placed + 1)[1:]
             covered = np.bincount(label[figure], minlength=placed + 1)[1:]
@@ -264,6 +298,11 @@ def _street(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nd
             continue
         placed += 1
         label[figure] = placed
+        classes.append(kind)
+        if kind == "dog":
+            coat = np.array([[120, 80, 40], [40, 35, 30], [200, 190, 170], [170, 120, 60]])[rng.integers(0, 4)]
+            img[figure] = coat + rng.uniform(-15, 15, 3)
+            continue
         shirt, trousers = rng.uniform(20, 235, 3), rng.uniform(10, 120, 3)
         skin = np.array([220, 180, 150]) + rng.uniform(-50, 20, 3)
         lower = figure & (yy >= foot - 0.45 * height)
@@ -277,7 +316,7 @@ def _street(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nd
         ys, xs = np.nonzero(label == i)
         boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
     img += rng.normal(0, 5, size=img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), label, np.array(boxes, dtype=np.int64).reshape(-1, 4)
+    return np.clip(img, 0, 255).astype(np.uint8), label, np.array(boxes, dtype=np.int64).reshape(-1, 4), classes
 
 
 def _annotation_text(name: str, w: int, h: int, boxes: np.ndarray) -> str:
@@ -303,20 +342,25 @@ def _annotation_text(name: str, w: int, h: int, boxes: np.ndarray) -> str:
 
 
 def write_pedestrians(
-    out: str | Path, num_images: int, seed: int = 0, size_range: tuple[int, int] = (160, 240)
+    out: str | Path, num_images: int, seed: int = 0, size_range: tuple[int, int] = (160, 240), dogs: bool = False
 ) -> None:
-    """Write ``num_images`` synthetic pedestrian pictures in the Penn-Fudan layout into ``out``."""
+    """Write ``num_images`` synthetic street pictures in the Penn-Fudan layout into ``out``; with ``dogs``, dogs
+    among the pedestrians and ``categories.json`` giving each image's instances' classes."""
     out = Path(out)
     for sub in ("PNGImages", "PedMasks", "Annotation"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    classes_of = {}
     for i in range(num_images):
         rng = np.random.default_rng([seed, i])
         h, w = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
-        image, label, boxes = _street(rng, h, w)
+        image, label, boxes, classes = _street(rng, h, w, dogs)
         name = f"SynthPed{i:05d}"
         Image.fromarray(image).save(out / "PNGImages" / f"{name}.png")
         Image.fromarray(label).save(out / "PedMasks" / f"{name}_mask.png")
         (out / "Annotation" / f"{name}.txt").write_text(_annotation_text(name, w, h, boxes))
+        classes_of[name] = classes
+    if dogs:
+        (out / "categories.json").write_text(json.dumps({"categories": STREET_CLASSES, "images": classes_of}))
 
 
 def ensure_synthetic_pedestrians(
@@ -334,34 +378,81 @@ def ensure_synthetic_pedestrians(
     return _ensure(root, params, lambda out: write_pedestrians(out, num_images, seed, size_range))
 
 
+def ensure_synthetic_street(
+    root: str | Path | None = None, num_images: int = 80, seed: int = 0, size_range: tuple[int, int] = (160, 240)
+) -> Path:
+    """Write the synthetic street dataset (people and dogs, two classes; Penn-Fudan layout + categories.json)
+    unless it is already there; return its root."""
+    params = {"kind": "synthetic_street", "version": _STREET_VERSION, "num": num_images, "seed": seed,
+              "size_range": list(size_range)}
+    root = Path(root) if root is not None else default_generated_dir() / "synthetic_street"
+    return _ensure(root, params, lambda out: write_pedestrians(out, num_images, seed, size_range, dogs=True))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the format of data.root null
 
 
 class SyntheticFormat(Format):
     """``data.root: null``: the built-in synthetic data, generated on first use: scenes (folder format) for
-    semantic segmentation, pedestrians (Penn-Fudan layout, 10 val and 20 test images) for instances."""
+    semantic segmentation, streets with people and dogs (two classes; 10 val and 20 test images) for instances.
+    A generated street folder given as ``data.root`` (or to ``tools/convert.py``) is read as one too, with its two
+    classes (its Penn-Fudan layout alone would make every dog a person); class maps of a street paint each
+    instance's class."""
 
     name = "synthetic"
-    layout = "data.root null (built-in synthetic data)"
+    layout = "data.root null (built-in synthetic data), or a generated street folder"
     serves = ("semantic", "instance")
     default_split = (10, 20)
 
+    @classmethod
+    def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
+        marker = root / _MARKER
+        try:
+            return 3 if marker.is_file() and json.loads(marker.read_text()).get("kind") == "synthetic_street" else 0
+        except (OSError, ValueError):
+            return 0
+
     def describe(self, root: Path | None, task: str = "semantic") -> str:
-        return "built-in synthetic scenes" if task == "semantic" else "built-in synthetic pedestrians"
+        if root is not None:
+            return str(root)
+        return "built-in synthetic scenes" if task == "semantic" else "built-in synthetic streets (people and dogs)"
 
     def example_image(self, root: Path | None, task: str = "semantic") -> Path | None:
-        generated = ensure_synthetic_scenes() if task == "semantic" else ensure_synthetic_pedestrians()
+        generated = root or (ensure_synthetic_scenes() if task == "semantic" else ensure_synthetic_street())
         return super().example_image(generated, task)
 
     def semantic_source(self, root: Path | None, ignore_index: int = 255) -> SemanticSource:
         from seg_ext.data.folder import FolderFormat
 
-        return FolderFormat().semantic_source(ensure_synthetic_scenes(), ignore_index)
+        if root is None:
+            return FolderFormat().semantic_source(ensure_synthetic_scenes(), ignore_index)
+        source = self.instance_source(root)
+
+        def read(image_id: str, num_classes: int, ignore: int) -> np.ndarray:
+            masks, classes = source.read(image_id)
+            out = np.zeros(masks.shape[1:], np.uint8)
+            for mask, cls in zip(masks.astype(bool), classes):  # later (nearer) instances on top
+                out[mask] = cls
+            return out
+
+        names = ["background", *(c["name"] for c in source.categories)]
+        return SemanticSource(Path(root), self.name, names, {i: (p, i) for i, p in source.items.items()}, read, None,
+                              ignore_index, check_sizes_eagerly=False, default_split=self.default_split)
 
     def instance_source(self, root: Path | None) -> InstanceSource:
-        from seg_ext.data.pennfudan import PennFudanFormat
+        from seg_ext.data.pennfudan import instance_masks, list_pennfudan
 
-        source = PennFudanFormat().instance_source(ensure_synthetic_pedestrians())
-        source.default_split = self.default_split
-        return source
+        street = Path(root) if root is not None else ensure_synthetic_street()
+        spec = json.loads((street / "categories.json").read_text())
+        records = list_pennfudan(street)
+        masks_of = {image_id: mask_path for image_id, _, mask_path in records}
+        category = {name: k + 1 for k, name in enumerate(spec["categories"])}
+
+        def read(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+            masks, ids = instance_masks(masks_of[image_id])
+            classes = spec["images"][image_id]
+            return masks, np.array([category[classes[i - 1]] for i in ids], np.int64)
+
+        return InstanceSource(street, "synthetic streets", [{"id": k, "name": n} for n, k in category.items()],
+                              {image_id: image_path for image_id, image_path, _ in records}, read, self.default_split)

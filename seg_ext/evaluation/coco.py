@@ -129,7 +129,21 @@ def coco_evaluate(
     metrics = {
         f"{iou_type}/{name}": (100 * float(v) if v >= 0 else math.nan) for name, v in zip(STAT_NAMES, ev.stats)
     }
+    metrics.update(per_class_ap(ev, coco_gt, iou_type))
     return metrics, summary
+
+
+def per_class_ap(ev: Any, coco_gt: COCO, iou_type: str) -> dict[str, float]:
+    """AP of each category (detectron2's keys ``<iou_type>/AP-<name>``): the precision COCOeval accumulated,
+    averaged over IoU thresholds and recall points, all areas, 100 detections; NaN for a category without ground
+    truth in the images scored."""
+    precision = np.asarray(ev.eval["precision"])  # (T, R, K, A, M)
+    out = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        out[f"{iou_type}/AP-{coco_gt.cats[cat_id]['name']}"] = 100 * float(values.mean()) if values.size else math.nan
+    return out
 
 
 class COCOEvaluator(Evaluator):
@@ -205,13 +219,21 @@ class COCOEvaluator(Evaluator):
 
     @classmethod
     def report(cls, report: Any, summary: dict[str, Any]) -> None:
-        """The 12-number COCO summaries of each split, masks then boxes."""
+        """The 12-number COCO summaries of each split, masks then boxes, then the AP of each class."""
         for iou_type, label in (("segm", "Mask AP (segm)"), ("bbox", "Box AP (bbox)")):
             report.heading(label)
             rows = [[split, *[summary[split][f"{iou_type}/{n}"] for n in STAT_NAMES]] for split in ("val", "test")
                     if split in summary]
             report.table(["split", *STAT_NAMES], rows, digits=1)
         report.text("Percentages; n/a where the split has no object of that size (COCO: small < 32², large > 96² px).")
+        splits = [s for s in ("test", "val") if s in summary]
+        classes = [k.split("AP-", 1)[1] for k in summary[splits[0]] if k.startswith("segm/AP-")] if splits else []
+        if classes:
+            report.heading("Per class")
+            report.table(["class"] + [f"{s} {t} AP" for s in splits for t in ("mask", "box")],
+                         [[c] + [summary[s].get(f"{t}/AP-{c}") for s in splits for t in ("segm", "bbox")] for c in classes],
+                         digits=1)
+            report.text("AP of each class (COCO's, over IoU 0.50:0.95); n/a where the split has no object of the class.")
 
 
 def load_results(path: str | Path, coco_gt: COCO, iou_type: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from seg_ext.errors import ConfigError
 from seg_ext.losses import watershed_loss
 from seg_ext.methods.instance import InstanceMethod
 from seg_ext.models.dual_unet import DualHeadUNet
-from seg_ext.postprocess import expected_energy, instances_from_labels, watershed_instances
+from seg_ext.postprocess import expected_energy, instance_classes, instances_from_labels, watershed_instances
 
 WATERSHED_BLOCK: dict[str, Any] = {
     "input_size": [256, 256],  # (H, W) the UNet sees; outputs are resized back to each image's own size
@@ -149,7 +149,7 @@ class WatershedMethod(InstanceMethod):
         return WatershedDataset(base, self.input_size, self.edges, self.level_weights, self.area_weighting)
 
     def model_arguments(self, num_classes: int) -> dict[str, Any]:
-        return {"num_levels": len(self.edges), "image_size": self.input_size}
+        return {"num_levels": len(self.edges), "num_classes": num_classes, "image_size": self.input_size}
 
     def loss_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch
@@ -161,41 +161,51 @@ class WatershedMethod(InstanceMethod):
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         return network_input(image_tensor(image), self.input_size)
 
-    def maps(self, model: nn.Module, images: torch.Tensor, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Foreground probability and expected energy at the input size; ``tta``: the probabilities averaged with
-        those of the horizontally flipped images (flipped back). Shapes: (N, h, w) each."""
+    def maps(self, model: nn.Module, images: torch.Tensor, tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Foreground probability, expected energy and, with several classes, each class's probability, at the
+        input size; ``tta``: the probabilities averaged with those of the horizontally flipped images (flipped
+        back). Shapes: (N, h, w), (N, h, w), (N, K, h, w) or None for one class."""
         if isinstance(images, (list, tuple)):
             images = torch.stack(list(images))
         images = images.to(self.device, non_blocking=True)
-        fg, prob = self._probabilities(model, images)
+        fg, prob, classes = self._probabilities(model, images)
         if tta:
-            fg_flip, prob_flip = self._probabilities(model, images.flip(-1))
+            fg_flip, prob_flip, classes_flip = self._probabilities(model, images.flip(-1))
             fg, prob = (fg + fg_flip.flip(-1)) / 2, (prob + prob_flip.flip(-1)) / 2
-        return fg.cpu().numpy(), np.stack([expected_energy(p) for p in prob.cpu().numpy()])
+            if classes is not None:
+                classes = (classes + classes_flip.flip(-1)) / 2
+        return (fg.cpu().numpy(), np.stack([expected_energy(p) for p in prob.cpu().numpy()]),
+                None if classes is None else classes.cpu().numpy())
 
     @staticmethod
-    def _probabilities(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _probabilities(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         out = model(images)
-        return torch.softmax(out["foreground"].float(), 1)[:, 1], torch.softmax(out["energy"].float(), 1)
+        head = torch.softmax(out["foreground"].float(), 1)
+        classes = head[:, 1:] if head.shape[1] > 2 else None  # one class: the foreground is the class
+        return head[:, 1:].sum(1), torch.softmax(out["energy"].float(), 1), classes
 
-    def instances(self, foreground: np.ndarray, energy: np.ndarray, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """The post-processing of one image's maps (network resolution) into instances at ``size``; the oracle
-        feeds it ground-truth maps."""
+    def instances(self, foreground: np.ndarray, energy: np.ndarray, size: tuple[int, int],
+                  classes: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The post-processing of one image's maps (network resolution) into instances at ``size``; with several
+        classes (``classes``: each class's probability) each instance takes its class and a class-aware score
+        (``postprocess.instance_classes``). The oracle feeds it ground-truth maps."""
         labels, scores = watershed_instances(foreground, energy, **self.post.watershed_arguments())
+        label_of = None
+        if classes is not None:
+            label_of, scores = instance_classes(labels, scores, classes, foreground)
         return instances_from_labels(labels, scores, size, foreground if self.post.full_resolution else None,
-                                     self.post.mask_threshold)
+                                     self.post.mask_threshold, label_of)
 
-    def forward(self, model: nn.Module, images: Any, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, model: nn.Module, images: Any, tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         return self.maps(model, images, tta)
 
-    def postprocess(self, outputs: tuple[np.ndarray, np.ndarray], index: int, size: tuple[int, int],
-                    probs: bool = False) -> dict[str, torch.Tensor]:
-        fg, energy = outputs
-        return self.instances(fg[index], energy[index], size)
+    def postprocess(self, outputs: tuple, index: int, size: tuple[int, int], probs: bool = False) -> dict[str, torch.Tensor]:
+        fg, energy, classes = outputs
+        return self.instances(fg[index], energy[index], size, None if classes is None else classes[index])
 
-    def extra_panel(self, outputs: tuple[np.ndarray, np.ndarray], index: int, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    def extra_panel(self, outputs: tuple, index: int, size: tuple[int, int]) -> tuple[np.ndarray, str]:
         """The expected energy where the foreground is predicted (the energy head is not trained elsewhere)."""
-        fg, energy = outputs
+        fg, energy = outputs[:2]
         shown = torch.from_numpy(np.where(fg[index] >= self.post.foreground_threshold, energy[index], 0.0))
         resized = F.interpolate(shown[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
         return resized.numpy(), "predicted energy on the foreground"
@@ -204,9 +214,12 @@ class WatershedMethod(InstanceMethod):
         return _Outputs(model)
 
     def oracle_outputs(self, target: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The instances of the ground-truth maps of an evaluation target (foreground and energy levels)."""
-        return self.instances(target["foreground"].numpy().astype(np.float32), target["level"].numpy().astype(np.float32),
-                              target["orig_size"])
+        """The instances of the ground-truth maps of an evaluation target (classes, foreground and energy levels)."""
+        classes = target["foreground"].numpy()
+        count = int(classes.max()) if classes.size else 0
+        one_hot = None if count <= 1 else (classes[None] == np.arange(1, count + 1).reshape(-1, 1, 1)).astype(np.float32)
+        return self.instances((classes > 0).astype(np.float32), target["level"].numpy().astype(np.float32),
+                              target["orig_size"], one_hot)
 
     def oracle_facts(self) -> dict[str, Any]:
         return {"input_size": list(self.input_size), "post": self.post.as_dict()}

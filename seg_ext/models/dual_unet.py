@@ -11,14 +11,15 @@ from seg_ext.models.base import SegmentationModel
 
 
 class DualHeadUNet(SegmentationModel):
-    """Shared UNet features, then a 1x1 foreground head (2 classes) and a 1x1 energy head (``num_levels``).
+    """Shared UNet features, then a 1x1 foreground head (``num_classes``: the background and each object class;
+    2 for one class: background / foreground) and a 1x1 energy head (``num_levels``).
 
     ``encoder``: ``None`` for the hand-written UNet (``base_width``, ``depth``, ``batch_norm``), or an smp encoder
     name such as ``resnet18`` (``encoder_weights`` as for ``smp_unet``); smp's decoder then ends in one 1x1
-    convolution with 2 + K outputs, which is the two heads side by side.
+    convolution with C + K outputs, which is the two heads side by side.
 
     Shape:
-        input (N, in_channels, H, W) -> {"foreground": (N, 2, H, W), "energy": (N, K, H, W)}
+        input (N, in_channels, H, W) -> {"foreground": (N, C, H, W), "energy": (N, K, H, W)}
     """
 
     def __init__(
@@ -31,17 +32,18 @@ class DualHeadUNet(SegmentationModel):
         batch_norm: bool = True,
         encoder_weights: str | None = None,
         image_size: tuple[int, int] | None = None,
+        num_classes: int = 2,
     ) -> None:
         super().__init__()
-        self.num_levels = num_levels
+        self.num_levels, self.num_classes = num_levels, int(num_classes)
         if encoder is None:
             self.body = UNet(num_classes=1, in_channels=in_channels, base_width=base_width, depth=depth, batch_norm=batch_norm)
             del self.body.head
-            self.foreground_head = nn.Conv2d(self.body.out_channels, 2, kernel_size=1)
+            self.foreground_head = nn.Conv2d(self.body.out_channels, self.num_classes, kernel_size=1)
             self.energy_head = nn.Conv2d(self.body.out_channels, num_levels, kernel_size=1)
             self.smp = None
         else:
-            self.smp = smp_unet(2 + num_levels, encoder_name=encoder, encoder_weights=encoder_weights,
+            self.smp = smp_unet(self.num_classes + num_levels, encoder_name=encoder, encoder_weights=encoder_weights,
                                 in_channels=in_channels, image_size=image_size)
 
     @property
@@ -52,6 +54,6 @@ class DualHeadUNet(SegmentationModel):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.smp is not None:
             out = self.smp(x)
-            return {"foreground": out[:, :2], "energy": out[:, 2:]}
+            return {"foreground": out[:, :self.num_classes], "energy": out[:, self.num_classes:]}
         features = self.body.forward_features(x)
         return {"foreground": self.foreground_head(features), "energy": self.energy_head(features)}
