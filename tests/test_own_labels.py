@@ -7,7 +7,6 @@ class for both instance methods."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
