@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from seg_ext.data.base import Format, SemanticSource, images_in, pair_items
+from seg_ext.data.voc import colours_to_classes
 from seg_ext.errors import DatasetError
 
 TABLES = ("dataset_meta.json", "labelmap.txt", "mask_color_map.json", "classes.txt")
@@ -97,17 +98,9 @@ class ColorMaskFormat(Format):
                     rgb = np.asarray(image.convert("RGB"))  # a palette PNG through its palette
             except OSError as exc:
                 raise DatasetError(f"cannot read mask file {path} ({exc.__class__.__name__}); expected a PNG") from None
-            codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-            values, inverse = np.unique(codes, return_inverse=True)
-            out = np.empty(len(values), np.uint8)
-            for k, code in enumerate(values):
-                colour = (int(code) >> 16, (int(code) >> 8) & 255, int(code) & 255)
-                if colour not in lookup:
-                    y, x = np.argwhere(codes == code)[0]
-                    raise DatasetError(f"mask file {path} has colour {colour} at pixel ({x}, {y}), which {table_path} "
-                                       f"does not list; expected one of its {len(colours)} colours")
-                out[k] = lookup[colour]
-            return out[inverse].reshape(codes.shape)
+            return colours_to_classes(rgb, lookup, lambda colour, x, y: (
+                f"mask file {path} has colour {colour} at pixel ({x}, {y}), which {table_path} does not list; "
+                f"expected one of its {len(colours)} colours")).astype(np.uint8)
 
         return SemanticSource(root, self.name, names, items, read, None, ignore_index, check_sizes_eagerly=False,
                               default_split=self.default_split)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -63,6 +63,18 @@ def read_indexed(path: Path, colours: np.ndarray | None = None, what: str = "mas
     colours = voc_colormap() if colours is None else colours
     table = {tuple(int(v) for v in c): k for k, c in enumerate(colours[:255])}
     table.setdefault(BORDER, 255)
+    return colours_to_classes(rgb, table, lambda colour, x, y: (
+        f"{what} file {path} has colour {colour} at pixel ({x}, {y}), which the VOC colormap does not have; "
+        "expected class colours (or a palette PNG of class indices)"))
+
+
+def colours_to_classes(rgb: np.ndarray, table: dict[tuple[int, int, int], int],
+                       unknown: Callable[[tuple[int, int, int], int, int], str]) -> np.ndarray:
+    """An (H, W, 3) colour mask as class indices through ``table`` (colour -> index).
+
+    Raises:
+        DatasetError: with the sentence ``unknown(colour, x, y)`` gives for the first colour the table lacks.
+    """
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     values, inverse = np.unique(codes, return_inverse=True)
     out = np.empty(len(values), np.int64)
@@ -70,8 +82,7 @@ def read_indexed(path: Path, colours: np.ndarray | None = None, what: str = "mas
         colour = (int(code) >> 16, (int(code) >> 8) & 255, int(code) & 255)
         if colour not in table:
             y, x = np.argwhere(codes == code)[0]
-            raise DatasetError(f"{what} file {path} has colour {colour} at pixel ({x}, {y}), which the VOC colormap "
-                               "does not have; expected class colours (or a palette PNG of class indices)")
+            raise DatasetError(unknown(colour, int(x), int(y)))
         out[k] = table[colour]
     return out[inverse].reshape(codes.shape)
 
