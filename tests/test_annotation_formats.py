@@ -20,7 +20,7 @@ from seg_ext.data.semantic import SemanticSegDataset
 from seg_ext.errors import DatasetError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotation_samples"
-pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"the annotation samples are not at {SAMPLES}")
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"the annotation samples are not at {SAMPLES}")
 
 # sample folder -> the format each task reads it as (None: refused in one sentence)
 EXPECTED = {
@@ -38,6 +38,7 @@ EXPECTED = {
 }
 
 
+@needs_samples
 def test_every_sample_is_recognised_or_refused_in_one_sentence():
     assert set(EXPECTED) == {p.name for p in SAMPLES.iterdir() if p.is_dir()}, "a sample without an expectation"
     for name, formats in EXPECTED.items():
@@ -56,6 +57,7 @@ def _class_maps(fmt: str, folder: str) -> dict[str, np.ndarray]:
     return {Path(i).name: dataset.load_pair(k)[1] for k, i in enumerate(dataset.ids)}, source.class_names
 
 
+@needs_samples
 def test_labelme_class_maps_equal_labelmes_own_voc_export():
     ours, names = _class_maps("labelme", "labelme_semantic")
     theirs, their_names = _class_maps("voc", "voc_seg_labelme")
@@ -67,6 +69,7 @@ def test_labelme_class_maps_equal_labelmes_own_voc_export():
     assert all((m == 255).any() for k, m in ours.items() if k != "2011_000025")  # __ignore__ regions
 
 
+@needs_samples
 def test_labelme_instances_equal_labelmes_own_coco_export(caplog):
     ours = FORMATS["labelme"]().instance_source(SAMPLES / "labelme_instance")
     theirs = FORMATS["coco"]().instance_source(SAMPLES / "coco_labelme")
@@ -82,6 +85,7 @@ def test_labelme_instances_equal_labelmes_own_coco_export(caplog):
     assert sum(len(v) for v in count["ours"].values()) == 12  # group_id parts joined: 14 polygons, 12 instances
 
 
+@needs_samples
 def test_cvat_project_export():
     fmt = FORMATS["cvat"]()
     data = fmt.read(SAMPLES / "cvat_images_xml")
@@ -93,6 +97,7 @@ def test_cvat_project_export():
     assert drawn.sum() == 15 and drawn[2:5, 0:5].all()
 
 
+@needs_samples
 def test_yolo_polygons_are_denormalised_and_named():
     source = FORMATS["yolo"]().instance_source(SAMPLES / "yolo_seg")
     (image_id,) = source.items
@@ -104,6 +109,7 @@ def test_yolo_polygons_are_denormalised_and_named():
     assert xs.min() == 1 and xs.max() == 6 and ys.min() == 1 and ys.max() == 5
 
 
+@needs_samples
 def test_voc_rgb_masks_and_a_listed_image_without_a_mask(caplog):
     caplog.set_level(logging.WARNING)
     source = FORMATS["voc"]().semantic_source(SAMPLES / "voc_seg")
@@ -115,6 +121,7 @@ def test_voc_rgb_masks_and_a_listed_image_without_a_mask(caplog):
     assert masks.shape == (1, 10, 20) and masks.all() and categories.tolist() == [2]
 
 
+@needs_samples
 def test_coco_rle_crowd_regions_and_box_only_annotations(caplog):
     caplog.set_level(logging.WARNING)
     source = FORMATS["coco"]().instance_source(SAMPLES / "coco_rle")
@@ -128,6 +135,7 @@ def test_coco_rle_crowd_regions_and_box_only_annotations(caplog):
     assert (mask[:, :2] == 255).all()  # a crowd region is ignore in class maps
 
 
+@needs_samples
 def test_colour_masks_through_their_tables():
     source = FORMATS["colormask"]().semantic_source(SAMPLES / "common_semseg")
     mask = source.mask_reader(source.items["0001"][1], len(source.class_names), 255)
@@ -204,6 +212,7 @@ def test_bad_yolo_lines(line, pattern, tmp_path):
         FORMATS["yolo"]().instance_source(root)
 
 
+@needs_samples
 def test_a_colour_the_table_does_not_have(tmp_path):
     root = tmp_path / "colour"
     shutil.copytree(SAMPLES / "common_semseg", root)
@@ -216,6 +225,7 @@ def test_a_colour_the_table_does_not_have(tmp_path):
         source.mask_reader(source.items["0001"][1], 6, 255)
 
 
+@needs_samples
 def test_an_rle_of_another_size(tmp_path):
     root = tmp_path / "coco"
     shutil.copytree(SAMPLES / "coco_rle", root)
@@ -228,6 +238,7 @@ def test_an_rle_of_another_size(tmp_path):
         FORMATS["coco"]().instance_source(root)
 
 
+@needs_samples
 def test_an_annotation_naming_an_image_that_is_not_there(tmp_path):
     root = tmp_path / "cvat"
     shutil.copytree(SAMPLES / "cvat_images_xml", root)
@@ -235,3 +246,21 @@ def test_an_annotation_naming_an_image_that_is_not_there(tmp_path):
     source = FORMATS["cvat"]().instance_source(root)
     with pytest.raises(DatasetError, match=r"image 'img1\.jpg' of subset Train: its image .*img1\.jpg does not exist"):
         source.read("Train/img1")
+
+
+@pytest.mark.parametrize("tool, make, pattern", [
+    ("train_semantic", lambda p: _labelme(p, [_polygon("cat", [[1, 1], [5, 5]])]), r"a\.json, shape 0 is a polygon with 2"),
+    ("train_semantic", lambda p: _labelme(p, [_polygon("dog", [[1, 1], [5, 5], [1, 8]])], ["_background_", "cat"]),
+     r"a\.json, shape 0 has label 'dog'"),
+    ("train_instance", lambda p: _yolo(p, "0 0.1 0.1 0.5 0.1 0.5"), r"labels/a\.txt, line 1 has 5 coordinates"),
+    ("train_instance", lambda p: _labelme(p, [_polygon("cat", [[1, 1], [5, 5], [1, 8]])], None, "missing.png"),
+     r"a\.json names image 'missing\.png'"),
+])
+def test_the_tools_refuse_bad_annotations_with_exit_2_and_one_sentence(tool, make, pattern, tmp_path, capsys):
+    from conftest import call_tool
+
+    root = make(tmp_path)
+    code = call_tool(tool, ["--data-root", root, "--output-dir", tmp_path / "run", "--opts", "train.epochs=1",
+                            "data.num_workers=0", "data.val=1", "data.test=0"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and re.search(pattern, errors[0]), (code, errors)

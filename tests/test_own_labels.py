@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import call_tool
-from test_annotation_formats import EXPECTED, SAMPLES
+from test_annotation_formats import EXPECTED, SAMPLES, needs_samples
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"the annotation samples are not at {SAMPLES}")]
+pytestmark = pytest.mark.slow
 
 SEMANTIC = ["train.epochs=1", "data.image_size=[32,32]", "data.num_workers=0", "model.base_width=4", "model.depth=2",
             "report.num_overlays=1"]
@@ -30,6 +29,7 @@ def _errors(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
 
 
+@needs_samples
 @pytest.mark.parametrize("sample", sorted(EXPECTED))
 def test_every_sample_trains_and_evaluates_or_is_refused_in_one_sentence(sample, tmp_path, capsys):
     for tool, opts in (("train_semantic", SEMANTIC), ("train_instance", INSTANCE)):
@@ -47,6 +47,7 @@ def test_every_sample_trains_and_evaluates_or_is_refused_in_one_sentence(sample,
                                             "holds no instance", "holds no", "no SegmentationObject")), errors[0]
 
 
+@needs_samples
 def test_convert_to_coco_loads_in_pycocotools_with_the_tools_own_counts(tmp_path):
     from pycocotools.coco import COCO
 
@@ -63,6 +64,7 @@ def test_convert_to_coco_loads_in_pycocotools_with_the_tools_own_counts(tmp_path
         ["instances_test.json", "instances_train.json", "instances_val.json"]  # the subsets, carried over
 
 
+@needs_samples
 @pytest.mark.parametrize("sample, target, tool", [
     ("labelme_instance", "coco", "train_instance"),
     ("cvat_images_xml", "coco", "train_instance"),
