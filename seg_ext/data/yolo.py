@@ -61,6 +61,7 @@ class YoloFormat(AnnotatedFormat):
         return 2 if has_names and any((root / "labels").rglob("*.txt")) else 0
 
     def read(self, root: Path) -> AnnotationSet:
+        root = root.resolve()  # data.yaml's path is resolved too: image ids are relative to the same real folder
         classes, spec, names_file = _names(root)
         base = (root / str(spec.get("path") or ".")).resolve() if spec else root
         folders: dict[str, Path] = {}
@@ -79,8 +80,8 @@ class YoloFormat(AnnotatedFormat):
             if not folder.is_dir():
                 raise DatasetError(f"YOLO file {names_file} names image folder {folder}, which does not exist")
             for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
-                image_id = image.relative_to(root).with_suffix("").as_posix()
-                label = _label_path(root, image)
+                image_id = _relative(image, root, base).with_suffix("").as_posix()
+                label = _label_path(image)
                 shapes = self._shapes(label, image, classes, skipped) if label.is_file() else []
                 images[image_id] = ImageAnnotation(image, shapes, None, where=f"YOLO image {image}")
                 if subset:
@@ -119,11 +120,20 @@ class YoloFormat(AnnotatedFormat):
         return shapes
 
 
-def _label_path(root: Path, image: Path) -> Path:
-    """``images/.../<stem>.ext`` -> ``labels/.../<stem>.txt`` (the last ``images`` folder of the path)."""
-    parts = list(image.relative_to(root).parts)
+def _relative(image: Path, *folders: Path) -> Path:
+    """``image`` relative to the first of ``folders`` that holds it (an absolute path where none does)."""
+    for folder in folders:
+        if image.is_relative_to(folder):
+            return image.relative_to(folder)
+    return image
+
+
+def _label_path(image: Path) -> Path:
+    """``images/.../<stem>.ext`` -> ``labels/.../<stem>.txt`` (the last ``images`` folder of the path, as
+    ultralytics' ``img2label_paths`` swaps it)."""
+    parts = list(image.parts)
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == "images":
             parts[i] = "labels"
             break
-    return (root.joinpath(*parts)).with_suffix(".txt")
+    return Path(*parts).with_suffix(".txt")
