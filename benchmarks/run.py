@@ -51,6 +51,7 @@ BENCHMARKS = {
     "predict_throughput": "predict_throughput:bench",
     "onnx_vs_torch": "onnx_vs_torch:bench",
     "ddp_scaling": "ddp_scaling:bench",
+    "large_image": "large_image:bench",
 }
 
 

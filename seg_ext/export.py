@@ -87,6 +87,9 @@ def export_onnx(checkpoint: str | Path, output: str | Path, dynamic: bool = Fals
         raise ExportError(f"model {method.cfg['model']['name']} predicts at its training size {size[0]}x{size[1]} only; "
                           "export it without --dynamic")
     example = method.prepare(picture)[None]
+    if method.scale is not None:  # at the training scale: a window of the image, as sliding prediction gives them
+        h, w = size
+        example = torch.nn.functional.pad(example, (0, max(0, w - example.shape[-1]), 0, max(0, h - example.shape[-2])))[..., :h, :w]
     axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1024)}
     checks = [example, torch.cat([example, example.flip(-1)])]  # batch 1 and 2
     if dynamic:  # height and width too, checked on the real image near its own size, in the model's multiple

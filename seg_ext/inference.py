@@ -19,6 +19,7 @@ post-processing.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,6 +59,12 @@ class OnnxModel:
                               "tools/export.py") from None
         self.path = path
         self.input = self.session.get_inputs()[0]
+        # the export's facts (seg_ext.export): a dynamic export takes multiples of size_multiple, a fixed one its size
+        try:
+            facts = json.loads(self.session.get_modelmeta().custom_metadata_map.get("seg_ext", "{}"))
+        except ValueError:
+            facts = {}
+        self.size_multiple = facts.get("size_multiple") if isinstance(facts, dict) else None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def check_fits(self, method: Method, model: nn.Module) -> None:
@@ -114,6 +121,7 @@ def model_from_checkpoint(path: str | Path, device: torch.device, opts: Sequence
     method = build_method(cfg, device)
     model = method.build_model(method.head_classes(ckpt.class_names), pretrained=False)
     load_weights(model, ckpt.content["model"], ckpt.path)
+    method.dense_plan(model)  # eval.mode whole/slide checked against the network (window multiple, fixed size)
     return model.eval(), method, ckpt
 
 
@@ -170,6 +178,9 @@ class Predictor:
         else:
             onnx_model = OnnxModel(onnx, device)
             onnx_model.check_fits(method, model)
+            if method.scale is not None and onnx_model.size_multiple is None and method.dense_plan(model).mode == "whole":
+                raise SegExtError(f"ONNX file {onnx} takes one input size only, but eval.mode is whole (each image at its "
+                                  "own size); expected an export made with --dynamic, or --opts eval.mode=slide")
             model, precision = onnx_model, Precision(device)
         return cls(model, method, ckpt.class_names, precision, ckpt.categories, tta, score_threshold)
 

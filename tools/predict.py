@@ -15,6 +15,7 @@ Examples:
     python tools/predict.py --checkpoint runs/x/best.pt --input ../shared/data/PennFudanPed/PNGImages --output-dir out --tta
     python tools/predict.py --checkpoint runs/y/best.pt --input 'pics/*.png' --output-dir out --coco-gt runs/y/coco/instances_test.json
     python tools/predict.py --checkpoint runs/x/best.pt --onnx model.onnx --input pics --output-dir out
+    python tools/predict.py --checkpoint runs/x/best.pt --input big_photo.jpg --output-dir out --opts eval.mode=slide
 
 Exit codes: 0 done; 1 done, but some images could not be read (each named in a warning); 2 bad input.
 """

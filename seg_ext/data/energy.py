@@ -7,7 +7,7 @@ They are computed after augmentation and resizing, so they always match the mask
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +71,11 @@ def network_input(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         image: (3, H, W) float in [0, 1] -> (3, h, w)
     """
     image = F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return normalized(image)
+
+
+def normalized(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of a (3, H, W) float image in [0, 1]."""
     return (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
@@ -83,10 +88,14 @@ class WatershedDataset(Dataset):
     energy-loss weight), ``image_id`` and ``orig_size`` (the size predictions are scored at).
     """
 
-    def __init__(self, base: CocoInstanceDataset, input_size: tuple[int, int], edges: Sequence[float],
-                 level_weights: Sequence[float], area_weighting: bool) -> None:
+    def __init__(self, base: CocoInstanceDataset, input_size: tuple[int, int] | None, edges: Sequence[float],
+                 level_weights: Sequence[float], area_weighting: bool,
+                 prepare: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+        """``input_size``: the size every image is resized to (None: kept, as the training crops at a chosen scale
+        come); ``prepare``: instead, each untransformed image made into the network's input by this (evaluation
+        at the training scale, exactly as prediction prepares it), the targets at its size."""
         self.base = base
-        self.input_size = input_size
+        self.input_size, self.prepare = input_size, prepare
         self.edges, self.level_weights, self.area_weighting = list(edges), list(level_weights), area_weighting
         self.coco, self.category_of = base.coco, dict(base.category_of)
         self.class_names, self.num_classes = base.class_names, base.num_classes
@@ -102,18 +111,23 @@ class WatershedDataset(Dataset):
         return self.base.raw(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, target = self.base[index]
-        h, w = self.input_size
-        image = network_input(image, self.input_size)
-        masks = target["masks"]
-        if len(masks):
+        if self.prepare is not None:
+            image = self.prepare(self.base.load_image(index))
+            masks_array, _, labels_array = self.base.load_instances(index)
+            masks, labels = torch.from_numpy(masks_array), torch.from_numpy(labels_array)
+        else:
+            image, target = self.base[index]
+            masks, labels = target["masks"], target["labels"]
+            image = network_input(image, self.input_size) if self.input_size is not None else normalized(image)
+        h, w = image.shape[-2:]
+        if not len(masks):
+            masks = torch.zeros((0, h, w), dtype=torch.uint8)
+        elif self.input_size is not None or tuple(masks.shape[-2:]) != (h, w):
             # area-weighted resampling, then the majority: boundaries as faithful as the resolution allows
             masks = (F.interpolate(masks[None].float(), size=(h, w), mode="bilinear", antialias=True)[0] >= 0.5).to(torch.uint8)
-        else:
-            masks = torch.zeros((0, h, w), dtype=torch.uint8)
         foreground, level, weight = energy_targets(masks.numpy(), self.edges, self.level_weights, self.area_weighting)
         classes = foreground.copy()
-        for mask, label in zip(masks.numpy().astype(bool), target["labels"].tolist()):  # later instances on top
+        for mask, label in zip(masks.numpy().astype(bool), labels.tolist()):  # later instances on top
             classes[mask] = label
         classes[foreground == 0] = 0
         info = self.base.image_info(index)
@@ -121,12 +135,14 @@ class WatershedDataset(Dataset):
             "foreground": torch.from_numpy(classes),
             "level": torch.from_numpy(level),
             "energy_weight": torch.from_numpy(weight),
-            "image_id": target["image_id"],
+            "image_id": int(self.base.ids[index]),
             "orig_size": (int(info["height"]), int(info["width"])),
         }
 
 
-def collate_watershed(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Images stacked (they share the network's input size); targets as a list."""
+def collate_watershed(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[Any, list[dict[str, Any]]]:
+    """Images stacked when they share a size (the network's input size, or the training crop), else a list (at
+    the training scale); targets as a list."""
     images, targets = zip(*batch)
-    return torch.stack(images), list(targets)
+    same = all(i.shape == images[0].shape for i in images)
+    return (torch.stack(images) if same else list(images)), list(targets)

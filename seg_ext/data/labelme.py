@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from seg_ext.data.annotations import BACKGROUND_NAMES, AnnotatedFormat, AnnotationSet, ImageAnnotation, Shape
 from seg_ext.errors import DatasetError
@@ -58,7 +58,7 @@ def _embedded_image(json_path: Path, data: str, name: str) -> Path:
     out = default_generated_dir() / "labelme_embedded" / key / f"{Path(name).stem or json_path.stem}.png"
     if not out.is_file():
         try:
-            image = Image.open(io.BytesIO(base64.b64decode(data)))
+            image = ImageOps.exif_transpose(Image.open(io.BytesIO(base64.b64decode(data))))  # as LabelMe shows it
             out.parent.mkdir(parents=True, exist_ok=True)
             image.convert("RGB").save(out)
         except Exception:

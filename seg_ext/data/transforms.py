@@ -18,6 +18,7 @@ from albumentations.pytorch import ToTensorV2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MEAN_COLOUR = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # padding: 0 after normalisation, as prediction pads
 
 
 def build_transforms(
@@ -59,6 +60,40 @@ def build_transforms(
     if normalize:
         ops += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
     return A.Compose(ops, seed=seed)
+
+
+def build_scaled_transforms(
+    scale: Any,
+    crop_size: tuple[int, int],
+    scale_jitter: tuple[float, float] = (1.0, 1.0),
+    hflip_prob: float = 0.5,
+    fill_mask: int = 255,
+    instances: bool = False,
+    normalize: bool = True,
+    seed: int | None = None,
+) -> Any:
+    """Training at a chosen scale (``data.resize: scale``): each image scaled keeping its aspect ratio
+    (``scale``, a :class:`~seg_ext.data.scale.Scale`), rescaled at random within ``scale_jitter``, then a random
+    crop of ``crop_size`` (padded with the mean colour and, in the masks, with ``fill_mask``, where the image is
+    smaller; the pad's place is random) and a horizontal flip. ``instances``: call it with ``masks``, ``bboxes``
+    (pascal_voc), ``labels`` and ``instance_ids``, as :func:`build_instance_transforms`' result."""
+    from seg_ext.data.scale import ScaledPipeline
+
+    h, w = (int(v) for v in crop_size)
+    low, high = (float(v) for v in scale_jitter)
+    ops: list[Any] = []
+    if (low, high) != (1.0, 1.0):
+        ops.append(A.RandomScale(scale_limit=(low - 1, high - 1), interpolation=cv2.INTER_LINEAR,
+                                 mask_interpolation=cv2.INTER_NEAREST, area_for_downscale="image", p=1.0))
+    ops += [
+        A.RandomCrop(h, w, pad_if_needed=True, pad_position="random", border_mode=cv2.BORDER_CONSTANT,
+                     fill=MEAN_COLOUR, fill_mask=fill_mask),
+        A.HorizontalFlip(p=float(hflip_prob)),
+    ]
+    if normalize and not instances:
+        ops += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
+    bbox = A.BboxParams(format="pascal_voc", label_fields=["labels", "instance_ids"], min_area=1.0, clip=True) if instances else None
+    return ScaledPipeline(scale, A.Compose(ops, bbox_params=bbox, seed=seed))
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:

@@ -41,6 +41,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from seg_ext.config import pixels
+from seg_ext.data.scale import Scale
+from seg_ext.dense import DensePlan, crop_size, dense_plan, predict_dense
 from seg_ext.engine import Precision, Trainer
 from seg_ext.evaluation import Evaluator
 from seg_ext.models import build_from_block
@@ -180,12 +183,50 @@ class Method:
 
     def size_multiple(self, model: nn.Module) -> int | None:
         """The multiple that input height and width must be of (1: any size; None: only the trained size)."""
-        return getattr(model, "size_multiple", 1)
+        inner = getattr(model, "module", model)  # DistributedDataParallel
+        return getattr(getattr(inner, "_orig_mod", inner), "size_multiple", 1)  # torch.compile
+
+    @property
+    def network_size(self) -> tuple[int, int] | None:
+        """The (H, W) images are resized to with ``data.resize: squash`` (None: each image at its own size)."""
+        return None
 
     @property
     def input_size(self) -> tuple[int, int] | None:
-        """The (H, W) the network sees (None: each image at its own size)."""
-        return None
+        """The (H, W) the network sees: ``network_size``, or with ``data.resize: scale`` the window of the
+        prediction (``eval.window``, by default the training crop)."""
+        if self.scale is None or self.network_size is None:
+            return self.network_size
+        window = self.cfg["eval"].get("window")
+        return pixels(window, "eval.window") if window is not None else crop_size(self.cfg, self.network_size)
+
+    @property
+    def train_size(self) -> tuple[int, int] | None:
+        """The (H, W) of the training inputs: ``network_size``, or with ``data.resize: scale`` the crop."""
+        if self.scale is None or self.network_size is None:
+            return self.network_size
+        return crop_size(self.cfg, self.network_size)
+
+    # ---- the training scale and whole / sliding-window prediction (seg_ext.dense) ----------------------------
+
+    @property
+    def scale(self) -> Scale | None:
+        """The training scale with ``data.resize: scale`` (None with ``squash``)."""
+        data = self.cfg.get("data", {})
+        return Scale.parse(data.get("scale", 1.0)) if data.get("resize", "squash") == "scale" else None
+
+    def dense_plan(self, model: nn.Module) -> DensePlan | None:
+        """How ``eval.mode`` whole or slide runs ``model`` (None for resize)."""
+        if self.scale is None or self.network_size is None:
+            return None
+        return dense_plan(self.cfg, self.network_size, self.size_multiple(model))
+
+    def dense_forward(self, model: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor,
+                      fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """``fn``'s dense outputs (C, h, w) of each prepared image at the training scale, whole or by windows."""
+        plan = self.dense_plan(model)
+        assert plan is not None
+        return [predict_dense(fn, image.to(self.device, non_blocking=True), plan) for image in images]
 
     # ---- training -----------------------------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ from seg_ext.config import TRAIN_DEFAULTS, choice, interval, pair
 from seg_ext.data.base import SplitRequest
 from seg_ext.data.coco import CocoInstanceDataset, collate_instances, image_tensor
 from seg_ext.data.formats import find_format, get_format
-from seg_ext.data.transforms import build_instance_transforms
+from seg_ext.data.transforms import build_instance_transforms, build_scaled_transforms
+from seg_ext.dense import check_crop_fits, crop_size
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation import Evaluator, build_evaluators, evaluator_classes, run_inference
 from seg_ext.evaluation.coco import BACKENDS, binary_masks, detections_to_results
@@ -57,11 +58,16 @@ FAMILY_DEFAULTS: dict[str, Any] = {
         "batch_size": 2,
         "num_workers": 2,
         "min_box_size": 1.0,  # annotations with a narrower or lower box are dropped (with a warning)
+        # methods that see a fixed size (the watershed): squash each image to it, or scale it by data.scale keeping
+        # its aspect ratio and train on random crops of crop_size (null: the method's input size); seg_ext.dense
+        "resize": "squash",
+        "scale": 1.0,  # a factor, or short:N / long:N (the short or long side in pixels)
+        "crop_size": None,
     },
     "augment": {
         "hflip_prob": 0.5,
         "scale_jitter": [1.0, 1.0],  # random rescale factor range; [1, 1]: none
-        "crop_fraction": 0.0,  # crop up to this fraction from each border; instances cropped away disappear
+        "crop_fraction": 0.0,  # crop up to this fraction from each border (not with data.resize: scale)
     },
     "model": {},
     "train": {
@@ -77,7 +83,9 @@ FAMILY_DEFAULTS: dict[str, Any] = {
     },
     # score_threshold: only for drawing; backend: pycocotools, or faster_coco_eval (same numbers, faster)
     # tta: horizontal-flip test-time augmentation in the final val/test evaluation (methods that support it)
-    "eval": {"mask_threshold": 0.5, "score_threshold": 0.5, "backend": "pycocotools", "tta": False},
+    # mode: resize | whole | slide, window, stride, window_batch: as for semantic segmentation (seg_ext.dense)
+    "eval": {"mask_threshold": 0.5, "score_threshold": 0.5, "backend": "pycocotools", "tta": False,
+             "mode": None, "window": None, "stride": None, "window_batch": 4},
     "report": {"num_overlays": 4},
 }
 
@@ -144,8 +152,12 @@ class InstanceMethod(Method):
     def coco_split(self, json_path: Path, image_root: Path, train: bool) -> CocoInstanceDataset:
         """One COCO split as the config asks for it: training gets the augmentation."""
         aug = self.cfg["augment"]
-        transform = build_instance_transforms(train, aug["hflip_prob"], aug["scale_jitter"], aug["crop_fraction"],
-                                              seed=self.cfg["train"]["seed"]) if train else None
+        if train and self.scale is not None:
+            transform = build_scaled_transforms(self.scale, crop_size(self.cfg, self.network_size), aug["scale_jitter"],
+                                                aug["hflip_prob"], fill_mask=0, instances=True, seed=self.cfg["train"]["seed"])
+        else:
+            transform = build_instance_transforms(train, aug["hflip_prob"], aug["scale_jitter"], aug["crop_fraction"],
+                                                  seed=self.cfg["train"]["seed"]) if train else None
         return CocoInstanceDataset(json_path, image_root, transform, self.cfg["data"]["min_box_size"])
 
     def coco_files(self, output_dir: Path) -> tuple[dict[str, Path | None], Path, str]:
@@ -168,6 +180,10 @@ class InstanceMethod(Method):
             if not len(datasets[s]):
                 raise DatasetError(f"the {s} split ({paths[s]}) holds no image")
         train = datasets["train"]
+        if self.scale is not None and self.network_size is not None:
+            infos = (train.image_info(i) for i in range(len(train)))
+            check_crop_fits(crop_size(self.cfg, self.network_size), self.scale,
+                            ((int(i["height"]), int(i["width"])) for i in infos), f"the training split ({paths['train']})")
         logger.info("dataset %s: %s; categories %s", what,
                     ", ".join(f"{s} {len(d)} images" for s, d in datasets.items() if d is not None), train.class_names)
         names = train.class_names

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seg_ext.errors import ConfigError
 from seg_ext.methods.base import to_device
 from seg_ext.methods.instance import InstanceMethod
 from seg_ext.models.maskrcnn import maskrcnn
@@ -46,6 +47,14 @@ class MaskRCNNMethod(InstanceMethod):
         "rpn_post_nms_top_n_train": 500,
         "rpn_post_nms_top_n_test": 300,
     }
+
+    @classmethod
+    def validate(cls, cfg: dict[str, Any]) -> None:
+        super().validate(cfg)
+        if cfg["data"].get("resize", "squash") != "squash" or cfg["eval"].get("mode") not in (None, "resize"):
+            key = "data.resize" if cfg["data"].get("resize", "squash") != "squash" else "eval.mode"
+            raise ConfigError(f"config key '{key}' is {cfg[key.split('.')[0]][key.split('.')[1]]!r}, but Mask R-CNN "
+                              "scales images itself (model.min_size / model.max_size); expected it unset")
 
     def loss_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch

@@ -25,9 +25,11 @@ from torch.utils.data import Dataset
 
 from seg_ext import distributed
 from seg_ext.config import CLASS_WEIGHT_MODES, TRAIN_DEFAULTS, choice, image_size, interval, pair, pixels
+from seg_ext.data.files import image_size as file_image_size
 from seg_ext.data.formats import find_format, get_format
 from seg_ext.data.semantic import SemanticSegDataset, build_semantic_datasets
-from seg_ext.data.transforms import build_transforms
+from seg_ext.data.transforms import build_scaled_transforms, build_transforms
+from seg_ext.dense import check_crop_fits, crop_size, scaled_input, validate_resize
 from seg_ext.engine import CountingTrainer, Trainer, seed_everything
 from seg_ext.errors import DatasetError
 from seg_ext.evaluation import Evaluator, SemanticLoss, build_evaluators, evaluator_classes, run_inference
@@ -45,7 +47,12 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "root": None,  # null: the built-in synthetic scene dataset (generated on first use)
         "format": "auto",  # auto, or a semantic format of seg_ext.data.formats (folder, stanford, pennfudan, ...)
-        "image_size": [128, 128],  # (H, W): training crop size and evaluation size
+        "image_size": [128, 128],  # (H, W): what every image is squashed to (data.resize: squash)
+        # squash: each image resized to image_size, whatever its aspect ratio; scale: scaled by data.scale keeping
+        # its aspect ratio, then random crops of crop_size (see seg_ext.dense)
+        "resize": "squash",
+        "scale": 1.0,  # with resize: scale: a factor, or short:N / long:N (the short or long side in pixels)
+        "crop_size": None,  # with resize: scale: the training crop (H, W); null: image_size
         "val": None,  # size of the val split: a count or a fraction; null: the format's default
         "test": None,  # size of the test split, likewise
         "split_seed": 0,
@@ -57,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_scale": [0.5, 1.0],  # RandomResizedCrop area range; null: no crop (the whole image resized)
         "crop_ratio": [0.75, 1.3333333],  # RandomResizedCrop aspect-ratio range
         "hflip_prob": 0.5,
+        "scale_jitter": [1.0, 1.0],  # with data.resize: scale: a random rescale in this range before the crop
     },
     "model": {"name": "unet", "base_width": 16, "depth": 3, "batch_norm": True},
     "loss": {"class_weights": "none"},  # none | inverse | median
@@ -64,7 +72,10 @@ DEFAULTS: dict[str, Any] = {
     # full_resolution: the final val/test evaluation (and --eval-only) scores each image at its own size, with the
     # probabilities upsampled and the masks untouched; per-epoch validation stays at data.image_size
     # tta: horizontal-flip test-time augmentation in the final val/test evaluation (as tools/predict.py --tta)
-    "eval": {"full_resolution": True, "tta": False},
+    # mode: resize (squash to image_size, then back), whole (the image at the training scale in one pass) or slide
+    # (windows of eval.window every eval.stride pixels, null: the crop and half of it); null: resize with
+    # data.resize squash, whole with scale; window_batch: windows per forward pass
+    "eval": {"full_resolution": True, "tta": False, "mode": None, "window": None, "stride": None, "window_batch": 4},
     "report": {"num_overlays": 6},
 }
 
@@ -104,8 +115,11 @@ class FullResolutionDataset(Dataset):
 
 
 def collate_full_resolution(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Images stacked (they share the network's size); masks as a list (each at its image's size)."""
-    return {"image": torch.stack([b["image"] for b in batch]), "mask": [b["mask"] for b in batch]}
+    """Images stacked when they share the network's size (a list at the training scale); masks as a list (each at
+    its image's size)."""
+    images = [b["image"] for b in batch]
+    same = all(i.shape == images[0].shape for i in images)
+    return {"image": torch.stack(images) if same else images, "mask": [b["mask"] for b in batch]}
 
 
 class AtImageSize(Evaluator):
@@ -173,6 +187,7 @@ class SemanticMethod(Method):
     def __init__(self, cfg: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
         super().__init__(cfg, device)
         self.transform = build_transforms(image_size(cfg), train=False)
+        self._eval_loaders: dict[tuple[int, bool], Any] = {}
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -190,9 +205,12 @@ class SemanticMethod(Method):
             interval(pair(augment["crop_ratio"], "augment.crop_ratio"), "augment.crop_ratio",
                      lambda lo, hi: 0 < lo <= hi, "0 < low <= high")
         choice(cfg["loss"]["class_weights"], "loss.class_weights", CLASS_WEIGHT_MODES)
+        validate_resize(cfg, image_size(cfg))
+        interval(pair(augment.get("scale_jitter", [1.0, 1.0]), "augment.scale_jitter"), "augment.scale_jitter",
+                 lambda lo, hi: 0 < lo <= hi, "0 < low <= high, e.g. [0.8, 1.2]")
 
     @property
-    def input_size(self) -> tuple[int, int]:
+    def network_size(self) -> tuple[int, int]:
         return image_size(self.cfg)
 
     # ---- data
@@ -202,6 +220,9 @@ class SemanticMethod(Method):
         if not train:
             return build_transforms(image_size(self.cfg), train=False, normalize=normalize)
         aug = self.cfg["augment"]
+        if self.scale is not None:
+            return build_scaled_transforms(self.scale, crop_size(self.cfg, self.network_size), aug.get("scale_jitter", (1, 1)),
+                                           aug["hflip_prob"], fill_mask=255, normalize=normalize, seed=self.cfg["train"]["seed"])
         return build_transforms(image_size(self.cfg), train=True, crop_scale=aug["crop_scale"], crop_ratio=aug["crop_ratio"],
                                 hflip_prob=aug["hflip_prob"], normalize=normalize, seed=self.cfg["train"]["seed"])
 
@@ -216,6 +237,9 @@ class SemanticMethod(Method):
         if not splits["val"]:
             raise DatasetError("the val split is empty; set data.val to a count or fraction of the images")
         train, data = datasets["train"], self.cfg["data"]
+        if self.scale is not None:
+            check_crop_fits(crop_size(self.cfg, self.network_size), self.scale,
+                            (file_image_size(train.source.items[i][0]) for i in train.ids), "the training split")
         root = Path(data["root"]).expanduser() if data["root"] else None
         description = find_format(root, data["format"], self.task).describe(root, self.task)
         return RunData(datasets, list(train.class_names), train.num_classes, description,
@@ -224,7 +248,7 @@ class SemanticMethod(Method):
     # ---- model and training
 
     def model_arguments(self, num_classes: int) -> dict[str, Any]:
-        return {"num_classes": num_classes, "image_size": image_size(self.cfg)}
+        return {"num_classes": num_classes, "image_size": self.train_size}
 
     def loss(self, data: RunData) -> WeightedLoss:
         return WeightedLoss(data.datasets["train"], self.cfg["loss"]["class_weights"], self.device)
@@ -243,9 +267,15 @@ class SemanticMethod(Method):
     # ---- prediction
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
+        if self.scale is not None:
+            return scaled_input(image, self.scale)
         return self.transform(image=image)["image"]
 
-    def forward(self, model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], tta: bool = False) -> torch.Tensor:
+    def forward(self, model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], tta: bool = False) -> Any:
+        """Class probabilities: (N, C, h, w) at the network's size, or with ``eval.mode`` whole/slide a list of
+        (C, h, w) at each image's training scale."""
+        if self.scale is not None:
+            return self.dense_forward(model, images, lambda x: semantic_probabilities(model, x, tta))
         if not isinstance(images, torch.Tensor):
             images = torch.stack(list(images))
         return semantic_probabilities(model, images.to(self.device, non_blocking=True), tta)
@@ -293,10 +323,14 @@ class SemanticMethod(Method):
         scores each image at its own size (probabilities from :meth:`forward`, resized by :meth:`postprocess`)."""
         dataset, precision, cfg = run.data.datasets[split], run.precision, run.cfg
         evaluators = self.evaluators(dataset, run.loss)
-        if final and (cfg["eval"]["full_resolution"] or cfg["eval"]["tta"]):
-            full = FullResolutionDataset(dataset, self.prepare, cfg["eval"]["full_resolution"])
-            loader = run.loader(full, collate_fn=collate_full_resolution)  # the final evaluation reads each split once
-            tta = cfg["eval"]["tta"]
+        dense = self.scale is not None  # whole/slide: every evaluation at each image's size
+        if dense or (final and (cfg["eval"]["full_resolution"] or cfg["eval"]["tta"])):
+            key = (id(dataset), bool(cfg["eval"]["full_resolution"] or dense))
+            loader = self._eval_loaders.get(key)
+            if loader is None:  # made once per split (its workers persist across the epochs' validations)
+                full = FullResolutionDataset(dataset, self.prepare, key[1])
+                loader = self._eval_loaders[key] = run.loader(full, collate_fn=collate_full_resolution)
+            tta = final and cfg["eval"]["tta"]
 
             def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
                 with precision.autocast():

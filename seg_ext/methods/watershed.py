@@ -22,6 +22,7 @@ from torch import nn
 from seg_ext.config import pixels
 from seg_ext.data.coco import CocoInstanceDataset, image_tensor
 from seg_ext.data.energy import WatershedDataset, collate_watershed, network_input
+from seg_ext.dense import scaled_input, validate_resize
 from seg_ext.errors import ConfigError
 from seg_ext.losses import watershed_loss
 from seg_ext.methods.instance import InstanceMethod
@@ -129,13 +130,16 @@ class WatershedMethod(InstanceMethod):
     def validate(cls, cfg: dict[str, Any]) -> None:
         super().validate(cfg)
         ws = cfg["watershed"]
-        pixels(ws["input_size"], "watershed.input_size", minimum=16, multiple=16)
+        size = pixels(ws["input_size"], "watershed.input_size", minimum=16, multiple=16)
+        validate_resize(cfg, size)
+        if cfg["data"].get("crop_size") is not None:
+            pixels(cfg["data"]["crop_size"], "data.crop_size", minimum=16, multiple=16)
         edges = ws["levels"]
         if len(edges) < 3 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] != 0:
             raise ConfigError(f"config key 'watershed.levels' is {edges}; expected increasing bin edges starting at 0")
 
     @property
-    def input_size(self) -> tuple[int, int]:
+    def network_size(self) -> tuple[int, int]:
         return self._input_size
 
     @classmethod
@@ -146,10 +150,15 @@ class WatershedMethod(InstanceMethod):
         return collate_watershed(batch)
 
     def dataset(self, base: CocoInstanceDataset, train: bool) -> WatershedDataset:
-        return WatershedDataset(base, self.input_size, self.edges, self.level_weights, self.area_weighting)
+        """Squash: every image at ``watershed.input_size``. Scale: training crops as they come; evaluation
+        images prepared as prediction prepares them (at the training scale)."""
+        if self.scale is None:
+            return WatershedDataset(base, self.network_size, self.edges, self.level_weights, self.area_weighting)
+        return WatershedDataset(base, None, self.edges, self.level_weights, self.area_weighting,
+                                prepare=None if train else self.prepare)
 
     def model_arguments(self, num_classes: int) -> dict[str, Any]:
-        return {"num_levels": len(self.edges), "num_classes": num_classes, "image_size": self.input_size}
+        return {"num_levels": len(self.edges), "num_classes": num_classes, "image_size": self.train_size}
 
     def loss_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch
@@ -159,12 +168,18 @@ class WatershedMethod(InstanceMethod):
                               stack("energy_weight"), self.foreground_loss_weight, self.energy_loss_weight)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
-        return network_input(image_tensor(image), self.input_size)
+        if self.scale is not None:
+            return scaled_input(image, self.scale)
+        return network_input(image_tensor(image), self.network_size)
 
     def maps(self, model: nn.Module, images: torch.Tensor, tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Foreground probability, expected energy and, with several classes, each class's probability, at the
         input size; ``tta``: the probabilities averaged with those of the horizontally flipped images (flipped
-        back). Shapes: (N, h, w), (N, h, w), (N, K, h, w) or None for one class."""
+        back). Shapes: (N, h, w), (N, h, w), (N, K, h, w) or None for one class; with ``eval.mode`` whole or
+        slide, lists of each image's (h, w) and (K, h, w) maps at its training scale (windows merged before the
+        watershed, so an instance across a window border is not split)."""
+        if self.scale is not None:
+            return self._dense_maps(model, images, tta)
         if isinstance(images, (list, tuple)):
             images = torch.stack(list(images))
         images = images.to(self.device, non_blocking=True)
@@ -176,6 +191,28 @@ class WatershedMethod(InstanceMethod):
                 classes = (classes + classes_flip.flip(-1)) / 2
         return (fg.cpu().numpy(), np.stack([expected_energy(p) for p in prob.cpu().numpy()]),
                 None if classes is None else classes.cpu().numpy())
+
+    def _dense_maps(self, model: nn.Module, images: Any, tta: bool) -> tuple[list, list, list | None]:
+        """Foreground probability, expected energy and class probabilities: all linear in the network's
+        probabilities, so averaging overlapping windows averages the probabilities."""
+        levels = None
+
+        def channels(x: torch.Tensor) -> torch.Tensor:
+            nonlocal levels
+            fg, prob, classes = self._probabilities(model, x)
+            if tta:
+                fg_flip, prob_flip, classes_flip = self._probabilities(model, x.flip(-1))
+                fg, prob = (fg + fg_flip.flip(-1)) / 2, (prob + prob_flip.flip(-1)) / 2
+                if classes is not None:
+                    classes = (classes + classes_flip.flip(-1)) / 2
+            if levels is None:
+                levels = torch.arange(prob.shape[1], dtype=prob.dtype, device=prob.device).view(1, -1, 1, 1)
+            parts = [fg[:, None], (prob * levels).sum(1, keepdim=True)] + ([classes] if classes is not None else [])
+            return torch.cat(parts, 1)
+
+        maps = [m.numpy() for m in self.dense_forward(model, images, channels)]
+        multi = maps[0].shape[0] > 2
+        return [m[0] for m in maps], [m[1] for m in maps], [m[2:] for m in maps] if multi else None
 
     @staticmethod
     def _probabilities(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

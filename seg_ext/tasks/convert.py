@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from seg_ext.data.base import SPLITS, instances_to_coco
+from seg_ext.data.files import image_size
 from seg_ext.data.formats import find_format, get_format
 from seg_ext.errors import SegExtError
 from seg_ext.io import check_output_folder
@@ -94,10 +95,10 @@ def _to_masks(fmt: Any, root: Path, output_dir: Path) -> dict[str, Any]:
     for image_id, (image_path, label) in source.items.items():
         stem = stems[image_id] = _safe(image_id)
         mask = source.mask_reader(label, num_classes, source.ignore_index)
-        with Image.open(image_path) as image:
-            if (image.height, image.width) != mask.shape:
-                raise SegExtError(f"mask of {image_path} is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                                  f"{image.width}x{image.height}; expected the same size")
+        height, width = image_size(image_path)
+        if (height, width) != mask.shape:
+            raise SegExtError(f"mask of {image_path} is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                              f"{width}x{height}; expected the same size")
         _copy_image(image_path, output_dir, stem)
         Image.fromarray(mask.astype(np.uint8)).save(output_dir / "masks" / f"{stem}.png")
         counts += np.bincount(mask[mask != source.ignore_index].ravel(), minlength=num_classes)[:num_classes]

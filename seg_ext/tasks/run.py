@@ -155,6 +155,7 @@ def build_run(cfg: dict[str, Any], output_dir: Path, command: str = "", model: b
     if not model:
         return run
     run.model = run.place(run.method.build_model(run.data.num_classes))
+    run.method.dense_plan(run.model)  # eval.mode whole/slide checked against the network before training
     logger.info("model %s: %s parameters, device %s", cfg["model"]["name"],
                 f"{sum(p.numel() for p in run.model.parameters()):,}", run.device)
     run.loaders = {s: run.loader(run.datasets[s], collate_fn=run.method.collate)
