@@ -105,9 +105,14 @@ NULLABLE = ("augment.crop_scale",)
 # Keys whose value is a word or a bool (true/false stand for a word the consumer picks).
 WORD_OR_BOOL = ("train.amp", "train.channels_last", "train.sync_bn")
 
+# Keys whose value is a number or a word (data.scale: a factor, or short:N / long:N).
+NUMBER_OR_WORD = ("data.scale",)
+
 
 def _type_ok(default: Any, value: Any, key: str = "") -> bool:
     if default is None or (key in WORD_OR_BOOL and isinstance(value, (bool, str))) or (key in NULLABLE and value is None):
+        return True
+    if key in NUMBER_OR_WORD and isinstance(value, str):
         return True
     if isinstance(default, bool):
         return isinstance(value, bool)
@@ -138,12 +143,13 @@ def _merge(base: dict[str, Any], new: dict[str, Any], source: str, prefix: str =
             _merge(base[key], value, source, prefix=f"{full}.")
             continue
         if not _type_ok(current, value, full):
-            kind = "word or true/false" if full in WORD_OR_BOOL else type(current).__name__
+            kind = ("word or true/false" if full in WORD_OR_BOOL else "number or word" if full in NUMBER_OR_WORD
+                    else type(current).__name__)
             raise ConfigError(
                 f"config key '{full}' in {source} must be a {kind} "
                 f"(like the default {current!r}), got {value!r}"
             )
-        base[key] = float(value) if isinstance(current, float) else value
+        base[key] = float(value) if isinstance(current, float) and not isinstance(value, str) else value
 
 
 def parse_overrides(overrides: Iterable[str]) -> list[dict[str, Any]]:

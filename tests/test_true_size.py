@@ -198,6 +198,7 @@ def test_sixteen_bit_images_keep_their_picture(tmp_path):
     ([*SCALE, "eval.mode=slide", "eval.window=[32,32]", "eval.stride=[48,16]"], "larger than the window"),
     (["data.resize=crop"], "data.resize"),
     (["data.resize=scale", "data.scale=fast"], "data.scale"),
+    (["data.resize=scale", "data.scale=[1,2]"], "data.scale"),
 ])
 def test_bad_resize_settings_are_one_sentence(opts, words, scenes_root, tmp_path, capsys):
     assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", tmp_path / "x", "--opts",
