@@ -56,6 +56,7 @@ def test_exif_orientation_is_applied_where_images_are_read(tmp_path):
     assert read[:15, :, 0].mean() > 180 and read[-15:, :, 2].mean() > 180  # red on top, blue below: as shown
 
 
+@pytest.mark.slow
 def test_rotated_phone_jpegs_train_and_predict_at_the_displayed_size(tmp_path):
     """A folder dataset of EXIF-rotated JPEGs whose masks were drawn on the displayed images: training reads them
     without a size mismatch, and predict.py writes masks of the displayed size that match the drawn halves."""
@@ -237,6 +238,7 @@ def test_decompression_bombs_and_truncated_jpegs_are_named(tmp_path, monkeypatch
         read_image(tmp_path / "cut.jpg")
 
 
+@pytest.mark.slow
 def test_predict_skips_a_truncated_jpeg_and_a_bomb_with_exit_1(scenes_root, tmp_path):
     """A real predict process with loader workers: the two bad files are named, the good one is written."""
     run = tmp_path / "run"
@@ -281,6 +283,7 @@ def scaled_watershed_run(pennfudan_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_run_at_a_scale_records_it_and_predicts_at_the_image_size(scaled_semantic_run, scenes_root, tmp_path):
     """The checkpoint carries the scale and mode: predict.py needs no flag, and its masks reproduce the run's test
     mIoU (the evaluation and prediction run the same whole/slide path)."""
@@ -301,6 +304,7 @@ def test_a_run_at_a_scale_records_it_and_predicts_at_the_image_size(scaled_seman
     assert _mean_iou(pairs, 9) == pytest.approx(metrics["test"]["mIoU"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamic, mode", [(False, "slide"), (True, "whole")])
 def test_onnx_runs_slide_on_a_fixed_export_and_whole_on_a_dynamic_one(scaled_semantic_run, scenes_root, tmp_path,
                                                                       dynamic, mode):
@@ -318,6 +322,7 @@ def test_onnx_runs_slide_on_a_fixed_export_and_whole_on_a_dynamic_one(scaled_sem
             Predictor.from_checkpoint(ckpt, device="cpu", onnx=onnx, opts=["eval.mode=whole"])
 
 
+@pytest.mark.slow
 def test_watershed_whole_and_slide_merge_before_the_watershed(scaled_watershed_run, pennfudan_root, tmp_path, capsys):
     """The watershed trained on crops at a scale: evaluated and predicted whole; slide merges the windows' maps
     before the watershed, so the two agree on nearly every pixel (tools/compare_modes.py)."""

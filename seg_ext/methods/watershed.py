@@ -182,13 +182,7 @@ class WatershedMethod(InstanceMethod):
             return self._dense_maps(model, images, tta)
         if isinstance(images, (list, tuple)):
             images = torch.stack(list(images))
-        images = images.to(self.device, non_blocking=True)
-        fg, prob, classes = self._probabilities(model, images)
-        if tta:
-            fg_flip, prob_flip, classes_flip = self._probabilities(model, images.flip(-1))
-            fg, prob = (fg + fg_flip.flip(-1)) / 2, (prob + prob_flip.flip(-1)) / 2
-            if classes is not None:
-                classes = (classes + classes_flip.flip(-1)) / 2
+        fg, prob, classes = self._averaged(model, images.to(self.device, non_blocking=True), tta)
         return (fg.cpu().numpy(), np.stack([expected_energy(p) for p in prob.cpu().numpy()]),
                 None if classes is None else classes.cpu().numpy())
 
@@ -199,12 +193,7 @@ class WatershedMethod(InstanceMethod):
 
         def channels(x: torch.Tensor) -> torch.Tensor:
             nonlocal levels
-            fg, prob, classes = self._probabilities(model, x)
-            if tta:
-                fg_flip, prob_flip, classes_flip = self._probabilities(model, x.flip(-1))
-                fg, prob = (fg + fg_flip.flip(-1)) / 2, (prob + prob_flip.flip(-1)) / 2
-                if classes is not None:
-                    classes = (classes + classes_flip.flip(-1)) / 2
+            fg, prob, classes = self._averaged(model, x, tta)
             if levels is None:
                 levels = torch.arange(prob.shape[1], dtype=prob.dtype, device=prob.device).view(1, -1, 1, 1)
             parts = [fg[:, None], (prob * levels).sum(1, keepdim=True)] + ([classes] if classes is not None else [])
@@ -213,6 +202,16 @@ class WatershedMethod(InstanceMethod):
         maps = [m.numpy() for m in self.dense_forward(model, images, channels)]
         multi = maps[0].shape[0] > 2
         return [m[0] for m in maps], [m[1] for m in maps], [m[2:] for m in maps] if multi else None
+
+    def _averaged(self, model: nn.Module, images: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`_probabilities`, with ``tta`` averaged with those of the mirror images (flipped back)."""
+        fg, prob, classes = self._probabilities(model, images)
+        if tta:
+            fg_flip, prob_flip, classes_flip = self._probabilities(model, images.flip(-1))
+            fg, prob = (fg + fg_flip.flip(-1)) / 2, (prob + prob_flip.flip(-1)) / 2
+            if classes is not None:
+                classes = (classes + classes_flip.flip(-1)) / 2
+        return fg, prob, classes
 
     @staticmethod
     def _probabilities(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
