@@ -221,6 +221,21 @@ class Method:
             return None
         return dense_plan(self.cfg, self.network_size, self.size_multiple(model))
 
+    def size_description(self) -> str | None:
+        """How images meet the network, for the report (None: each image as it is, e.g. Mask R-CNN)."""
+        if self.network_size is None:
+            return None
+        if self.scale is None:
+            h, w = self.network_size
+            return f"images squashed to {h}x{w} (H x W, data.resize: squash)"
+        ch, cw = self.train_size
+        plan = self.cfg["eval"]
+        mode = plan.get("mode") or "whole"
+        how = (f"windows of {list(self.input_size)} every {plan.get('stride') or 'half a window'}" if mode == "slide"
+               else "the whole image in one pass")
+        return (f"training on {ch}x{cw} crops of each image scaled by data.scale {self.scale} (aspect ratio kept); "
+                f"evaluation and prediction at that scale, eval.mode {mode}: {how}")
+
     def dense_forward(self, model: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor,
                       fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
         """``fn``'s dense outputs (C, h, w) of each prepared image at the training scale, whole or by windows."""

@@ -319,6 +319,7 @@ class InstanceMethod(Method):
             f"command: `{run.command}`" if run.command else "command: (library call)",
             f"dataset: {run.data.description}; split sizes (images): " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
             f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
+            *([self.size_description()] if self.size_description() else []),
             f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
             f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
             *(["final evaluation with horizontal-flip test-time augmentation (eval.tta)"] if cfg["eval"]["tta"] else []),

@@ -3,7 +3,8 @@ weighted cross entropy, scored by the semantic evaluators (confusion matrix, IoU
 table that holds semantic masks. The per-pixel frequency baseline trains with a
 :class:`~seg_ext.engine.CountingTrainer`.
 
-Prediction: the image resized to ``data.image_size`` and normalised (:meth:`SemanticMethod.prepare`), softmax
+Prediction: the image resized to ``data.image_size`` (or, with ``data.resize: scale``, scaled keeping its aspect
+ratio and run whole or by windows: ``seg_ext.dense``) and normalised (:meth:`SemanticMethod.prepare`), softmax
 probabilities (averaged with the mirror image's under TTA), resized bilinearly to the image's own size, then the
 argmax (:meth:`SemanticMethod.postprocess`). The final val/test evaluation scores exactly that, at each image's
 size (``eval.full_resolution``); per-epoch validation scores at ``data.image_size`` for speed.
@@ -385,9 +386,9 @@ class SemanticMethod(Method):
             f"command: `{run.command}`" if run.command else "command: (library call)",
             f"dataset: `{cfg['data']['root'] or run.data.description}` ({len(class_names)} classes: {', '.join(class_names)})",
             "split sizes: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + " (ids in `splits.json`)",
-            f"image size (H, W): {image_size(cfg)}; " + ("final evaluation with horizontal-flip test-time augmentation; "
+            f"{self.size_description()}; " + ("final evaluation with horizontal-flip test-time augmentation; "
                                                           if cfg["eval"]["tta"] else "") + ("the final val and test metrics score each image at its own size "
-            "(probabilities upsampled, masks untouched); per-epoch validation at the network's size"
+            "(probabilities upsampled, masks untouched)" + ("" if self.scale else "; per-epoch validation at the network's size")
             if cfg["eval"]["full_resolution"] else "metrics are computed at this size (masks resized)"),
             f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
             f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
