@@ -112,8 +112,8 @@ NUMBER_OR_WORD = ("data.scale",)
 def _type_ok(default: Any, value: Any, key: str = "") -> bool:
     if default is None or (key in WORD_OR_BOOL and isinstance(value, (bool, str))) or (key in NULLABLE and value is None):
         return True
-    if key in NUMBER_OR_WORD and isinstance(value, str):
-        return True
+    if key in NUMBER_OR_WORD:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, int):

@@ -90,6 +90,17 @@ def test_scale_keeps_the_aspect_ratio(value, size):
     assert Scale.parse(value).size(1, 1) >= (1, 1)
 
 
+def test_a_scale_in_a_config_file_can_be_overridden_by_a_factor_and_back(tmp_path):
+    from seg_ext.methods import method_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  resize: scale\n  scale: short:128\n")
+    assert method_config("semantic", path, ["data.scale=0.5"])["data"]["scale"] == 0.5
+    assert method_config("semantic", None, ["data.resize=scale", "data.scale=long:64"])["data"]["scale"] == "long:64"
+    with pytest.raises(ConfigError, match="data.scale"):
+        method_config("semantic", path, ["data.scale=true"])
+
+
 @pytest.mark.parametrize("value", [0, -1, "short:", "side:100", "0.5x", True])
 def test_bad_scale_is_one_sentence(value):
     with pytest.raises(ConfigError, match="data.scale"):
