@@ -53,7 +53,7 @@ def measure(kind: str, mode: str, megapixels: int, folder: str) -> dict[str, Any
     start = time.perf_counter()
     result = predictor(photo)
     seconds = time.perf_counter() - start
-    key = "labels" if "labels" in result else "instance_map"
+    key = "instance_map" if "instance_map" in result else "labels"
     assert result[key].shape == photo.shape[:2]
     out = {"seconds": seconds, "s_per_mp": seconds / megapixels, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
     # the network alone on the photo's tiles at scale 1 (the ceiling of a pass over every pixel)
