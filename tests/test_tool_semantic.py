@@ -138,3 +138,13 @@ def test_show_augmentations_writes_a_grid(scenes_root, tmp_path):
     from PIL import Image
 
     assert Image.open(out).size[0] > 300  # 2 rows of 3 panels
+
+
+def test_show_augmentations_at_a_scale_shows_the_scaled_image_then_the_crops(scenes_root, tmp_path):
+    out = tmp_path / "aug_scale.png"
+    assert call_tool("show_augmentations", ["--data-root", scenes_root, "--output", out, "--num-images", "1",
+                                            "--per-image", "2", "--opts", "data.resize=scale", "data.scale=0.75",
+                                            "data.crop_size=[32,32]"]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 200

@@ -430,12 +430,19 @@ class SemanticMethod(Method):
         datasets, _ = self._datasets({})
         train = datasets["train"]
         plain, augment = self.transforms(False, normalize=False), self.transforms(True, normalize=False)
+        shown = "resized"
+        if self.scale is not None:  # the whole image at the training scale, as evaluation sees it
+            import albumentations as A
+
+            from seg_ext.data.scale import ScaledPipeline
+
+            plain, shown = ScaledPipeline(self.scale, A.Compose([])), f"scaled by {self.scale}"
         samples, titles = [], []
         for i in overlay_indices(num_images, len(train)):
             image, mask = train.load_pair(i)
             out = plain(image=image, mask=mask)
             samples.append((out["image"], out["mask"]))
-            titles.append(f"{train.ids[i]} (resized)")
+            titles.append(f"{train.ids[i]} ({shown})")
             for k in range(per_image):
                 out = augment(image=image, mask=mask)
                 samples.append((out["image"], out["mask"]))
