@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from seg_ext.config import pixels
 from seg_ext.data.scale import Scale, scale_image
-from seg_ext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from seg_ext.data.transforms import normalize_tensor
 from seg_ext.errors import ConfigError
 
 RESIZE_POLICIES = ("squash", "scale")
@@ -58,12 +58,12 @@ def resolve_eval_mode(cfg: dict[str, Any]) -> str:
 
 def validate_resize(cfg: dict[str, Any], network_size: tuple[int, int]) -> None:
     """Check ``data.resize``, ``data.scale``, ``data.crop_size`` and ``eval.mode/window/stride`` (one sentence each)."""
-    data, ev = cfg["data"], cfg["eval"]
+    data = cfg["data"]
     resize = data.get("resize", "squash")
     if resize not in RESIZE_POLICIES:
         raise ConfigError(f"config key 'data.resize' is {resize!r}; expected one of: {', '.join(RESIZE_POLICIES)}")
     Scale.parse(data.get("scale", 1.0))
-    crop = crop_size(cfg, network_size)
+    crop_size(cfg, network_size)
     mode = resolve_eval_mode(cfg)
     if mode not in EVAL_MODES:
         raise ConfigError(f"config key 'eval.mode' is {mode!r}; expected one of: {', '.join(EVAL_MODES)}")
@@ -73,12 +73,7 @@ def validate_resize(cfg: dict[str, Any], network_size: tuple[int, int]) -> None:
     if mode == "resize" and resize == "scale":
         raise ConfigError("config key 'eval.mode' is 'resize', but data.resize is 'scale': the network learnt the "
                           "images at data.scale, not squashed; expected eval.mode whole or slide")
-    window = pixels(ev["window"], "eval.window") if ev.get("window") is not None else crop
-    if ev.get("stride") is not None:
-        stride = pixels(ev["stride"], "eval.stride")
-        if stride[0] > window[0] or stride[1] > window[1]:
-            raise ConfigError(f"config key 'eval.stride' is {list(stride)}, larger than the window {list(window)}; "
-                              "expected a stride at most the window, or pixels between windows go unpredicted")
+    window_and_stride(cfg, network_size)
 
 
 def check_crop_fits(crop: tuple[int, int], scale: Scale, sizes: Any, what: str) -> None:
@@ -100,19 +95,26 @@ def crop_size(cfg: dict[str, Any], network_size: tuple[int, int]) -> tuple[int, 
     return network_size if value is None else pixels(value, "data.crop_size")
 
 
+def window_and_stride(cfg: dict[str, Any], network_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``eval.window`` (null: the training crop) and ``eval.stride`` (null: half the window), checked."""
+    ev = cfg["eval"]
+    window = pixels(ev["window"], "eval.window") if ev.get("window") is not None else crop_size(cfg, network_size)
+    if ev.get("stride") is None:
+        return window, (max(1, window[0] // 2), max(1, window[1] // 2))
+    stride = pixels(ev["stride"], "eval.stride")
+    if stride[0] > window[0] or stride[1] > window[1]:
+        raise ConfigError(f"config key 'eval.stride' is {list(stride)}, larger than the window {list(window)}; "
+                          "expected a stride at most the window, or pixels between windows go unpredicted")
+    return window, stride
+
+
 def dense_plan(cfg: dict[str, Any], network_size: tuple[int, int], multiple: int | None) -> DensePlan | None:
     """The plan of ``eval.mode`` whole or slide (None for resize), checked against the model's size ``multiple``
     (None: it predicts at its trained size only)."""
     mode = resolve_eval_mode(cfg)
     if mode == "resize":
         return None
-    ev = cfg["eval"]
-    crop = crop_size(cfg, network_size)
-    window = pixels(ev["window"], "eval.window") if ev.get("window") is not None else crop
-    if ev.get("stride") is not None:
-        stride = pixels(ev["stride"], "eval.stride")
-    else:
-        stride = (max(1, window[0] // 2), max(1, window[1] // 2))
+    window, stride = window_and_stride(cfg, network_size)
     if multiple is None:  # a network of one input size (the baseline, a fixed-size ONNX export): windows of it
         if mode == "whole":
             raise ConfigError(f"config key 'eval.mode' is 'whole', but model {cfg['model'].get('name')} takes one input "
@@ -122,15 +124,14 @@ def dense_plan(cfg: dict[str, Any], network_size: tuple[int, int], multiple: int
         raise ConfigError(f"config key 'eval.window' is {list(window)}; expected a multiple of {multiple}, the model's "
                           "size multiple")
     return DensePlan(mode, Scale.parse(cfg["data"].get("scale", 1.0)), window, stride, multiple,
-                     int(ev.get("window_batch") or 4))
+                     int(cfg["eval"].get("window_batch") or 4))
 
 
 def scaled_input(image: np.ndarray, scale: Scale) -> torch.Tensor:
     """The network's input at the training scale: an HxWx3 uint8 image scaled as training scales it
     (:func:`~seg_ext.data.scale.scale_image`) and normalised. Shape: (H, W, 3) -> (3, h, w) float32."""
     scaled = scale_image(image, scale.size(*image.shape[:2]))
-    tensor = torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1).float().div_(255)
-    return (tensor - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return normalize_tensor(torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1).float().div_(255))
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -192,4 +193,5 @@ def predict_dense(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tenso
 
 
 __all__ = ["DensePlan", "EVAL_MODES", "RESIZE_POLICIES", "crop_size", "dense_plan", "edge_weights",
-           "check_crop_fits", "predict_dense", "resolve_eval_mode", "scaled_input", "validate_resize", "window_starts"]
+           "check_crop_fits", "predict_dense", "resolve_eval_mode", "scaled_input", "validate_resize", "window_and_stride",
+           "window_starts"]

@@ -178,9 +178,7 @@ class Predictor:
         else:
             onnx_model = OnnxModel(onnx, device)
             onnx_model.check_fits(method, model)
-            if method.scale is not None and onnx_model.size_multiple is None and method.dense_plan(model).mode == "whole":
-                raise SegExtError(f"ONNX file {onnx} takes one input size only, but eval.mode is whole (each image at its "
-                                  "own size); expected an export made with --dynamic, or --opts eval.mode=slide")
+            method.dense_plan(onnx_model)  # a fixed-size export: slide only (dense_plan says so in one sentence)
             model, precision = onnx_model, Precision(device)
         return cls(model, method, ckpt.class_names, precision, ckpt.categories, tta, score_threshold)
 

@@ -125,6 +125,21 @@ def test_scaled_crops_are_padded_with_the_ignore_label_and_stay_in_sync():
         assert np.array_equal(bright, out["mask"] == 1)  # image and mask moved together (flip included)
 
 
+def test_training_and_prediction_scale_an_image_to_the_same_pixels():
+    """The claim that training crops and prediction see the same pixels: a crop as large as the scaled image,
+    without flip or jitter, equals what prediction prepares (shrinking and enlarging)."""
+    from seg_ext.data.transforms import build_scaled_transforms
+    from seg_ext.dense import scaled_input
+
+    image = np.random.default_rng(4).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    for value in ("short:45", 1.5):
+        scale = Scale.parse(value)
+        h, w = scale.size(90, 120)
+        transform = build_scaled_transforms(scale, (h, w), hflip_prob=0.0, seed=0)
+        trained = transform(image=image, mask=np.zeros((90, 120), np.uint8))["image"]
+        assert torch.allclose(trained, scaled_input(image, scale), atol=1e-5), value
+
+
 # ---- whole and sliding-window prediction ---------------------------------------------------------------------
 
 def test_windows_cover_every_pixel_and_end_at_the_border():

@@ -236,13 +236,11 @@ class CocoFormat(AnnotatedFormat):
         return 2 if _coco_files(root) else 0
 
     def coco_splits(self, root: Path | None, output_dir: Path, request: SplitRequest) -> tuple[dict[str, Path | None], Path]:
-        files = request.files or {}
-        if not any(files.values()):
-            if root is None:
-                raise ConfigError("config key 'data.format' is coco but data.root is null; expected the COCO image folder")
-            return super().coco_splits(root, output_dir, request)
         if root is None:
             raise ConfigError("config key 'data.format' is coco but data.root is null; expected the COCO image folder")
+        files = request.files or {}
+        if not any(files.values()):  # the files found in the folder, split as the format's files say
+            return super().coco_splits(root, output_dir, request)
         for split in ("train", "val"):
             if not files.get(split):
                 raise ConfigError(f"config key 'data.{split}_json' is empty; COCO data needs the instance files of train and val")

@@ -58,11 +58,19 @@ def _colour_table(root: Path) -> tuple[list[str], list[tuple[int, int, int]], Pa
         names = ["background"] + [str(n) for n, _ in entries]
         return names, [(0, 0, 0)] + [tuple(int(v) for v in c) for _, c in entries], xany
     classes = root / "classes.txt"
-    if classes.is_file():
-        rows = [line.split() for line in classes.read_text().splitlines() if line.strip()]
-        if rows and all(len(r) >= 4 and all(v.isdigit() for v in r[-3:]) for r in rows):
-            return [" ".join(r[:-3]) for r in rows], [tuple(int(v) for v in r[-3:]) for r in rows], classes
+    rows = coloured_rows(classes)
+    if rows:
+        return [" ".join(r[:-3]) for r in rows], [tuple(int(v) for v in r[-3:]) for r in rows], classes
     return None
+
+
+def coloured_rows(path: Path) -> list[list[str]] | None:
+    """The rows of a ``classes.txt`` whose every line is ``name r g b`` (a colour table), else None (a file of
+    names only, or none)."""
+    if not path.is_file():
+        return None
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return rows if rows and all(len(r) >= 4 and all(v.isdigit() for v in r[-3:]) for r in rows) else None
 
 
 def _folder(root: Path, names: tuple[str, ...]) -> Path | None:

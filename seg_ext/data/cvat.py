@@ -85,7 +85,7 @@ class CvatFormat(AnnotatedFormat):
         skipped.update("track(s) skipped (video annotations)" for _ in top.iter("track"))
         images: dict[str, ImageAnnotation] = {}
         subsets: dict[str, str] = {}
-        for n, element in enumerate(top.iter("image")):
+        for element in top.iter("image"):
             name, subset = element.get("name", ""), element.get("subset")
             where = f"CVAT file {path}, image {name!r}" + (f" of subset {subset}" if subset else "")
             candidates = ([root / "images" / subset / name] if subset else []) + [root / "images" / name, root / name]

@@ -16,7 +16,8 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from seg_ext.data.coco import CocoInstanceDataset
-from seg_ext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from seg_ext.data.scale import stack_or_list
+from seg_ext.data.transforms import normalize_tensor
 
 
 def quantize(distance: np.ndarray, edges: Sequence[float]) -> np.ndarray:
@@ -71,12 +72,7 @@ def network_input(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         image: (3, H, W) float in [0, 1] -> (3, h, w)
     """
     image = F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
-    return normalized(image)
-
-
-def normalized(image: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of a (3, H, W) float image in [0, 1]."""
-    return (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return normalize_tensor(image)
 
 
 class WatershedDataset(Dataset):
@@ -118,7 +114,7 @@ class WatershedDataset(Dataset):
         else:
             image, target = self.base[index]
             masks, labels = target["masks"], target["labels"]
-            image = network_input(image, self.input_size) if self.input_size is not None else normalized(image)
+            image = network_input(image, self.input_size) if self.input_size is not None else normalize_tensor(image)
         h, w = image.shape[-2:]
         if not len(masks):
             masks = torch.zeros((0, h, w), dtype=torch.uint8)
@@ -144,5 +140,4 @@ def collate_watershed(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple
     """Images stacked when they share a size (the network's input size, or the training crop), else a list (at
     the training scale); targets as a list."""
     images, targets = zip(*batch)
-    same = all(i.shape == images[0].shape for i in images)
-    return (torch.stack(images) if same else list(images)), list(targets)
+    return stack_or_list(images), list(targets)

@@ -12,6 +12,7 @@ import numpy as np
 from seg_ext.data.base import (
     SPLITS, Format, SemanticSource, check_mask_values, images_in, pair_items, require_dir,
 )
+from seg_ext.data.colormask import coloured_rows
 from seg_ext.data.files import read_label_png
 from seg_ext.errors import DatasetError
 
@@ -53,9 +54,7 @@ class FolderFormat(Format):
         classes = root / "classes.txt"
         if not classes.is_file():
             return 1
-        rows = [line.split() for line in classes.read_text().splitlines() if line.strip()]
-        coloured = rows and all(len(r) >= 4 and all(v.isdigit() for v in r[-3:]) for r in rows)
-        return 0 if coloured else 2
+        return 0 if coloured_rows(classes) else 2
 
     def semantic_source(self, root: Path, ignore_index: int = 255) -> SemanticSource:
         require_dir(root / "images", "images/<id>.png")

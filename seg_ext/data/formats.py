@@ -89,8 +89,8 @@ def find_format(root: Path | None, name: str, task: str, files: dict[str, Any] |
         raise DatasetError(f"dataset folder {root} fits several layouts: "
                            + "; ".join(f"{cls.name} ({cls.layout})" for cls in found)
                            + f"; set data.format to the one it is (--opts data.format={found[0].name})")
-    others = sorted((n for n, cls in FORMATS.items() if task not in cls.serves
-                     and cls.detect(Path(root), files)), key=lambda n: -int(FORMATS[n].detect(Path(root), files)))
+    other_scores = {n: int(cls.detect(Path(root), files)) for n, cls in FORMATS.items() if task not in cls.serves}
+    others = sorted((n for n, score in other_scores.items() if score), key=lambda n: -other_scores[n])
     if others:
         raise DatasetError(f"dataset folder {root} is in the {others[0]} layout ({FORMATS[others[0]].layout}), which holds "
                            f"no {task} data; the formats of {task} segmentation are: {', '.join(format_names(task))}")

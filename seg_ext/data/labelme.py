@@ -135,8 +135,7 @@ class LabelMeFormat(AnnotatedFormat):
         for shape in (s for a in images.values() for s in a.shapes):  # background-labelled shapes paint class 0
             if shape.label in BACKGROUND_NAMES and not shape.ignore:
                 shape.label = background
-        data_set = AnnotationSet(root, "LabelMe annotations", classes, images, None, background, skipped + outside)
-        return data_set
+        return AnnotationSet(root, "LabelMe annotations", classes, images, None, background, skipped + outside)
 
     @staticmethod
     def _mask(raw: dict[str, Any], points: list[tuple[float, float]], where: str):

@@ -10,6 +10,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from seg_ext.errors import ConfigError
 
@@ -92,3 +93,10 @@ class ScaledPipeline:
                 boxes = np.asarray(data["bboxes"], np.float32).reshape(-1, 4) * np.array([fx, fy, fx, fy], np.float32)
                 data["bboxes"] = np.clip(boxes, 0, [size[1], size[0], size[1], size[0]])
         return self.pipeline(**data)
+
+
+def stack_or_list(images: Any) -> torch.Tensor | list[torch.Tensor]:
+    """A batch of images stacked when they share a size (squashed, or training crops), else a list (each image at
+    the training scale, run one by one)."""
+    images = list(images)
+    return torch.stack(images) if all(i.shape == images[0].shape for i in images) else images

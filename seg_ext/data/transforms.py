@@ -96,6 +96,11 @@ def build_scaled_transforms(
     return ScaledPipeline(scale, A.Compose(ops, bbox_params=bbox, seed=seed))
 
 
+def normalize_tensor(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of a (3, H, W) float image in [0, 1] (what ``Normalize`` + ``ToTensorV2`` give)."""
+    return (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
 def denormalize(image: torch.Tensor) -> np.ndarray:
     """Undo ``Normalize`` + ``ToTensorV2``: a 3xHxW float tensor back to HxWx3 uint8.
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from seg_ext.data.base import Format, InstanceSource, SemanticSource, images_in
+from seg_ext.data.base import SPLITS, Format, InstanceSource, SemanticSource, check_mask_values, images_in
 from seg_ext.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -60,12 +61,23 @@ def read_indexed(path: Path, colours: np.ndarray | None = None, what: str = "mas
         raise DatasetError(f"{what} file {path} does not exist") from None
     except OSError as exc:
         raise DatasetError(f"cannot read {what} file {path} ({exc.__class__.__name__}); expected a PNG") from None
-    colours = voc_colormap() if colours is None else colours
-    table = {tuple(int(v) for v in c): k for k, c in enumerate(colours[:255])}
-    table.setdefault(BORDER, 255)
+    table = _voc_table() if colours is None else _colour_table(colours)
     return colours_to_classes(rgb, table, lambda colour, x, y: (
         f"{what} file {path} has colour {colour} at pixel ({x}, {y}), which the VOC colormap does not have; "
         "expected class colours (or a palette PNG of class indices)"))
+
+
+def _colour_table(colours: np.ndarray) -> dict[tuple[int, int, int], int]:
+    """Colour -> index of the first 255 colours, the border colour as 255."""
+    table = {tuple(int(v) for v in c): k for k, c in enumerate(colours[:255])}
+    table.setdefault(BORDER, 255)
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def _voc_table() -> dict[tuple[int, int, int], int]:
+    """The VOC colormap's table, made once (masks are read for every sample of every epoch)."""
+    return _colour_table(voc_colormap())
 
 
 def colours_to_classes(rgb: np.ndarray, table: dict[tuple[int, int, int], int],
@@ -110,14 +122,12 @@ class VocFormat(Format):
         lists = root / "ImageSets" / "Segmentation"
         splits = None
         if lists.is_dir():
-            splits = {}
-            for split, names in (("train", ("train",)), ("val", ("val",)), ("test", ("test",))):
-                for name in names:
-                    path = lists / f"{name}.txt"
-                    if path.is_file():
-                        splits[split] = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+            def listed_ids(name: str) -> list[str]:
+                return [line.split()[0] for line in (lists / f"{name}.txt").read_text().splitlines() if line.strip()]
+
+            splits = {split: listed_ids(split) for split in SPLITS if (lists / f"{split}.txt").is_file()}
             if "train" not in splits and (lists / "trainval.txt").is_file():
-                splits["train"] = [line.split()[0] for line in (lists / "trainval.txt").read_text().splitlines() if line.strip()]
+                splits["train"] = listed_ids("trainval")
             listed = [i for ids in splits.values() for i in ids]
             missing = [i for i in listed if i not in images]
             if missing:
@@ -139,10 +149,7 @@ class VocFormat(Format):
         items, splits = self._items(root, "SegmentationClass")
 
         def read(path: Path, num_classes: int, ignore: int) -> np.ndarray:
-            mask = read_indexed(path)
-            bad = np.unique(mask[(mask >= num_classes) & (mask != 255)])
-            if bad.size:
-                raise DatasetError(f"mask file {path} has class index {int(bad[0])}; expected 0..{num_classes - 1} or 255")
+            mask = check_mask_values(read_indexed(path), path, num_classes, 255)  # VOC's void is 255
             return np.where(mask == 255, ignore, mask).astype(np.uint8)
 
         return SemanticSource(root, self.name, classes, items, read, splits, ignore_index, check_sizes_eagerly=False,

@@ -41,9 +41,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from seg_ext.config import pixels
 from seg_ext.data.scale import Scale
-from seg_ext.dense import DensePlan, crop_size, dense_plan, predict_dense
+from seg_ext.dense import DensePlan, crop_size, dense_plan, predict_dense, resolve_eval_mode, window_and_stride
 from seg_ext.engine import Precision, Trainer
 from seg_ext.evaluation import Evaluator
 from seg_ext.models import build_from_block
@@ -132,6 +131,9 @@ class Method:
     def __init__(self, cfg: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
         self.validate(cfg)
         self.cfg, self.device = cfg, device
+        data = cfg.get("data", {})
+        #: the training scale with ``data.resize: scale`` (None with ``squash``)
+        self.scale: Scale | None = Scale.parse(data.get("scale", 1.0)) if data.get("resize", "squash") == "scale" else None
 
     # ---- config -------------------------------------------------------------------------------------------
 
@@ -197,8 +199,7 @@ class Method:
         prediction (``eval.window``, by default the training crop)."""
         if self.scale is None or self.network_size is None:
             return self.network_size
-        window = self.cfg["eval"].get("window")
-        return pixels(window, "eval.window") if window is not None else crop_size(self.cfg, self.network_size)
+        return window_and_stride(self.cfg, self.network_size)[0]
 
     @property
     def train_size(self) -> tuple[int, int] | None:
@@ -208,12 +209,6 @@ class Method:
         return crop_size(self.cfg, self.network_size)
 
     # ---- the training scale and whole / sliding-window prediction (seg_ext.dense) ----------------------------
-
-    @property
-    def scale(self) -> Scale | None:
-        """The training scale with ``data.resize: scale`` (None with ``squash``)."""
-        data = self.cfg.get("data", {})
-        return Scale.parse(data.get("scale", 1.0)) if data.get("resize", "squash") == "scale" else None
 
     def dense_plan(self, model: nn.Module) -> DensePlan | None:
         """How ``eval.mode`` whole or slide runs ``model`` (None for resize)."""
@@ -229,10 +224,9 @@ class Method:
             h, w = self.network_size
             return f"images squashed to {h}x{w} (H x W, data.resize: squash)"
         ch, cw = self.train_size
-        plan = self.cfg["eval"]
-        mode = plan.get("mode") or "whole"
-        how = (f"windows of {list(self.input_size)} every {plan.get('stride') or 'half a window'}" if mode == "slide"
-               else "the whole image in one pass")
+        mode = resolve_eval_mode(self.cfg)
+        window, stride = window_and_stride(self.cfg, self.network_size)
+        how = f"windows of {list(window)} every {list(stride)}" if mode == "slide" else "the whole image in one pass"
         return (f"training on {ch}x{cw} crops of each image scaled by data.scale {self.scale} (aspect ratio kept); "
                 f"evaluation and prediction at that scale, eval.mode {mode}: {how}")
 

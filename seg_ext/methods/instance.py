@@ -30,7 +30,7 @@ from seg_ext.data.base import SplitRequest
 from seg_ext.data.coco import CocoInstanceDataset, collate_instances, image_tensor
 from seg_ext.data.formats import find_format, get_format
 from seg_ext.data.transforms import build_instance_transforms, build_scaled_transforms
-from seg_ext.dense import check_crop_fits, crop_size
+from seg_ext.dense import check_crop_fits
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation import Evaluator, build_evaluators, evaluator_classes, run_inference
 from seg_ext.evaluation.coco import BACKENDS, binary_masks, detections_to_results
@@ -153,7 +153,7 @@ class InstanceMethod(Method):
         """One COCO split as the config asks for it: training gets the augmentation."""
         aug = self.cfg["augment"]
         if train and self.scale is not None:
-            transform = build_scaled_transforms(self.scale, crop_size(self.cfg, self.network_size), aug["scale_jitter"],
+            transform = build_scaled_transforms(self.scale, self.train_size, aug["scale_jitter"],
                                                 aug["hflip_prob"], fill_mask=0, instances=True, seed=self.cfg["train"]["seed"])
         else:
             transform = build_instance_transforms(train, aug["hflip_prob"], aug["scale_jitter"], aug["crop_fraction"],
@@ -182,7 +182,7 @@ class InstanceMethod(Method):
         train = datasets["train"]
         if self.scale is not None and self.network_size is not None:
             infos = (train.image_info(i) for i in range(len(train)))
-            check_crop_fits(crop_size(self.cfg, self.network_size), self.scale,
+            check_crop_fits(self.train_size, self.scale,
                             ((int(i["height"]), int(i["width"])) for i in infos), f"the training split ({paths['train']})")
         logger.info("dataset %s: %s; categories %s", what,
                     ", ".join(f"{s} {len(d)} images" for s, d in datasets.items() if d is not None), train.class_names)
@@ -319,7 +319,7 @@ class InstanceMethod(Method):
             f"command: `{run.command}`" if run.command else "command: (library call)",
             f"dataset: {run.data.description}; split sizes (images): " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
             f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
-            *([self.size_description()] if self.size_description() else []),
+            *filter(None, [self.size_description()]),
             f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
             f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
             *(["final evaluation with horizontal-flip test-time augmentation (eval.tta)"] if cfg["eval"]["tta"] else []),

@@ -28,9 +28,10 @@ from seg_ext import distributed
 from seg_ext.config import CLASS_WEIGHT_MODES, TRAIN_DEFAULTS, choice, image_size, interval, pair, pixels
 from seg_ext.data.files import image_size as file_image_size
 from seg_ext.data.formats import find_format, get_format
+from seg_ext.data.scale import stack_or_list
 from seg_ext.data.semantic import SemanticSegDataset, build_semantic_datasets
 from seg_ext.data.transforms import build_scaled_transforms, build_transforms
-from seg_ext.dense import check_crop_fits, crop_size, scaled_input, validate_resize
+from seg_ext.dense import check_crop_fits, scaled_input, validate_resize
 from seg_ext.engine import CountingTrainer, Trainer, seed_everything
 from seg_ext.errors import DatasetError
 from seg_ext.evaluation import Evaluator, SemanticLoss, build_evaluators, evaluator_classes, run_inference
@@ -118,9 +119,7 @@ class FullResolutionDataset(Dataset):
 def collate_full_resolution(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Images stacked when they share the network's size (a list at the training scale); masks as a list (each at
     its image's size)."""
-    images = [b["image"] for b in batch]
-    same = all(i.shape == images[0].shape for i in images)
-    return {"image": torch.stack(images) if same else images, "mask": [b["mask"] for b in batch]}
+    return {"image": stack_or_list(b["image"] for b in batch), "mask": [b["mask"] for b in batch]}
 
 
 class AtImageSize(Evaluator):
@@ -222,7 +221,7 @@ class SemanticMethod(Method):
             return build_transforms(image_size(self.cfg), train=False, normalize=normalize)
         aug = self.cfg["augment"]
         if self.scale is not None:
-            return build_scaled_transforms(self.scale, crop_size(self.cfg, self.network_size), aug.get("scale_jitter", (1, 1)),
+            return build_scaled_transforms(self.scale, self.train_size, aug.get("scale_jitter", (1, 1)),
                                            aug["hflip_prob"], fill_mask=255, normalize=normalize, seed=self.cfg["train"]["seed"])
         return build_transforms(image_size(self.cfg), train=True, crop_scale=aug["crop_scale"], crop_ratio=aug["crop_ratio"],
                                 hflip_prob=aug["hflip_prob"], normalize=normalize, seed=self.cfg["train"]["seed"])
@@ -239,7 +238,7 @@ class SemanticMethod(Method):
             raise DatasetError("the val split is empty; set data.val to a count or fraction of the images")
         train, data = datasets["train"], self.cfg["data"]
         if self.scale is not None:
-            check_crop_fits(crop_size(self.cfg, self.network_size), self.scale,
+            check_crop_fits(self.train_size, self.scale,
                             (file_image_size(train.source.items[i][0]) for i in train.ids), "the training split")
         root = Path(data["root"]).expanduser() if data["root"] else None
         description = find_format(root, data["format"], self.task).describe(root, self.task)

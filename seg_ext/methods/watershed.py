@@ -189,13 +189,9 @@ class WatershedMethod(InstanceMethod):
     def _dense_maps(self, model: nn.Module, images: Any, tta: bool) -> tuple[list, list, list | None]:
         """Foreground probability, expected energy and class probabilities: all linear in the network's
         probabilities, so averaging overlapping windows averages the probabilities."""
-        levels = None
-
         def channels(x: torch.Tensor) -> torch.Tensor:
-            nonlocal levels
             fg, prob, classes = self._averaged(model, x, tta)
-            if levels is None:
-                levels = torch.arange(prob.shape[1], dtype=prob.dtype, device=prob.device).view(1, -1, 1, 1)
+            levels = torch.arange(prob.shape[1], dtype=prob.dtype, device=prob.device).view(1, -1, 1, 1)
             parts = [fg[:, None], (prob * levels).sum(1, keepdim=True)] + ([classes] if classes is not None else [])
             return torch.cat(parts, 1)
 
