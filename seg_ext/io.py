@@ -72,3 +72,27 @@ def check_output_folder(path: Path | None, expected: str = "a folder (new or exi
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         raise SegExtError(f"--output-dir {path} is a file; expected {expected}")
 
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path, digits: int = 4) -> None:
+    """Rows of dicts as a CSV file (header: every key in first-seen order), atomically; floats rounded to
+    ``digits`` decimals, NaN and None as empty cells."""
+    import csv
+
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+
+    def cell(value: Any) -> Any:
+        value = to_jsonable(value)
+        if value is None:
+            return ""
+        return round(value, digits) if isinstance(value, float) else value
+
+    def write(fh: IO) -> None:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([cell(row.get(k)) for k in columns])
+
+    atomic_write(path, write)

@@ -311,3 +311,156 @@ def instance_overlay_picture(image: np.ndarray, instance_map: np.ndarray, scores
         draw.text((left + 2, top), text, fill="white", font=font)
     strip = _text_strip(image.shape[1], ((None, f"{len(scores)} instance(s)"),))
     return np.concatenate([np.asarray(canvas), strip], axis=0)
+
+
+def plot_score_histogram(values: Sequence[float], label: str, path: str | Path, title: str = "") -> None:
+    """Histogram of per-image scores (0-100), the median marked."""
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(values, bins=np.linspace(0, 100, 21), color="#4c72b0", edgecolor="white")
+    if values.size:
+        ax.axvline(float(np.median(values)), color="#c44e52", ls="--", label=f"median {np.median(values):.1f}")
+        ax.legend(frameon=False)
+    ax.set_xlabel(f"{label} per image")
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(reliability: dict[str, Any], path: str | Path, title: str = "", what: str = "confidence") -> None:
+    """Reliability diagram: accuracy against mean confidence per bin (bars), the diagonal, the ECE in the title;
+    beside it the share of samples per bin."""
+    conf = np.asarray(reliability["confidence"], dtype=np.float64)
+    acc = np.asarray(reliability["accuracy"], dtype=np.float64)
+    count = np.asarray(reliability["count"], dtype=np.float64)
+    bins = len(count)
+    centres = (np.arange(bins) + 0.5) / bins
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax.bar(centres, np.nan_to_num(acc), width=1 / bins, edgecolor="white", color="#4c72b0", label="accuracy")
+    gap = np.nan_to_num(conf - acc)
+    ax.bar(centres, gap, bottom=np.nan_to_num(acc), width=1 / bins, color="#c44e52", alpha=0.35, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"{what} (bin)")
+    ax.set_ylabel("accuracy")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    ax.set_title(f"{title} ECE {reliability['ece']:.2f}" if np.isfinite(reliability["ece"]) else title, fontsize=10)
+    ax2.bar(centres, count / max(count.sum(), 1), width=1 / bins, color="#8c8c8c", edgecolor="white")
+    ax2.set_xlim(0, 1)
+    ax2.set_xlabel(f"{what} (bin)")
+    ax2.set_ylabel("share of samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_error_breakdown(breakdowns: dict[str, dict[str, Any]], names: dict[str, str], path: str | Path) -> None:
+    """TIDE's AP cost of each error type (fixed alone), one group of bars per breakdown (e.g. mask, box)."""
+    kinds = list(names)
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    width = 0.8 / max(len(breakdowns), 1)
+    for k, (label, out) in enumerate(breakdowns.items()):
+        values = [out.get("dAP", {}).get(t, 0.0) for t in kinds]
+        xs = np.arange(len(kinds)) + (k - (len(breakdowns) - 1) / 2) * width
+        ax.bar(xs, values, width=width, label=f"{label} (AP50 {out['AP50']:.1f})")
+    ax.set_xticks(np.arange(len(kinds)), [names[t] for t in kinds], fontsize=8)
+    ax.set_ylabel("AP50 gained if fixed")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+#: the colours of the error gallery: true positives green, each TIDE error type its own, missed objects red
+ERROR_COLOURS: dict[str, tuple[int, int, int]] = {
+    "tp": (44, 160, 44), "matched": (44, 160, 44), "cls": (148, 103, 189), "loc": (255, 127, 14),
+    "both": (140, 86, 75), "dupe": (23, 190, 207), "bkg": (214, 39, 40), "missed": (214, 39, 40),
+    "fixable": (255, 127, 14),
+}
+ERROR_LABELS = {"tp": "correct", "cls": "wrong class", "loc": "poorly placed", "both": "class + place",
+                "dupe": "duplicate", "bkg": "background", "missed": "missed object", "fixable": "found, poorly"}
+
+
+def _outlined(picture: np.ndarray, masks: Sequence[np.ndarray], colours: Sequence[tuple[int, int, int]],
+              alpha: float = 0.3) -> np.ndarray:
+    """Each mask tinted and outlined (3 px) in its colour."""
+    from scipy.ndimage import binary_dilation
+    from skimage.segmentation import find_boundaries
+
+    out = picture.astype(np.float32)
+    for mask, colour in zip(masks, colours):
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            continue
+        out[mask] = out[mask] * (1 - alpha) + np.asarray(colour, np.float32) * alpha
+        out[binary_dilation(find_boundaries(mask, mode="inner"), iterations=1)] = colour
+    return out.astype(np.uint8)
+
+
+def _side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str], legend: tuple) -> np.ndarray:
+    """Panels of one height in a row, each titled above, a legend strip below (uint8 RGB)."""
+    def row(parts: Sequence[np.ndarray]) -> np.ndarray:
+        gap = np.full((parts[0].shape[0], 6, 3), 255, np.uint8)
+        out = [parts[0]]
+        for part in parts[1:]:
+            out += [gap, part]
+        return np.concatenate(out, axis=1)
+
+    heads = [_text_strip(p.shape[1], ((None, title),)) for p, title in zip(panels, titles)]
+    height = max(h.shape[0] for h in heads)
+    heads = [np.pad(h, ((0, height - h.shape[0]), (0, 0), (0, 0)), constant_values=255) for h in heads]
+    picture = row(list(panels))
+    return np.concatenate([row(heads), picture, _text_strip(picture.shape[1], legend)], axis=0)
+
+
+def semantic_error_picture(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_names: Sequence[str],
+                           ignore_index: int = 255) -> np.ndarray:
+    """The gallery's picture of one semantic prediction: image, ground truth, prediction, and the wrong pixels
+    (red; ignored ones grey) over the darkened image.
+
+    Shape:
+        image: (H, W, 3) uint8; gt, pred: (H, W) class ids -> (h, 4W + gaps, 3) uint8
+    """
+    n = len(class_names)
+    wrong = (gt != pred) & (gt != ignore_index)
+    errors = (image.astype(np.float32) * 0.45).astype(np.uint8)
+    errors[wrong] = (214, 39, 40)
+    errors[gt == ignore_index] = IGNORE_COLOUR
+    pal = palette(n)
+    present = np.flatnonzero(np.bincount(np.concatenate([gt[gt < n].ravel(), pred[pred < n].ravel()]).astype(np.int64), minlength=n))
+    legend = tuple((tuple(int(v) for v in pal[c]), class_names[c]) for c in present) + (((214, 39, 40), "wrong pixel"),)
+    return _side_by_side([image, blend(image, colourize(gt, n, ignore_index)), blend(image, colourize(pred, n, ignore_index)), errors],
+                         ["image", "ground truth", "prediction", f"wrong: {100 * wrong.sum() / max((gt != ignore_index).sum(), 1):.1f}% of pixels"],
+                         legend)
+
+
+def instance_error_picture(image: np.ndarray, gt_masks: np.ndarray, gt_kinds: Sequence[str], det_masks: np.ndarray,
+                           det_kinds: Sequence[str], det_scores: Sequence[float]) -> np.ndarray:
+    """The gallery's picture of one instance prediction: the objects (found green, missed red, found only
+    poorly orange) and the detections outlined by their kind (TIDE's error types), each with its score.
+
+    Shape:
+        image: (H, W, 3) uint8; gt_masks: (G, H, W); det_masks: (D, H, W) -> (h, 2W + gap, 3) uint8
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    left = _outlined(image, gt_masks, [ERROR_COLOURS[k] for k in gt_kinds])
+    right = _outlined(image, det_masks, [ERROR_COLOURS[k] for k in det_kinds])
+    canvas = Image.fromarray(right)
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for mask, kind, score in zip(det_masks, det_kinds, det_scores):
+        ys, xs = np.nonzero(mask)
+        if not len(xs):
+            continue
+        text = f"{float(score):.2f} {kind}"
+        x, y = int(xs.min()), max(0, int(ys.min()) - 12)
+        draw.rectangle([x, y, x + int(font.getlength(text)) + 4, y + 12], fill=ERROR_COLOURS[kind])
+        draw.text((x + 2, y), text, fill="white", font=font)
+    kinds = [k for k in ("tp", "cls", "loc", "both", "dupe", "bkg", "missed") if k in list(det_kinds) + list(gt_kinds)]
+    legend = tuple((ERROR_COLOURS[k], ERROR_LABELS[k]) for k in kinds)
+    found = sum(k == "matched" for k in gt_kinds)
+    return _side_by_side([left, np.asarray(canvas)],
+                         [f"objects: {found} of {len(gt_kinds)} found at IoU 0.5", f"{len(det_kinds)} detection(s) shown"], legend)

@@ -201,3 +201,28 @@ def test_bins_increase_with_probability_and_cover_the_extremes():
     bins = ev.score_bins(logits)[0, 1, 0].tolist()
     assert bins == sorted(bins) and bins[0] >= 0 and bins[-1] == ev.num_bins - 1
     assert len(set(bins[1:-2])) == len(bins) - 3  # distinct where float32 probabilities are distinct
+
+
+def test_per_image_rows_add_up_to_the_split_and_a_perfect_image_scores_100():
+    from seg_ext.evaluation.semantic import SemSegEvaluator
+
+    torch.manual_seed(0)
+    ev = SemSegEvaluator(3, ignore_index=255, class_names=["a", "b", "c"], num_worst=2)
+    perfect = torch.randint(0, 3, (6, 5))
+    ev.process_image(torch.nn.functional.one_hot(perfect, 3).permute(2, 0, 1).float(), perfect, "perfect")
+    for k in range(3):
+        target = torch.randint(0, 3, (6, 5))
+        target[0, 0] = 255
+        ev.process_image(torch.softmax(torch.randn(3, 6, 5), 0), target, f"noise{k}")
+    metrics = ev.evaluate()
+    rows = {r["image"]: r for r in ev.image_rows()}
+    assert rows["perfect"]["mIoU"] == 100 and rows["perfect"]["pixel_acc"] == 100 and rows["noise0"]["pixels"] == 29
+    assert sum(c.sum() for _, c in ev._images) == ev.confusion_matrix().sum() == 30 + 3 * 29
+    ranked = sorted(rows.values(), key=lambda r: (r["mIoU"], r["pixel_acc"]))
+    assert [w["image"] for w in metrics["per_image"]["worst"]] == [r["image"] for r in ranked[:2]]
+    assert metrics["per_image"]["worst"][0]["mIoU"] == min(r["mIoU"] for r in rows.values())
+    assert sum(metrics["calibration"]["count"]) == 30 + 3 * 29
+    # a confident, right prediction is perfectly calibrated
+    sure = SemSegEvaluator(3, class_names=["a", "b", "c"])
+    sure.process_image(torch.nn.functional.one_hot(perfect, 3).permute(2, 0, 1).float(), perfect, "x")
+    assert sure.evaluate()["calibration"]["ece"] == pytest.approx(0)

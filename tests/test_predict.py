@@ -81,6 +81,49 @@ def test_semantic_masks_at_image_size_reproduce_the_run_test_miou(semantic_run, 
     assert "own size" in (semantic_run / "report.md").read_text()
 
 
+def _csv(path: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with open(path) as fh:
+        return {row["image"]: row for row in csv.DictReader(fh)}
+
+
+def test_predict_gt_scores_like_the_final_evaluation_and_names_images_without_masks(semantic_run, scenes_root, tmp_path, capsys):
+    import shutil
+
+    files = _test_images(semantic_run, scenes_root)
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for path in files:
+        shutil.copy(scenes_root / "masks" / path.name, gt / path.name)
+    extra = scenes_root / "images" / "not_labelled.png"
+    shutil.copy(files[0], tmp_path / "not_labelled.png")
+    out = tmp_path / "pred"
+    assert call_tool("predict", ["--checkpoint", semantic_run / "best.pt", "--input", *files, tmp_path / "not_labelled.png",
+                                 "--gt", gt, "--output-dir", out, "--num-workers", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("not_labelled.png") == 1 and "1 input image(s) have no mask" in captured.err
+    run = json.loads((semantic_run / "metrics.json").read_text())["test"]
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["mIoU"] == pytest.approx(run["mIoU"], abs=1e-9) and written["mAP"] == pytest.approx(run["mAP"], abs=1e-9)
+    ours, theirs = _csv(out / "per_image.csv"), _csv(semantic_run / "per_image_test.csv")
+    assert set(ours) == set(theirs) == {p.stem for p in files}
+    assert all(ours[k]["mIoU"] == theirs[k]["mIoU"] for k in ours)
+    for name in ("confusion.png", "calibration.png", "per_image.png"):
+        assert (out / name).is_file()
+    assert not extra.exists()
+
+    # a mask of another size: one sentence naming it, exit 2
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(gt / files[1].name)
+    assert call_tool("predict", ["--checkpoint", semantic_run / "best.pt", "--input", *files, "--gt", gt,
+                                 "--output-dir", tmp_path / "bad", "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"mask file {gt / files[1].name} is 12x10 (W x H) but image" in err and "Traceback" not in err
+    assert call_tool("predict", ["--checkpoint", semantic_run / "best.pt", "--input", *files, "--gt", tmp_path / "nothing",
+                                 "--output-dir", tmp_path / "bad2"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
 def test_full_resolution_evaluation_scores_the_untouched_masks(semantic_run, tmp_path):
     """eval.full_resolution=false scores at the network's size (masks resized): a different number."""
     ev = tmp_path / "eval"
@@ -129,6 +172,10 @@ def test_watershed_results_scored_by_evaluate_give_the_run_test_mask_ap(watershe
     written = json.loads((out / "metrics.json").read_text())
     assert written["segm/AP"] == pytest.approx(run["segm/AP"], abs=1e-9)
     assert written["bbox/AP"] == pytest.approx(run["bbox/AP"], abs=1e-9)
+    # the same analysis as the run's final evaluation: per-image AP and the error breakdown (score-independent)
+    ours, theirs = _csv(out / "per_image.csv"), _csv(watershed_run / "per_image_test.csv")
+    assert set(ours) == set(theirs) and all(ours[k]["AP"] == theirs[k]["AP"] for k in ours)
+    assert written["errors/segm"] == run["errors/segm"] and (out / "errors.png").is_file()
     assert call_tool("evaluate", ["--gt", gt, "--results", out / "results_segm.json", "--output", tmp_path / "m.json"]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["segm/AP"] == pytest.approx(run["segm/AP"], abs=1e-9)
     coco = COCO(str(gt))

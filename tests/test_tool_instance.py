@@ -32,6 +32,13 @@ def test_one_iteration_run_and_eval_only(method, opts, pennfudan_root, tmp_path,
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "Mask AP (segm)" in report and "| test |" in report
+    # the failure analysis: per image, TIDE's breakdown, calibration, the gallery, the HTML page
+    rows = (out / "per_image_test.csv").read_text().splitlines()
+    assert rows[0] == "image,image_id,ground_truth,detections,matched,false,missed,AP,AP50" and len(rows) == 1 + 3
+    errors = metrics["test"]["errors/segm"]
+    assert sum(errors["dAP_progressive"].values()) == pytest.approx(100 - errors["AP50"])
+    assert "Where it fails (test)" in report and (out / "errors_test.png").is_file()
+    assert len(list((out / "worst_test").glob("*.jpg"))) == 3 and (out / "report.html").is_file()
 
     ev = tmp_path / f"{method}_eval"
     assert call_tool("train_instance", ["--eval-only", "--checkpoint", out / "best.pt", "--output-dir", ev]) == 0

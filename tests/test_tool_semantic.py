@@ -30,6 +30,18 @@ def test_one_epoch_run_writes_everything_then_resume_and_eval_only(scenes_root, 
     report = (out / "report.md").read_text()
     assert "| test |" in report and "confusion_test.png" in report and "loss_curves.png" in report
     assert "report:" in capsys.readouterr().out
+    # the failure analysis: every test image scored on its own, the worst drawn, calibration, the HTML page
+    rows = (out / "per_image_test.csv").read_text().splitlines()
+    assert rows[0].startswith("image,pixels,mIoU,pixel_acc,IoU/") and len(rows) == 1 + 4
+    worst = metrics["test"]["per_image"]["worst"]
+    assert len(worst) == 4 and [w["mIoU"] for w in worst] == sorted(w["mIoU"] for w in worst)
+    assert metrics["test"]["per_image"]["median"]["image"] in {w["image"] for w in worst}
+    assert 0 <= metrics["test"]["calibration"]["ece"] <= 100
+    assert sum(metrics["test"]["calibration"]["count"]) == worst[0]["pixels"] * 4  # the synthetic images are alike
+    assert len(list((out / "worst_test").glob("*.jpg"))) == 4 and (out / "calibration_test.png").is_file()
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 4 and "data:image/png;base64," in page and "<table class=\"sortable\">" in page
+    assert "src=\"worst_test" not in page and "http" not in page.split("<body>")[1]  # self-contained
 
     # running again into the same folder would overwrite it: refused
     assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *FAST]) == 2

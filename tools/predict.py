@@ -8,12 +8,16 @@ Outputs in --output-dir:
     semantic:  masks/<stem>.png (class ids, palette PNG), overlays/<stem>.jpg, predictions.json
     instance:  instances/<stem>.png (16-bit ids, 1..N by decreasing score), overlays/<stem>.jpg,
                results_segm.json, results_bbox.json (COCO results, every detection), predictions.json;
-               with --coco-gt: image ids from that file, and COCO AP printed and written to metrics.json
+               with --coco-gt: image ids from that file, and COCO AP printed and written to metrics.json, every
+               image scored in per_image.csv, the error breakdown errors.png and the score calibration
+    semantic with --gt MASK_FOLDER: IoU and pixel AP printed and written to metrics.json, per_image.csv, the
+               confusion matrix and calibration plots
 
 Examples:
     python tools/predict.py --checkpoint runs/x/best.pt --input photo.jpg --output-dir out
     python tools/predict.py --checkpoint runs/x/best.pt --input ../shared/data/PennFudanPed/PNGImages --output-dir out --tta
     python tools/predict.py --checkpoint runs/y/best.pt --input 'pics/*.png' --output-dir out --coco-gt runs/y/coco/instances_test.json
+    python tools/predict.py --checkpoint runs/x/best.pt --input imgs --gt masks --output-dir out
     python tools/predict.py --checkpoint runs/x/best.pt --onnx model.onnx --input pics --output-dir out
     python tools/predict.py --checkpoint runs/x/best.pt --input big_photo.jpg --output-dir out --opts eval.mode=slide
 
@@ -41,6 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coco-gt", type=Path, default=None,
                         help="instance checkpoints: a COCO instances file; image ids come from it (matched by base file "
                              "name) and COCO AP is printed and written")
+    parser.add_argument("--gt", type=Path, default=None, metavar="MASK_FOLDER",
+                        help="semantic checkpoints: a folder of label maps named like the images (<stem>.png, class ids, "
+                             "255 ignored); IoU and pixel AP are printed and written, every image is scored in per_image.csv")
     parser.add_argument("--onnx", type=Path, default=None, help="run this ONNX export of the checkpoint with onnxruntime")
     parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the checkpoint's)")
@@ -73,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     summary = predict_files(
         predictor, files, args.output_dir, batch_size=args.batch_size or data["batch_size"],
         num_workers=data["num_workers"] if args.num_workers is None else args.num_workers, coco_gt=args.coco_gt,
-        overlays=not args.no_overlays,
+        overlays=not args.no_overlays, gt=args.gt,
     )
     print(f"{summary.images} image(s) in {summary.seconds:.1f}s ({summary.images / max(summary.seconds, 1e-9):.1f} images/s) "
           f"-> {args.output_dir}")

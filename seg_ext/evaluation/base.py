@@ -162,6 +162,8 @@ def run_inference(
 
 
 def _batch_len(targets: Any) -> int:
+    if isinstance(targets, dict) and targets:  # a dict of per-image lists
+        return _batch_len(next(iter(targets.values())))
     if isinstance(targets, torch.Tensor):
         return int(targets.shape[0])
     try:

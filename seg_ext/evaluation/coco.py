@@ -24,7 +24,11 @@ from seg_ext import distributed
 from seg_ext.data.coco import coco_from_dict, masks_to_rles
 from seg_ext.data.files import read_json
 from seg_ext.errors import ConfigError, DatasetError
+from seg_ext.evaluation.analysis import (
+    ERROR_NAMES, ERROR_TYPES, detection_calibration, image_detections, image_scores, tide_breakdown, worst_and_median,
+)
 from seg_ext.evaluation.base import Evaluator
+from seg_ext.io import write_csv
 
 IOU_TYPES = ("bbox", "segm")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -155,6 +159,12 @@ class COCOEvaluator(Evaluator):
         iou_types: any of ``bbox``, ``segm``.
         mask_threshold: probability above which a mask pixel is on.
         backend: ``pycocotools`` or ``faster_coco_eval`` (see ``coco_evaluate``).
+        analyze: also analyse where the detections fail (the final evaluation; ``seg_ext.evaluation.analysis``):
+            ``per_image`` (the worst and the median image by mask AP; every image in ``per_image_<split>.csv``,
+            its matched, false and missed instances counted among detections scoring ``score_threshold`` or
+            more), ``errors/segm`` and ``errors/bbox`` (TIDE's breakdown) and ``calibration`` (of the scores).
+        score_threshold: the score from which a detection is shown (and counted per image).
+        num_worst: images the per-image summary lists as the worst.
     """
 
     task = "instance"
@@ -167,12 +177,17 @@ class COCOEvaluator(Evaluator):
         iou_types: Sequence[str] = IOU_TYPES,
         mask_threshold: float = 0.5,
         backend: str = "pycocotools",
+        analyze: bool = False,
+        score_threshold: float = 0.5,
+        num_worst: int = 6,
     ) -> None:
         self.coco_gt, self.category_of = coco_gt, category_of
         self.iou_types = tuple(iou_types)
         self.mask_threshold = mask_threshold
         self.backend = backend
+        self.analyze, self.score_threshold, self.num_worst = analyze, score_threshold, num_worst
         self.summaries: dict[str, str] = {}
+        self.rows: list[dict[str, Any]] = []
         self.reset()
 
     def reset(self) -> None:
@@ -202,16 +217,36 @@ class COCOEvaluator(Evaluator):
                 self.coco_gt, self.results[iou_type], iou_type, self.image_ids, self.backend
             )
             metrics.update(values)
+        if self.analyze:
+            metrics.update(self.analysis())
         return metrics
+
+    def analysis(self) -> dict[str, Any]:
+        """Per-image scores, TIDE's error breakdown of masks and boxes, the calibration of the scores (see
+        ``seg_ext.evaluation.analysis``); keeps the per-image rows for :meth:`save`."""
+        out: dict[str, Any] = {}
+        for iou_type in ("segm", "bbox"):
+            images = image_detections(self.coco_gt, self.results[iou_type], iou_type, self.image_ids)
+            out[f"errors/{iou_type}"] = tide_breakdown(images)
+            if iou_type == "segm":
+                self.rows = [image_scores(image, self.score_threshold) for image in images]
+                out["per_image"] = worst_and_median(self.rows, "AP", self.num_worst, then=("AP50", "matched", "-false"))
+                out["calibration"] = detection_calibration(images)
+        return out
 
     def save_results(self, path: str | Path, iou_type: str = "segm") -> None:
         """Write the accumulated results of one kind as a COCO results JSON."""
         Path(path).write_text(json.dumps(self.results[iou_type]))
 
     def save(self, output_dir: Path, split: str, metrics: dict[str, float]) -> None:
-        """``results_<split>_segm.json`` and ``results_<split>_bbox.json``."""
+        """``results_<split>_segm.json`` and ``results_<split>_bbox.json``; after an analysis
+        ``per_image_<split>.csv`` with its histogram ``per_image_<split>.png``, the error breakdown
+        ``errors_<split>.png`` and the reliability diagram of the scores ``calibration_<split>.png``."""
+        output_dir = Path(output_dir)
         for iou_type in ("segm", "bbox"):
-            self.save_results(Path(output_dir) / f"results_{split}_{iou_type}.json", iou_type)
+            self.save_results(output_dir / f"results_{split}_{iou_type}.json", iou_type)
+        if self.analyze and self.rows:
+            save_analysis(self.rows, metrics, output_dir, split)
 
     @classmethod
     def comparison_keys(cls, metrics: dict[str, Any]) -> list[str]:
@@ -234,6 +269,54 @@ class COCOEvaluator(Evaluator):
                          [[c] + [summary[s].get(f"{t}/AP-{c}") for s in splits for t in ("segm", "bbox")] for c in classes],
                          digits=1)
             report.text("AP of each class (COCO's, over IoU 0.50:0.95); n/a where the split has no object of the class.")
+        split = next((s for s in ("test", "val") if "errors/segm" in summary.get(s, {})), None)
+        if split is not None:
+            report_errors(report, summary[split], split)
+
+
+def save_analysis(rows: list[dict[str, Any]], metrics: dict[str, Any], output_dir: Path, split: str = "") -> None:
+    """The files of an instance analysis: per-image CSV, its histogram, the error breakdown, the calibration
+    (``per_image_<split>.csv``, ...; without a split ``per_image.csv``, ...)."""
+    from seg_ext.visualize import plot_error_breakdown, plot_reliability, plot_score_histogram
+
+    tag, what = (f"_{split}", split) if split else ("", "images")
+    write_csv(rows, output_dir / f"per_image{tag}.csv")
+    plot_score_histogram([r["AP"] for r in rows], "mask AP", output_dir / f"per_image{tag}.png", f"{what}: {len(rows)} images")
+    plot_error_breakdown({"mask": metrics["errors/segm"], "box": metrics["errors/bbox"]}, ERROR_NAMES,
+                         output_dir / f"errors{tag}.png")
+    plot_reliability(metrics["calibration"], output_dir / f"calibration{tag}.png",
+                     f"{what}: detection scores (right = matched at IoU 0.5),", "score")
+
+
+def report_errors(report: Any, metrics: dict[str, Any], split: str) -> None:
+    """The error breakdown and calibration sections of an instance report (``metrics``: one split's)."""
+    report.heading(f"Where it fails ({split})")
+    rows = []
+    for iou_type, label in (("segm", "mask"), ("bbox", "box")):
+        out = metrics[f"errors/{iou_type}"]
+        if not out.get("dAP"):
+            continue
+        rows.append([f"{label}: AP50 {out['AP50']:.1f}, count", *[out["counts"][t] for t in ERROR_TYPES], "", ""])
+        rows.append([f"{label}: AP50 gained, fixed alone", *[out["dAP"][t] for t in ERROR_TYPES],
+                     out["dAP_false_positives"], out["dAP_false_negatives"]])
+        rows.append([f"{label}: gained, fixed in turn (sums to {100 - out['AP50']:.1f})",
+                     *[out["dAP_progressive"][t] for t in ERROR_TYPES], "", ""])
+    report.table(["errors (TIDE, IoU 0.5)", *[ERROR_NAMES[t] for t in ERROR_TYPES], "all false pos.", "all false neg."],
+                 rows, digits=1)
+    report.text(
+        "TIDE's error types (Bolya et al. 2020) on detections at IoU 0.5: classification = right place, wrong class; "
+        "localisation = right class, IoU 0.1-0.5; cls + loc = both wrong; duplicate = a second detection of an object "
+        "already found; background = IoU under 0.1 with every object; missed = an object no detection comes near. "
+        "'Fixed alone' is the AP50 gained by fixing only that type (TIDE's headline); 'fixed in turn' fixes the types "
+        "one after the other in this order, which adds up to the gap to 100. The counts are of all detections, "
+        "whatever their score.")
+    report.image(f"errors_{split}.png", f"{split}: AP50 gained by fixing each error type alone, masks and boxes")
+    cal = metrics.get("calibration")
+    if cal:
+        report.heading(f"Calibration of the scores ({split})")
+        report.text(f"Expected calibration error {cal['ece']:.2f} points over {cal['samples']} detections: a detection "
+                    "is right when it matches an object at IoU 0.5; a calibrated score is the chance that it is.")
+        report.image(f"calibration_{split}.png", f"{split}: reliability of the detection scores")
 
 
 def load_results(path: str | Path, coco_gt: COCO, iou_type: str) -> list[dict[str, Any]]:

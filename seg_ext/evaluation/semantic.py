@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from seg_ext import distributed
+from seg_ext.evaluation.analysis import CALIBRATION_BINS, calibration_bins, reliability, worst_and_median
 from seg_ext.evaluation.base import Evaluator
+from seg_ext.io import write_csv
 
 SUMMARY_KEYS = ("mIoU", "mAP", "fwIoU", "pixel_acc", "mean_acc")
 SUMMARY_HEADERS = ("mIoU", "mAP", "fwIoU", "pixel acc", "mean acc")
@@ -70,16 +72,17 @@ ODDS_FLOOR = 2.0**-85  # added to the scaled odds: probability 0 gets the lowest
 INF_BITS = 0x7F800000  # float32 +inf: probability 1
 
 
-def argmax_channels(x: torch.Tensor) -> torch.Tensor:
+def argmax_channels(x: torch.Tensor, with_max: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``x.argmax(1)`` for (N, C, H, W), as C vectorised passes (much faster than argmax over a strided dim on
-    CPUs); ties go to the lowest index, as ``argmax`` does. Shape: (N, C, H, W) -> (N, H, W) int64."""
+    CPUs); ties go to the lowest index, as ``argmax`` does; ``with_max``: also the maximum.
+    Shape: (N, C, H, W) -> (N, H, W) int64 (and (N, H, W) values)."""
     best = x[:, 0].clone()
     index = torch.zeros(best.shape, dtype=torch.int64, device=x.device)
     for c in range(1, x.shape[1]):
         better = x[:, c] > best
         best = torch.where(better, x[:, c], best)
         index.masked_fill_(better, c)
-    return index
+    return (index, best) if with_max else index
 
 
 class SemSegEvaluator(Evaluator):
@@ -90,6 +93,11 @@ class SemSegEvaluator(Evaluator):
         ignore_index: target value of pixels that are not scored.
         class_names: names for the ``IoU/<name>`` and ``AP/<name>`` keys (default: class indices).
         bins_per_octave: AP histogram resolution: bins per factor of two in the odds (a power of two, <= 2^23).
+        num_worst: images ``metrics.json``'s per-image summary lists as the worst (by mIoU).
+
+    The final evaluation (:meth:`process_image`) also scores every image on its own (``per_image`` in the
+    results: the worst and the median image; ``per_image_<split>.csv``: one row per image) and the calibration
+    of the top-label probability of every scored pixel (``calibration``: reliability diagram and ECE).
     """
 
     task = "semantic"
@@ -101,6 +109,7 @@ class SemSegEvaluator(Evaluator):
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
         bins_per_octave: int = 512,
+        num_worst: int = 6,
     ) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
@@ -108,6 +117,7 @@ class SemSegEvaluator(Evaluator):
             raise ValueError("bins_per_octave must be a power of two up to 2^23")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.num_worst = num_worst
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.shift = 23 - int(math.log2(bins_per_octave))
         lowest = torch.tensor([ODDS_FLOOR], dtype=torch.float32).view(torch.int32).item() >> self.shift
@@ -120,6 +130,10 @@ class SemSegEvaluator(Evaluator):
         self._confusion = np.zeros(c * c, dtype=np.int64)
         self._all_hist = np.zeros(c * b, dtype=np.int64)  # every pixel, per class and score bin
         self._pos_hist = np.zeros(c * b, dtype=np.int64)  # pixels whose label is the class
+        # the final evaluation's per-image analysis (process_image): each image's confusion matrix, and the
+        # top-label confidence of every pixel against its correctness (calibration)
+        self._images: list[tuple[str, np.ndarray]] = []
+        self._calibration = np.zeros((CALIBRATION_BINS, 3))
 
     def score_bins(self, logits: torch.Tensor) -> torch.Tensor:
         """Histogram bin (0..num_bins-1, increasing with the probability) of each class's softmax probability.
@@ -150,7 +164,12 @@ class SemSegEvaluator(Evaluator):
         size) and their targets. Shape as :meth:`process`."""
         self._accumulate(probs, target, probabilities=True)
 
-    def _accumulate(self, scores: torch.Tensor, target: torch.Tensor, probabilities: bool) -> None:
+    def process_image(self, probs: torch.Tensor, target: torch.Tensor, name: str) -> None:
+        """:meth:`process_probs` of one image that also keeps its per-image scores (``per_image_<split>.csv``) and
+        the calibration of its pixels' probabilities. Shape: probs (C, H, W), target (H, W)."""
+        self._accumulate(probs[None], target[None], probabilities=True, name=name)
+
+    def _accumulate(self, scores: torch.Tensor, target: torch.Tensor, probabilities: bool, name: str | None = None) -> None:
         if scores.dim() != 4 or scores.shape[1] != self.num_classes:
             raise ValueError(f"expected scores of shape (N, {self.num_classes}, H, W), got {tuple(scores.shape)}")
         if target.shape != (scores.shape[0], *scores.shape[2:]):
@@ -164,7 +183,10 @@ class SemSegEvaluator(Evaluator):
         if labels.numel() and (labels.min() < 0 or labels.max() >= c):
             raise ValueError(f"target holds values outside 0..{c - 1} other than ignore_index {self.ignore_index}")
 
-        cells = labels * c + argmax_channels(logits)
+        predicted, top = argmax_channels(logits, with_max=True)
+        if name is not None:  # top: the top-label probability; right when the argmax is the label
+            self._calibration += calibration_bins(top[valid].cpu().numpy(), (predicted == labels)[valid].cpu().numpy())
+        cells = labels * c + predicted
         bins = self.probability_bins(logits) if probabilities else self.score_bins(logits)
         bins += (torch.arange(c, dtype=torch.int32, device=bins.device) * b).view(1, c, 1, 1)
         own = bins.gather(1, labels.unsqueeze(1))  # each pixel's bin for its own class
@@ -172,7 +194,10 @@ class SemSegEvaluator(Evaluator):
             cells.masked_fill_(~valid, c * c)
             bins.masked_fill_(~valid.unsqueeze(1), c * b)
             own.masked_fill_(~valid.unsqueeze(1), c * b)
-        self._confusion += _bincount(cells, c * c + 1)[: c * c]
+        counts = _bincount(cells, c * c + 1)[: c * c]
+        self._confusion += counts
+        if name is not None:
+            self._images.append((name, counts.reshape(c, c)))
         self._all_hist += _bincount(bins, c * b + 1)[: c * b]
         self._pos_hist += _bincount(own, c * b + 1)[: c * b]
 
@@ -181,6 +206,10 @@ class SemSegEvaluator(Evaluator):
         self._confusion = distributed.all_reduce(self._confusion)
         self._all_hist = distributed.all_reduce(self._all_hist)
         self._pos_hist = distributed.all_reduce(self._pos_hist)
+        self._calibration = distributed.all_reduce(self._calibration)
+        gathered = distributed.gather(self._images)
+        if gathered is not None:
+            self._images = [item for images in gathered for item in images]
 
     def confusion_matrix(self) -> np.ndarray:
         """Pixel counts, rows ground truth and columns prediction. Shape: (C, C)."""
@@ -211,7 +240,27 @@ class SemSegEvaluator(Evaluator):
             results[f"IoU/{name}"] = 100 * float(value)
         for name, value in zip(self.class_names, ap):
             results[f"AP/{name}"] = 100 * float(value)
+        if self._images:
+            results["per_image"] = worst_and_median(self.image_rows(), "mIoU", self.num_worst, then=("pixel_acc",))
+            results["calibration"] = reliability(self._calibration)
         return results
+
+    def image_rows(self) -> list[dict[str, Any]]:
+        """One row per image of the final evaluation: its scored pixels, mIoU (over the classes in its ground
+        truth or prediction), pixel accuracy and the IoU of each such class (NaN for the others)."""
+        rows = []
+        for name, conf in self._images:
+            conf = conf.astype(np.float64)
+            iou = iou_from_confusion(conf)
+            present = (conf.sum(0) + conf.sum(1)) > 0
+            total = conf.sum()
+            row: dict[str, Any] = {"image": name, "pixels": int(total),
+                                   "mIoU": 100 * float(iou[present].mean()) if present.any() else math.nan,
+                                   "pixel_acc": 100 * float(np.trace(conf) / total) if total else math.nan}
+            for cname, value, p in zip(self.class_names, iou, present):
+                row[f"IoU/{cname}"] = 100 * float(value) if p else math.nan
+            rows.append(row)
+        return rows
 
 
     @classmethod
@@ -241,14 +290,26 @@ class SemSegEvaluator(Evaluator):
         report.table(headers, [[c] + [summary[s][f"{m}/{c}"] for s in splits for m in ("IoU", "AP")] for c in class_names])
 
     def save(self, output_dir: Path, split: str, metrics: dict[str, float]) -> None:
-        """``confusion_<split>.png``: the row-normalised confusion matrix with AP and IoU per class."""
-        from seg_ext.visualize import plot_confusion
+        """``confusion_<split>.png``: the row-normalised confusion matrix with AP and IoU per class; after a
+        per-image evaluation ``per_image_<split>.csv`` with its histogram ``per_image_<split>.png`` and the
+        reliability diagram ``calibration_<split>.png``."""
+        from seg_ext.visualize import plot_confusion, plot_reliability, plot_score_histogram
+
+        output_dir = Path(output_dir)
+        tag, what = (f"_{split}", split) if split else ("", "images")  # no split: tools/predict.py --gt
+        if self._images:
+            rows = self.image_rows()
+            write_csv(rows, output_dir / f"per_image{tag}.csv")
+            plot_score_histogram([r["mIoU"] for r in rows], "mIoU", output_dir / f"per_image{tag}.png",
+                                 f"{what}: {len(rows)} images")
+            plot_reliability(metrics["calibration"], output_dir / f"calibration{tag}.png",
+                             f"{what}: per-pixel top-label probability,", "probability")
 
         plot_confusion(
             self.confusion_matrix(), self.class_names,
             [metrics[f"AP/{c}"] for c in self.class_names], [metrics[f"IoU/{c}"] for c in self.class_names],
-            Path(output_dir) / f"confusion_{split}.png",
-            title=f"{split}: mIoU {metrics['mIoU']:.1f}, mAP {metrics['mAP']:.1f}",
+            output_dir / f"confusion{tag}.png",
+            title=f"{what}: mIoU {metrics['mIoU']:.1f}, mAP {metrics['mAP']:.1f}",
         )
 
 

@@ -303,6 +303,30 @@ class Method:
     def draw_overlays(self, run: RunLike, model: nn.Module, split: str) -> None:
         """Predictions drawn over a few images of ``split`` (``overlays_<split>.png``)."""
 
+    def error_picture(self, run: RunLike, model: nn.Module, split: str, row: dict[str, Any]) -> np.ndarray | None:
+        """The gallery's picture of one image of ``split`` (``row``: its per-image scores): the image, its ground
+        truth and the prediction with the errors marked (None: the method draws none)."""
+        return None
+
+    def draw_worst(self, run: RunLike, model: nn.Module, split: str, metrics: dict[str, Any]) -> None:
+        """Draw the worst images of ``split`` (``metrics["per_image"]["worst"]``, from the final evaluation) into
+        ``worst_<split>/`` with :meth:`error_picture`, for the report's gallery (:func:`gallery_items`)."""
+        from PIL import Image
+
+        folder = Path(run.output_dir) / f"worst_{split}"
+        for old in folder.glob("*.jpg"):
+            old.unlink()
+        was_training = model.training
+        model.eval()
+        try:
+            for k, row in enumerate(metrics.get("per_image", {}).get("worst", [])):
+                picture = self.error_picture(run, model, split, row)
+                if picture is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(picture).save(folder / gallery_file(k, row), quality=88)
+        finally:
+            model.train(was_training)
+
     def write_report(self, run: RunLike, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """``report.md`` of a finished run."""
         raise NotImplementedError
@@ -356,3 +380,40 @@ def overlay_indices(count: int, length: int) -> list[int]:
     if count <= 0 or length <= 0:
         return []
     return [int(i) for i in np.linspace(0, length - 1, min(count, length)).round().astype(int)]
+
+
+def gallery_file(k: int, row: dict[str, Any]) -> str:
+    """The file name of the ``k``-th worst image's picture (its rank, then its name made safe)."""
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(str(row["image"])).stem)[:60]
+    return f"{k + 1:02d}_{stem}.jpg"
+
+
+def report_per_image(report: Any, output_dir: Path, summary: dict[str, Any], label: str) -> None:
+    """The report's per-image section of the test split (else val): the histogram of the per-image score, the
+    worst images with their scores, and their gallery pictures (:meth:`Method.draw_worst`)."""
+    from seg_ext.report import GalleryItem
+
+    split = next((s for s in ("test", "val") if "per_image" in summary.get(s, {})), None)
+    if split is None:
+        return
+    info = summary[split]["per_image"]
+    key, worst = info["score"], info["worst"]
+    report.heading(f"Per image ({split})")
+    median = info.get("median")
+    report.text(f"Every {split} image scored on its own: `per_image_{split}.csv` (one row per image, sortable). "
+                f"{len(worst)} worst of {info['images']} by {label}" +
+                (f"; the median image is `{median['image']}` ({label} {median[key]:.1f})." if median else "."))
+    if (Path(output_dir) / f"per_image_{split}.png").is_file():
+        report.image(f"per_image_{split}.png", f"{split}: {label} per image")
+    if not worst:
+        return
+    columns = [k for k in worst[0] if k not in ("image", "image_id")]
+    report.table(["image", *columns], [[r["image"], *[r.get(c) for c in columns]] for r in worst], digits=1)
+    items = []
+    for k, row in enumerate(worst):
+        path = f"worst_{split}/{gallery_file(k, row)}"
+        if (Path(output_dir) / path).is_file():
+            items.append(GalleryItem(path, f"{k + 1}. {row['image']}", {c: row.get(c) for c in columns if "/" not in c}))
+    if items:
+        report.heading(f"The {len(items)} worst {split} images", level=3)
+        report.gallery(items)

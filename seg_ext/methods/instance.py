@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -33,10 +34,11 @@ from seg_ext.data.transforms import build_instance_transforms, build_scaled_tran
 from seg_ext.dense import check_crop_fits
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation import Evaluator, build_evaluators, evaluator_classes, run_inference
+from seg_ext.evaluation.analysis import error_labels, image_detections, result_rle
 from seg_ext.evaluation.coco import BACKENDS, binary_masks, detections_to_results
-from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices
+from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices, report_per_image
 from seg_ext.report import Report
-from seg_ext.visualize import instance_overlay_picture, plot_instances, plot_loss_curves
+from seg_ext.visualize import instance_error_picture, instance_overlay_picture, plot_instances, plot_loss_curves
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ FAMILY_DEFAULTS: dict[str, Any] = {
     # mode: resize | whole | slide, window, stride, window_batch: as for semantic segmentation (seg_ext.dense)
     "eval": {"mask_threshold": 0.5, "score_threshold": 0.5, "backend": "pycocotools", "tta": False,
              "mode": None, "window": None, "stride": None, "window_batch": 4},
-    "report": {"num_overlays": 4},
+    "report": {"num_overlays": 4, "num_worst": 6},  # num_worst: the worst test images in the report's gallery
 }
 
 
@@ -254,14 +256,17 @@ class InstanceMethod(Method):
 
     # ---- evaluation
 
-    def evaluators(self, dataset: Any, loss: Any = None) -> list[Evaluator]:
+    def evaluators(self, dataset: Any, loss: Any = None, final: bool = False) -> list[Evaluator]:
+        """The task's evaluators; ``final``: with the failure analysis (per image, errors, calibration)."""
         return build_evaluators(self.task, coco_gt=dataset.coco, category_of=dataset.category_of,
-                                mask_threshold=self.mask_threshold, backend=self.cfg["eval"]["backend"])
+                                mask_threshold=self.mask_threshold, backend=self.cfg["eval"]["backend"], analyze=final,
+                                score_threshold=float(self.cfg["eval"]["score_threshold"]),
+                                num_worst=int(self.cfg["report"].get("num_worst", 6)))
 
     def evaluate(self, run: RunLike, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
         dataset, precision = run.data.datasets[split], run.precision
         tta = final and run.cfg["eval"]["tta"]
-        evaluators = self.evaluators(dataset)
+        evaluators = self.evaluators(dataset, final=final)
 
         def forward(model: nn.Module, batch: Any) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
             images, targets = batch
@@ -309,6 +314,32 @@ class InstanceMethod(Method):
         if rows:
             plot_instances(rows, run.output_dir / f"overlays_{split}.png", score_threshold=cfg["eval"]["score_threshold"])
 
+    def error_picture(self, run: RunLike, model: nn.Module, split: str, row: dict[str, Any]) -> np.ndarray | None:
+        """The objects of the image of ``row`` (found, missed) and its detections above ``eval.score_threshold``
+        marked with TIDE's error types, from the same matching as the analysis."""
+        dataset = run.data.datasets[split]
+        index = {int(dataset.image_info(i)["id"]): i for i in range(len(dataset))}.get(int(row["image_id"]))
+        if index is None:
+            return None
+        image = dataset.raw(index)[0]
+        with torch.no_grad(), run.precision.autocast():
+            outputs = self.forward(model, [self.prepare(image)])
+        output = self.postprocess(outputs, 0, tuple(image.shape[:2]))
+        _, segm = detections_to_results(output, int(row["image_id"]), dataset.category_of, self.mask_threshold)
+        detected = image_detections(dataset.coco, segm, "segm", [int(row["image_id"])])[0]
+        labels = error_labels(detected)
+        threshold = float(run.cfg["eval"]["score_threshold"])
+        shown = [i for i, kind in enumerate(labels.det_kind) if kind != "ignored" and detected.scores[i] >= threshold]
+        found = {int(labels.matches.det_gt[i]) for i in shown if labels.matches.det_gt[i] >= 0}
+        poorly = {int(labels.det_target[i]) for i in shown if labels.det_target[i] >= 0}
+        gt_kinds = ["matched" if j in found else "fixable" if j in poorly else "missed" for j in range(len(detected.gt_classes))]
+        anns = [a for a in dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=[int(row["image_id"])])) if not a.get("iscrowd", 0)]
+        gt_masks = np.array([dataset.coco.annToMask(a) for a in anns], dtype=bool).reshape(-1, *image.shape[:2])
+        det_masks = np.array([mask_utils.decode(result_rle(segm[int(detected.result_index[i])]["segmentation"])) for i in shown],
+                             dtype=bool).reshape(-1, *image.shape[:2])
+        return instance_error_picture(image, gt_masks, gt_kinds, det_masks, [labels.det_kind[i] for i in shown],
+                                      [detected.scores[i] for i in shown])
+
     def facts(self) -> dict[str, Any]:
         return {"method": self.name}
 
@@ -336,10 +367,14 @@ class InstanceMethod(Method):
         if (output_dir / f"overlays_{split}.png").is_file():
             report.heading(f"Examples ({split})")
             report.image(f"overlays_{split}.png", f"{split} images: ground-truth instances and predictions (one colour each, with scores)")
+        report_per_image(report, output_dir, summary, "mask AP")
         report.heading("Files")
         report.bullets([
             "`config.yaml`: the resolved config; `coco/`: the COCO files of each split (for converted data)",
             "`metrics.jsonl`: one line per epoch; `metrics.json`: the final val and test metrics",
+            "`per_image_<split>.csv`: every image's objects, detections (score >= eval.score_threshold), matched, "
+            "false and missed ones at IoU 0.5, its mask AP and AP50; `worst_<split>/`: the gallery's pictures; "
+            "`report.html`: this report as one page (pictures embedded, tables sortable)",
             "`last.pt` (`last.prev.pt`: the one before), `best.pt`: checkpoints; `log.txt`: the log",
         ])
         report.save(output_dir / "report.md")

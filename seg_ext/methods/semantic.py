@@ -37,10 +37,10 @@ from seg_ext.errors import DatasetError
 from seg_ext.evaluation import Evaluator, SemanticLoss, build_evaluators, evaluator_classes, run_inference
 from seg_ext.evaluation.semantic import argmax_channels
 from seg_ext.losses import class_weights, weighted_cross_entropy
-from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices
+from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices, report_per_image
 from seg_ext.models import SEMANTIC_MODELS
 from seg_ext.report import Report
-from seg_ext.visualize import palette, plot_loss_curves, plot_overlays, semantic_overlay_picture
+from seg_ext.visualize import palette, plot_loss_curves, plot_overlays, semantic_error_picture, semantic_overlay_picture
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
     # (windows of eval.window every eval.stride pixels, null: the crop and half of it); null: resize with
     # data.resize squash, whole with scale; window_batch: windows per forward pass
     "eval": {"full_resolution": True, "tta": False, "mode": None, "window": None, "stride": None, "window_batch": 4},
-    "report": {"num_overlays": 6},
+    "report": {"num_overlays": 6, "num_worst": 6},  # num_worst: the worst test images in the report's gallery
 }
 
 
@@ -109,35 +109,41 @@ class FullResolutionDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not self.full:  # the evaluation transform's resized mask (eval.full_resolution false, with eval.tta)
+        name = str(self.dataset.ids[index])
+        if not self.full:  # the evaluation transform's resized mask (eval.full_resolution false)
             sample = self.dataset[index]
-            return {"image": sample["image"], "mask": sample["mask"]}
+            return {"image": sample["image"], "mask": sample["mask"], "name": name}
         image, mask = self.dataset.load_pair(index)
-        return {"image": self.prepare(image), "mask": torch.from_numpy(mask.astype(np.int64))}
+        return {"image": self.prepare(image), "mask": torch.from_numpy(mask.astype(np.int64)), "name": name}
 
 
 def collate_full_resolution(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Images stacked when they share the network's size (a list at the training scale); masks as a list (each at
-    its image's size)."""
-    return {"image": stack_or_list(b["image"] for b in batch), "mask": [b["mask"] for b in batch]}
+    """Images stacked when they share the network's size (a list at the training scale); masks and names as
+    lists (each mask at its image's size)."""
+    return {"image": stack_or_list(b["image"] for b in batch), "mask": [b["mask"] for b in batch],
+            "name": [b["name"] for b in batch]}
 
 
 class AtImageSize(Evaluator):
     """Feeds semantic evaluators each image's class probabilities at the image's own size (the method's
-    ``postprocess``), through their ``process_probs``."""
+    ``postprocess``), through their ``process_probs``; ``per_image`` (the final evaluation): through
+    ``process_image(probs, mask, name)`` where an evaluator has it, which scores each image on its own too."""
 
-    def __init__(self, method: "SemanticMethod", *evaluators: Evaluator) -> None:
-        self.method, self.evaluators = method, evaluators
+    def __init__(self, method: "SemanticMethod", *evaluators: Evaluator, per_image: bool = False) -> None:
+        self.method, self.evaluators, self.per_image = method, evaluators, per_image
 
     def reset(self) -> None:
         for ev in self.evaluators:
             ev.reset()
 
-    def process(self, outputs: torch.Tensor, masks: list[torch.Tensor]) -> None:
-        for i, mask in enumerate(masks):
-            probs = self.method.postprocess(outputs, i, tuple(mask.shape), probs=True)["probs"][None]
+    def process(self, outputs: torch.Tensor, targets: dict[str, list]) -> None:
+        for i, (mask, name) in enumerate(zip(targets["mask"], targets["name"])):
+            probs = self.method.postprocess(outputs, i, tuple(mask.shape), probs=True)["probs"]
             for ev in self.evaluators:
-                ev.process_probs(probs, mask[None])
+                if self.per_image and hasattr(ev, "process_image"):
+                    ev.process_image(probs, mask, name)
+                else:
+                    ev.process_probs(probs[None], mask[None])
 
     def evaluate(self) -> dict[str, float]:
         results: dict[str, float] = {}
@@ -313,7 +319,7 @@ class SemanticMethod(Method):
 
     def evaluators(self, dataset: SemanticSegDataset, loss: WeightedLoss | None = None) -> list[Evaluator]:
         evaluators = build_evaluators(self.task, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
-                                      class_names=dataset.class_names)
+                                      class_names=dataset.class_names, num_worst=int(self.cfg["report"].get("num_worst", 6)))
         if loss is not None:
             evaluators.append(SemanticLoss(loss.of_logits))
         return evaluators
@@ -324,19 +330,19 @@ class SemanticMethod(Method):
         dataset, precision, cfg = run.data.datasets[split], run.precision, run.cfg
         evaluators = self.evaluators(dataset, run.loss)
         dense = self.scale is not None  # whole/slide: every evaluation at each image's size
-        if dense or (final and (cfg["eval"]["full_resolution"] or cfg["eval"]["tta"])):
-            key = (id(dataset), bool(cfg["eval"]["full_resolution"] or dense))
+        if dense or final:  # image by image (the final evaluation scores each image on its own too)
+            key = (id(dataset), bool(final and cfg["eval"]["full_resolution"] or dense))
             loader = self._eval_loaders.get(key)
             if loader is None:  # made once per split (its workers persist across the epochs' validations)
                 full = FullResolutionDataset(dataset, self.prepare, key[1])
                 loader = self._eval_loaders[key] = run.loader(full, collate_fn=collate_full_resolution)
             tta = final and cfg["eval"]["tta"]
 
-            def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, list]]:
                 with precision.autocast():
-                    return self.forward(model, batch["image"], tta), batch["mask"]
+                    return self.forward(model, batch["image"], tta), {"mask": batch["mask"], "name": batch["name"]}
 
-            metrics = run_inference(model, loader, AtImageSize(self, *evaluators), forward, desc=split)
+            metrics = run_inference(model, loader, AtImageSize(self, *evaluators, per_image=final), forward, desc=split)
         else:
             def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
                 images = batch["image"].to(precision.device, non_blocking=True)
@@ -378,6 +384,16 @@ class SemanticMethod(Method):
             titles.append(dataset.ids[i])
         plot_overlays(rows, dataset.class_names, run.output_dir / f"overlays_{split}.png", dataset.ignore_index, titles)
 
+    def error_picture(self, run: RunLike, model: nn.Module, split: str, row: dict[str, Any]) -> np.ndarray | None:
+        """Image, ground truth, prediction and the wrong pixels of the image named in ``row``."""
+        dataset = run.data.datasets[split]
+        index = {str(i): k for k, i in enumerate(dataset.ids)}.get(str(row["image"]))
+        if index is None:
+            return None
+        image, mask = dataset.load_pair(index)
+        labels = self.predict_labels(model, image, run.precision)
+        return semantic_error_picture(image, mask, labels, dataset.class_names, dataset.ignore_index)
+
     def write_report(self, run: RunLike, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
         cfg, output_dir, class_names = run.cfg, run.output_dir, run.data.class_names
         report = Report(f"{self.title}: {cfg['model']['name']}")
@@ -410,9 +426,13 @@ class SemanticMethod(Method):
                 report.heading(f"Examples ({split})")
                 report.image(f"overlays_{split}.png", f"{split} images: ground truth and prediction overlaid")
                 break
+        report_per_image(report, output_dir, summary, "mIoU")
+        report_calibration(report, output_dir, summary)
         report.heading("Files")
         report.bullets([
             "`config.yaml`: the resolved config; `splits.json`: the image ids of each split",
+            "`per_image_<split>.csv`: every image's mIoU, pixel accuracy and IoU per class; `worst_<split>/`: the "
+            "gallery's pictures; `report.html`: this report as one page (pictures embedded, tables sortable)",
             "`metrics.jsonl`: one line per epoch; `metrics.json`: the final val and test metrics",
             "`last.pt` (`last.prev.pt`: the one before), `best.pt`: checkpoints; `log.txt`: the log",
         ])
@@ -451,6 +471,20 @@ class SemanticMethod(Method):
         plot_sample_grid(samples, train.class_names, output, columns=per_image + 1, ignore_index=train.ignore_index,
                          titles=titles)
         return output
+
+
+def report_calibration(report: Report, output_dir: Path, summary: dict[str, Any]) -> None:
+    """The calibration section: ECE and the reliability diagram of the per-pixel top-label probability."""
+    split = next((s for s in ("test", "val") if summary.get(s, {}).get("calibration")), None)
+    if split is None:
+        return
+    cal = summary[split]["calibration"]
+    report.heading(f"Calibration ({split})")
+    report.text(f"Expected calibration error {cal['ece']:.2f} points over {cal['samples']:,} pixels: each pixel's "
+                "highest class probability against whether that class is right, in 10 bins. A calibrated model's bars "
+                "reach the diagonal; bars below it are over-confident.")
+    if (Path(output_dir) / f"calibration_{split}.png").is_file():
+        report.image(f"calibration_{split}.png", f"{split}: reliability of the per-pixel probabilities")
 
 
 __all__ = ["SemanticMethod"]

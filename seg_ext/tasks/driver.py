@@ -146,7 +146,9 @@ def _finish(run: Run, progress: dict[str, Any], epochs: Any, **extra: Any) -> di
     summary.update(method.facts())
     summary.update(run_facts(run, model, progress, epochs))
     if distributed.is_main():
-        method.draw_overlays(run, model, "test" if "test" in summary else "val")
+        shown = "test" if "test" in summary else "val"
+        method.draw_overlays(run, model, shown)
+        method.draw_worst(run, model, shown, summary.get(shown, {}))
         write_json(summary, run.output_dir / "metrics.json")
         method.write_report(run, summary, progress.get("history", []))
     return summary

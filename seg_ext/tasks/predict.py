@@ -1,7 +1,9 @@
 """Predict on image files with a :class:`~seg_ext.inference.Predictor` and write what a person or a program
 reads: the method's per-image files at each image's own size (``Method.write_prediction``: label maps or
 instance maps, overlays), ``predictions.json`` and, for methods whose predictions are COCO results, the results
-files (scored against ``--coco-gt`` when given). What ``tools/predict.py`` calls.
+files (scored against ``--coco-gt`` when given). Semantic predictions are scored against a folder of label maps
+with ``--gt``. Either way every image is also scored on its own (``per_image.csv``) with the failure analysis of
+the final evaluation (``seg_ext.evaluation.analysis``). What ``tools/predict.py`` calls.
 
 Images are read and prepared in DataLoader workers; the network runs on batches in the main process; each
 image's post-processing and file writing go to a thread, so decoding, the network and writing overlap. An
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,11 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seg_ext.data.base import IMAGE_EXTENSIONS
+from seg_ext.data.base import IMAGE_EXTENSIONS, check_mask_values
 from seg_ext.data.coco import coco_from_dict, load_coco_json
-from seg_ext.data.files import read_image
+from seg_ext.data.files import read_image, read_label_png
 from seg_ext.errors import DatasetError, SegExtError
-from seg_ext.evaluation.coco import coco_evaluate
+from seg_ext.evaluation.coco import COCOEvaluator, save_analysis
+from seg_ext.evaluation.semantic import SUMMARY_KEYS, SemSegEvaluator
 from seg_ext.inference import Predictor
 from seg_ext.io import check_output_folder, write_json
 
@@ -123,6 +127,38 @@ class CocoTarget:
         return {k + 1: by_name[n] for k, n in enumerate(class_names)}
 
 
+class MaskTarget:
+    """Semantic ground truth for predicted images: a folder of label maps (class ids, 255 ignored) named like the
+    images (``<stem>.png`` or another image extension), scored as the final evaluation scores a split."""
+
+    def __init__(self, folder: Path, class_names: Sequence[str], ignore_index: int = 255) -> None:
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise SegExtError(f"--gt {folder} is not a folder; expected a folder of label maps named like the images")
+        self.folder, self.num_classes, self.ignore_index = folder, len(class_names), ignore_index
+        self.masks = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+        self.evaluator = SemSegEvaluator(len(class_names), ignore_index, class_names)
+        self.lock = threading.Lock()  # images are scored from the writer threads
+
+    def mask_of(self, image: Path) -> Path | None:
+        return self.masks.get(image.stem)
+
+    def score(self, probs: Any, image_path: Path, size: tuple[int, int], name: str) -> None:
+        """Score one image's probabilities (C, H, W) against its mask.
+
+        Raises:
+            SegExtError: the mask is not the image's size, or holds values that are not class ids.
+        """
+        path = self.mask_of(image_path)
+        mask = read_label_png(path)
+        if mask.shape[:2] != tuple(size):
+            raise SegExtError(f"mask file {path} is {mask.shape[1]}x{mask.shape[0]} (W x H) but image {image_path} is "
+                              f"{size[1]}x{size[0]}; expected a mask of the image's size")
+        mask = torch.from_numpy(check_mask_values(mask, path, self.num_classes, self.ignore_index).astype(np.int64))
+        with self.lock:
+            self.evaluator.process_image(probs.float().cpu(), mask, name)
+
+
 @dataclass
 class PredictSummary:
     images: int
@@ -140,20 +176,33 @@ def predict_files(
     coco_gt: Path | None = None,
     overlays: bool = True,
     progress: bool = True,
+    gt: Path | None = None,
 ) -> PredictSummary:
     """Predict every file and write the outputs into ``output_dir`` (see the module docstring).
 
     Returns:
-        How many images were written, the files that could not be read, the time, and COCO metrics (COCO results
-        with ``coco_gt``).
+        How many images were written, the files that could not be read, the time, and the metrics against
+        ``coco_gt`` (COCO AP) or ``gt`` (a folder of label maps: IoU, pixel AP).
     """
     output_dir = Path(output_dir)
     check_output_folder(output_dir)
     method = predictor.method
     if coco_gt is not None and not method.coco_results:
         raise SegExtError(f"--coco-gt is for checkpoints whose predictions are COCO results; method {method.name} "
-                          f"writes {', '.join(method.prediction_folders)}/ files")
+                          f"writes {', '.join(method.prediction_folders)}/ files (score those with --gt)")
+    if gt is not None and predictor.task != "semantic":
+        raise SegExtError(f"--gt (a folder of label maps) is for semantic checkpoints; method {method.name} predicts "
+                          "instances: score those with --coco-gt")
     target = CocoTarget.load(coco_gt) if coco_gt is not None else None
+    masks = MaskTarget(gt, predictor.class_names) if gt is not None else None
+    if masks is not None:
+        lacking = [f for f in files if masks.mask_of(f) is None]
+        if len(lacking) == len(files):
+            raise SegExtError(f"--gt {gt} has no mask for any input image (masks are matched by file stem, e.g. "
+                              f"{files[0].stem}.png)")
+        if lacking:
+            shown = ", ".join(f.name for f in lacking[:20]) + (f" and {len(lacking) - 20} more" if len(lacking) > 20 else "")
+            logger.warning("%d input image(s) have no mask in %s and are predicted but not scored: %s", len(lacking), gt, shown)
     names = output_names(files)
     if target is not None:
         image_ids = [target.image_ids.get(f.name) for f in files]
@@ -200,7 +249,7 @@ def predict_files(
                     k = item["index"]
                     pending.append(pool.submit(
                         _finish, k, predictor, outputs, i, item["image"].numpy(), files[k], names[k], image_ids[k],
-                        category_of, output_dir, overlays, network_seconds))
+                        category_of, output_dir, overlays, network_seconds, masks))
             # collect what is done, keeping memory bounded and errors prompt
             pending = _collect(pending, entries, results, wait=len(pending) > 4 * batch_size)
             bar.update(len(batch))
@@ -215,15 +264,22 @@ def predict_files(
         for iou_type in ("segm", "bbox"):
             write_json(results[iou_type], output_dir / f"results_{iou_type}.json")
         if target is not None:
-            metrics = {}
             scored = [image_ids[i] for i, e in enumerate(entries) if e is not None and image_ids[i] is not None]
+            evaluator = COCOEvaluator(target.coco, category_of, analyze=True, score_threshold=predictor.score_threshold)
+            evaluator.results, evaluator.image_ids = results, scored
+            metrics = evaluator.evaluate()
             for iou_type in ("segm", "bbox"):
-                values, text = coco_evaluate(target.coco, results[iou_type], iou_type, image_ids=scored)
                 print(f"IoU type: {iou_type} ({len(results[iou_type])} results, {len(scored)} of "
                       f"{len(target.image_ids)} ground-truth images)")
-                print(text)
-                metrics.update(values)
+                print(evaluator.summaries[iou_type])
+            save_analysis(evaluator.rows, metrics, output_dir)
             write_json(metrics, output_dir / "metrics.json")
+    if masks is not None:
+        metrics = masks.evaluator.evaluate()
+        masks.evaluator.save(output_dir, "", metrics)
+        print(f"{len(masks.evaluator.image_rows())} image(s) scored against {gt}: " +
+              "  ".join(f"{k} {metrics[k]:.2f}" for k in SUMMARY_KEYS))
+        write_json(metrics, output_dir / "metrics.json")
     return PredictSummary(len(written), failed, seconds, metrics)
 
 
@@ -241,12 +297,17 @@ def _collect(pending: list[Future], entries: list, results: dict[str, list], wai
 
 
 def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.ndarray, path: Path, name: str, image_id: int | None,
-            category_of: dict[int, int], output_dir: Path, overlays: bool, network_seconds: float) -> tuple:
-    """Post-process image ``i`` of a batch and write its files; returns its predictions.json entry and results."""
+            category_of: dict[int, int], output_dir: Path, overlays: bool, network_seconds: float,
+            masks: MaskTarget | None = None) -> tuple:
+    """Post-process image ``i`` of a batch, write its files and score it against its mask (``masks``); returns
+    its predictions.json entry and results."""
     t0 = time.perf_counter()
     method = predictor.method
     size = image.shape[:2]
-    raw = predictor.postprocess(outputs, i, size)
+    scored = masks is not None and masks.mask_of(path) is not None
+    raw = predictor.postprocess(outputs, i, size, probs=scored)
+    if scored:
+        masks.score(raw["probs"], path, size, name)
     result = predictor.result(raw)
     entry: dict[str, Any] = {"file": str(path), "name": name, "size": [int(size[0]), int(size[1])]}
     bbox: list[dict[str, Any]] = []
