@@ -31,6 +31,6 @@ setup(
         "pyyaml>=6.0",
         "pillow>=10.0",
     ],
-    extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4", "import-linter>=2.0"], "fast-coco": ["faster-coco-eval>=1.6"],
+    extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4", "import-linter>=2.0", "selenium>=4.20"], "fast-coco": ["faster-coco-eval>=1.6"],
                     "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"], "tensorboard": ["tensorboard>=2.14"]},
 )

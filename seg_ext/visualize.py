@@ -339,8 +339,8 @@ def plot_reliability(reliability: dict[str, Any], path: str | Path, title: str =
     centres = (np.arange(bins) + 0.5) / bins
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     ax.bar(centres, np.nan_to_num(acc), width=1 / bins, edgecolor="white", color="#4c72b0", label="accuracy")
-    gap = np.nan_to_num(conf - acc)
-    ax.bar(centres, gap, bottom=np.nan_to_num(acc), width=1 / bins, color="#c44e52", alpha=0.35, label="gap to confidence")
+    low, high = np.nan_to_num(np.minimum(conf, acc)), np.nan_to_num(np.maximum(conf, acc))
+    ax.bar(centres, high - low, bottom=low, width=1 / bins, color="#c44e52", alpha=0.35, label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
