@@ -53,8 +53,8 @@ class _Part:
 class Report:
     """A report assembled section by section, saved as ``report.md`` and ``report.html``."""
 
-    def __init__(self, title: str) -> None:
-        self.title = title
+    def __init__(self, title: str, folder: str | Path = ".") -> None:
+        self.title, self.folder = title, Path(folder)  # folder: where the report's pictures are
         self.parts: list[_Part] = []
 
     def heading(self, text: str, level: int = 2) -> "Report":

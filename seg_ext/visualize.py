@@ -324,7 +324,7 @@ def plot_score_histogram(values: Sequence[float], label: str, path: str | Path, 
     ax.set_xlabel(f"{label} per image")
     ax.set_ylabel("images")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.16, top=0.9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -352,7 +352,7 @@ def plot_reliability(reliability: dict[str, Any], path: str | Path, title: str =
     ax2.set_xlim(0, 1)
     ax2.set_xlabel(f"{what} (bin)")
     ax2.set_ylabel("share of samples")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.91, wspace=0.28)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -369,7 +369,7 @@ def plot_error_breakdown(breakdowns: dict[str, dict[str, Any]], names: dict[str,
     ax.set_xticks(np.arange(len(kinds)), [names[t] for t in kinds], fontsize=8)
     ax.set_ylabel("AP50 gained if fixed")
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.14, top=0.95)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

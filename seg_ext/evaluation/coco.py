@@ -165,6 +165,7 @@ class COCOEvaluator(Evaluator):
             more), ``errors/segm`` and ``errors/bbox`` (TIDE's breakdown) and ``calibration`` (of the scores).
         score_threshold: the score from which a detection is shown (and counted per image).
         num_worst: images the per-image summary lists as the worst.
+        figures: :meth:`save` also draws the analysis' figures (the report's split).
     """
 
     task = "instance"
@@ -180,12 +181,13 @@ class COCOEvaluator(Evaluator):
         analyze: bool = False,
         score_threshold: float = 0.5,
         num_worst: int = 6,
+        figures: bool = True,
     ) -> None:
         self.coco_gt, self.category_of = coco_gt, category_of
         self.iou_types = tuple(iou_types)
         self.mask_threshold = mask_threshold
         self.backend = backend
-        self.analyze, self.score_threshold, self.num_worst = analyze, score_threshold, num_worst
+        self.analyze, self.score_threshold, self.num_worst, self.figures = analyze, score_threshold, num_worst, figures
         self.summaries: dict[str, str] = {}
         self.rows: list[dict[str, Any]] = []
         self.reset()
@@ -246,7 +248,7 @@ class COCOEvaluator(Evaluator):
         for iou_type in ("segm", "bbox"):
             self.save_results(output_dir / f"results_{split}_{iou_type}.json", iou_type)
         if self.analyze and self.rows:
-            save_analysis(self.rows, metrics, output_dir, split)
+            save_analysis(self.rows, metrics, output_dir, split, self.figures)
 
     @classmethod
     def comparison_keys(cls, metrics: dict[str, Any]) -> list[str]:
@@ -274,13 +276,16 @@ class COCOEvaluator(Evaluator):
             report_errors(report, summary[split], split)
 
 
-def save_analysis(rows: list[dict[str, Any]], metrics: dict[str, Any], output_dir: Path, split: str = "") -> None:
-    """The files of an instance analysis: per-image CSV, its histogram, the error breakdown, the calibration
-    (``per_image_<split>.csv``, ...; without a split ``per_image.csv``, ...)."""
+def save_analysis(rows: list[dict[str, Any]], metrics: dict[str, Any], output_dir: Path, split: str = "",
+                  figures: bool = True) -> None:
+    """The files of an instance analysis: per-image CSV and (``figures``) its histogram, the error breakdown, the
+    calibration (``per_image_<split>.csv``, ...; without a split ``per_image.csv``, ...)."""
     from seg_ext.visualize import plot_error_breakdown, plot_reliability, plot_score_histogram
 
     tag, what = (f"_{split}", split) if split else ("", "images")
     write_csv(rows, output_dir / f"per_image{tag}.csv")
+    if not figures:
+        return
     plot_score_histogram([r["AP"] for r in rows], "mask AP", output_dir / f"per_image{tag}.png", f"{what}: {len(rows)} images")
     plot_error_breakdown({"mask": metrics["errors/segm"], "box": metrics["errors/bbox"]}, ERROR_NAMES,
                          output_dir / f"errors{tag}.png")
@@ -310,13 +315,15 @@ def report_errors(report: Any, metrics: dict[str, Any], split: str) -> None:
         "'Fixed alone' is the AP50 gained by fixing only that type (TIDE's headline); 'fixed in turn' fixes the types "
         "one after the other in this order, which adds up to the gap to 100. The counts are of all detections, "
         "whatever their score.")
-    report.image(f"errors_{split}.png", f"{split}: AP50 gained by fixing each error type alone, masks and boxes")
+    if (Path(report.folder) / f"errors_{split}.png").is_file():
+        report.image(f"errors_{split}.png", f"{split}: AP50 gained by fixing each error type alone, masks and boxes")
     cal = metrics.get("calibration")
     if cal:
         report.heading(f"Calibration of the scores ({split})")
         report.text(f"Expected calibration error {cal['ece']:.2f} points over {cal['samples']} detections: a detection "
                     "is right when it matches an object at IoU 0.5; a calibrated score is the chance that it is.")
-        report.image(f"calibration_{split}.png", f"{split}: reliability of the detection scores")
+        if (Path(report.folder) / f"calibration_{split}.png").is_file():
+            report.image(f"calibration_{split}.png", f"{split}: reliability of the detection scores")
 
 
 def load_results(path: str | Path, coco_gt: COCO, iou_type: str) -> list[dict[str, Any]]:

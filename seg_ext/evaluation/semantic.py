@@ -94,6 +94,7 @@ class SemSegEvaluator(Evaluator):
         class_names: names for the ``IoU/<name>`` and ``AP/<name>`` keys (default: class indices).
         bins_per_octave: AP histogram resolution: bins per factor of two in the odds (a power of two, <= 2^23).
         num_worst: images ``metrics.json``'s per-image summary lists as the worst (by mIoU).
+        figures: :meth:`save` also draws the per-image histogram and the reliability diagram (the report's split).
 
     The final evaluation (:meth:`process_image`) also scores every image on its own (``per_image`` in the
     results: the worst and the median image; ``per_image_<split>.csv``: one row per image) and the calibration
@@ -110,6 +111,7 @@ class SemSegEvaluator(Evaluator):
         class_names: Sequence[str] | None = None,
         bins_per_octave: int = 512,
         num_worst: int = 6,
+        figures: bool = True,
     ) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
@@ -117,7 +119,7 @@ class SemSegEvaluator(Evaluator):
             raise ValueError("bins_per_octave must be a power of two up to 2^23")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.num_worst = num_worst
+        self.num_worst, self.figures = num_worst, figures
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.shift = 23 - int(math.log2(bins_per_octave))
         lowest = torch.tensor([ODDS_FLOOR], dtype=torch.float32).view(torch.int32).item() >> self.shift
@@ -300,6 +302,7 @@ class SemSegEvaluator(Evaluator):
         if self._images:
             rows = self.image_rows()
             write_csv(rows, output_dir / f"per_image{tag}.csv")
+        if self._images and self.figures:
             plot_score_histogram([r["mIoU"] for r in rows], "mIoU", output_dir / f"per_image{tag}.png",
                                  f"{what}: {len(rows)} images")
             plot_reliability(metrics["calibration"], output_dir / f"calibration{tag}.png",

@@ -382,6 +382,11 @@ def overlay_indices(count: int, length: int) -> list[int]:
     return [int(i) for i in np.linspace(0, length - 1, min(count, length)).round().astype(int)]
 
 
+def report_split(run: RunLike) -> str:
+    """The split the report shows (its figures, gallery and examples): test where it has images, else val."""
+    return "test" if "test" in run.loaders else "val"
+
+
 def gallery_file(k: int, row: dict[str, Any]) -> str:
     """The file name of the ``k``-th worst image's picture (its rank, then its name made safe)."""
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(str(row["image"])).stem)[:60]

@@ -36,7 +36,7 @@ from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation import Evaluator, build_evaluators, evaluator_classes, run_inference
 from seg_ext.evaluation.analysis import error_labels, image_detections, result_rle
 from seg_ext.evaluation.coco import BACKENDS, binary_masks, detections_to_results
-from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices, report_per_image
+from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices, report_per_image, report_split
 from seg_ext.report import Report
 from seg_ext.visualize import instance_error_picture, instance_overlay_picture, plot_instances, plot_loss_curves
 
@@ -256,17 +256,18 @@ class InstanceMethod(Method):
 
     # ---- evaluation
 
-    def evaluators(self, dataset: Any, loss: Any = None, final: bool = False) -> list[Evaluator]:
-        """The task's evaluators; ``final``: with the failure analysis (per image, errors, calibration)."""
+    def evaluators(self, dataset: Any, loss: Any = None, final: bool = False, figures: bool = True) -> list[Evaluator]:
+        """The task's evaluators; ``final``: with the failure analysis (per image, errors, calibration), whose
+        figures are drawn with ``figures``."""
         return build_evaluators(self.task, coco_gt=dataset.coco, category_of=dataset.category_of,
                                 mask_threshold=self.mask_threshold, backend=self.cfg["eval"]["backend"], analyze=final,
                                 score_threshold=float(self.cfg["eval"]["score_threshold"]),
-                                num_worst=int(self.cfg["report"].get("num_worst", 6)))
+                                num_worst=int(self.cfg["report"].get("num_worst", 6)), figures=figures)
 
     def evaluate(self, run: RunLike, model: nn.Module, split: str, final: bool = False) -> dict[str, float]:
         dataset, precision = run.data.datasets[split], run.precision
         tta = final and run.cfg["eval"]["tta"]
-        evaluators = self.evaluators(dataset, final=final)
+        evaluators = self.evaluators(dataset, final=final, figures=final and split == report_split(run))
 
         def forward(model: nn.Module, batch: Any) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
             images, targets = batch
@@ -345,7 +346,7 @@ class InstanceMethod(Method):
 
     def write_report(self, run: RunLike, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
         cfg, output_dir = run.cfg, run.output_dir
-        report = Report(f"Instance segmentation: {self.title}")
+        report = Report(f"Instance segmentation: {self.title}", output_dir)
         report.bullets([
             f"command: `{run.command}`" if run.command else "command: (library call)",
             f"dataset: {run.data.description}; split sizes (images): " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
@@ -381,7 +382,7 @@ class InstanceMethod(Method):
 
     def write_oracle_report(self, output_dir: Path, summary: dict[str, Any], description: str, command: str) -> None:
         """Report of ``--oracle``: the post-processing on ground-truth targets."""
-        report = Report(f"{self.title} oracle: post-processing on ground-truth targets")
+        report = Report(f"{self.title} oracle: post-processing on ground-truth targets", output_dir)
         report.bullets([
             f"command: `{command}`" if command else "command: (library call)",
             f"dataset: {description}; split sizes (images): " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),

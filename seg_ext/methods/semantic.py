@@ -37,7 +37,7 @@ from seg_ext.errors import DatasetError
 from seg_ext.evaluation import Evaluator, SemanticLoss, build_evaluators, evaluator_classes, run_inference
 from seg_ext.evaluation.semantic import argmax_channels
 from seg_ext.losses import class_weights, weighted_cross_entropy
-from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices, report_per_image
+from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices, report_per_image, report_split
 from seg_ext.models import SEMANTIC_MODELS
 from seg_ext.report import Report
 from seg_ext.visualize import palette, plot_loss_curves, plot_overlays, semantic_error_picture, semantic_overlay_picture
@@ -317,9 +317,11 @@ class SemanticMethod(Method):
 
     # ---- evaluation
 
-    def evaluators(self, dataset: SemanticSegDataset, loss: WeightedLoss | None = None) -> list[Evaluator]:
+    def evaluators(self, dataset: SemanticSegDataset, loss: WeightedLoss | None = None, figures: bool = True) -> list[Evaluator]:
+        """The task's evaluators (and the loss's); ``figures``: their final files include the figures."""
         evaluators = build_evaluators(self.task, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
-                                      class_names=dataset.class_names, num_worst=int(self.cfg["report"].get("num_worst", 6)))
+                                      class_names=dataset.class_names, num_worst=int(self.cfg["report"].get("num_worst", 6)),
+                                      figures=figures)
         if loss is not None:
             evaluators.append(SemanticLoss(loss.of_logits))
         return evaluators
@@ -328,7 +330,7 @@ class SemanticMethod(Method):
         """Per-epoch validation scores at ``data.image_size``; the final evaluation with ``eval.full_resolution``
         scores each image at its own size (probabilities from :meth:`forward`, resized by :meth:`postprocess`)."""
         dataset, precision, cfg = run.data.datasets[split], run.precision, run.cfg
-        evaluators = self.evaluators(dataset, run.loss)
+        evaluators = self.evaluators(dataset, run.loss, figures=final and split == report_split(run))
         dense = self.scale is not None  # whole/slide: every evaluation at each image's size
         if dense or final:  # image by image (the final evaluation scores each image on its own too)
             key = (id(dataset), bool(final and cfg["eval"]["full_resolution"] or dense))
@@ -396,7 +398,7 @@ class SemanticMethod(Method):
 
     def write_report(self, run: RunLike, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
         cfg, output_dir, class_names = run.cfg, run.output_dir, run.data.class_names
-        report = Report(f"{self.title}: {cfg['model']['name']}")
+        report = Report(f"{self.title}: {cfg['model']['name']}", output_dir)
         report.bullets([
             f"command: `{run.command}`" if run.command else "command: (library call)",
             f"dataset: `{cfg['data']['root'] or run.data.description}` ({len(class_names)} classes: {', '.join(class_names)})",

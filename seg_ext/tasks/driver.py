@@ -20,6 +20,7 @@ from seg_ext.engine.checkpoint import checkpoint_progress
 from seg_ext.errors import ConfigError
 from seg_ext.io import write_json
 from seg_ext.methods import method_class
+from seg_ext.methods.base import report_split
 from seg_ext.methods.checkpoints import check_classes, check_same_network, check_weights, checked, load_weights, open_checkpoint
 from seg_ext.tasks.run import EVAL_SPLITS, Run, RunLock, build_run, join_processes, prepare_output_dir
 
@@ -146,7 +147,7 @@ def _finish(run: Run, progress: dict[str, Any], epochs: Any, **extra: Any) -> di
     summary.update(method.facts())
     summary.update(run_facts(run, model, progress, epochs))
     if distributed.is_main():
-        shown = "test" if "test" in summary else "val"
+        shown = report_split(run)
         method.draw_overlays(run, model, shown)
         method.draw_worst(run, model, shown, summary.get(shown, {}))
         write_json(summary, run.output_dir / "metrics.json")
