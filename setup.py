@@ -32,5 +32,6 @@ setup(
         "pillow>=10.0",
     ],
     extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4", "import-linter>=2.0", "selenium>=4.20"], "fast-coco": ["faster-coco-eval>=1.6"],
-                    "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"], "tensorboard": ["tensorboard>=2.14"]},
+                    "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"], "tensorboard": ["tensorboard>=2.14"],
+                    "cluster": ["ray[tune]==2.60.0", "optuna==5.0.0"]},
 )

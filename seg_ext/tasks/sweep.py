@@ -133,9 +133,35 @@ def run_command(run: PlannedRun, config: Path | None, data_root: Path | None, me
     return command + ["--opts", *opts, *run.overrides]
 
 
+@dataclass
+class RayOptions:
+    """How ``--engine ray`` runs (see ``seg_ext.tasks.ray_sweep``): the cluster's address (None: embedded, on
+    this machine), each run's resources, retries of a failed trial, and an optional search instead of the grid
+    (``search`` "optuna": ``trials`` samples of ``space``, ASHA stopping bad ones early, the ``top`` best settings
+    then run over the seeds)."""
+
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    max_failures: int = 3
+    search: str | None = None
+    trials: int = 0
+    space: Sequence[str] = ()
+    top: int = 1
+
+    def arguments(self) -> dict[str, Any]:
+        """What a continued sweep must repeat (the address and resources may change between runs of it)."""
+        if self.search is None:
+            return {}
+        return {"search": self.search, "trials": self.trials, "space": list(self.space), "top": self.top}
+
+
 def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, config: Path | None = None,
-          data_root: Path | None = None, method: str | None = None, opts: Sequence[str] = (), jobs: int = 1) -> int:
+          data_root: Path | None = None, method: str | None = None, opts: Sequence[str] = (), jobs: int = 1,
+          engine: str = "local", ray: RayOptions | None = None) -> int:
     """Run the sweep (skipping finished runs, resuming unfinished ones), then write ``output_dir/comparison.md``.
+
+    ``engine``: ``local`` (this machine, ``jobs`` at a time) or ``ray`` (Ray Tune, ``ray``'s options).
 
     Returns:
         The number of runs that failed (0: all finished).
@@ -143,39 +169,151 @@ def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, con
     Raises:
         ConfigError: a bad grid or setting; the folder holds a sweep with other arguments.
     """
-    from seg_ext.tasks.compare import compare_runs, is_run
+    from seg_ext.tasks.compare import is_run
 
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine is {engine!r}; expected one of: {', '.join(ENGINES)}")
+    ray = ray or RayOptions()
     if not seeds:
         raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
     if jobs < 1:
         raise ConfigError(f"--jobs is {jobs}; expected 1 or more")
+    if engine != "ray" and (ray.search or ray.address):
+        raise ConfigError("--search and --address are for --engine ray")
     grid = parse_grid(grid_items)
+    if ray.search is not None:
+        if grid:
+            raise ConfigError("--grid and --search do not go together: a search samples --space instead of a grid")
+        if ray.search != "optuna":
+            raise ConfigError(f"--search is {ray.search!r}; expected optuna")
+        if ray.trials < 1 or not ray.space or ray.top < 1:
+            raise ConfigError("--search optuna needs --trials N (1 or more) and --space KEY=RANGE ...; --top 1 or more")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise SegExtError(f"--output-dir {output_dir} is a file; expected a folder (new, or the sweep's own)")
     arguments = {"grid": {k: v for k, v in grid.items()}, "seeds": [int(s) for s in seeds],
                  "config": str(config) if config else None, "data_root": str(data_root) if data_root else None,
-                 "method": method, "opts": list(opts)}
+                 "method": method, "opts": list(opts), **ray.arguments()}
     marker = output_dir / "sweep.json"
     if marker.is_file():
         before = json.loads(marker.read_text())
+        engine_before = before.pop("engine", "local")
         if before != arguments:
-            raise SegExtError(f"{output_dir} holds a sweep with other arguments ({marker}); run it with the same "
+            made = f" made with the {engine_before} engine" if engine_before != engine else ""
+            raise SegExtError(f"{output_dir} holds a sweep{made} with other arguments ({marker}); run it with the same "
                               "arguments to continue it, or choose another --output-dir")
+    if engine == "ray":
+        return _ray_sweep(grid, seeds, output_dir, config, data_root, method, opts, ray, arguments)
     runs = plan(grid, seeds, output_dir)
     check_settings(runs, config, method, opts)
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(arguments, indent=2), marker)
+    atomic_write_text(json.dumps({**arguments, "engine": engine}, indent=2), marker)
 
     todo = [r for r in runs if not is_run(r.folder)]
     logger.info("sweep: %d run(s), %d finished before, %d to run, %d at a time", len(runs), len(runs) - len(todo),
                 len(todo), jobs)
     failed = _execute(todo, len(runs) - len(todo), len(runs), config, data_root, method, opts, jobs)
+    _compare(runs, output_dir)
+    return failed
+
+
+ENGINES = ("local", "ray")
+
+
+def _compare(runs: Sequence[PlannedRun], output_dir: Path) -> None:
+    from seg_ext.tasks.compare import compare_runs, is_run
+
     finished = [r.folder for r in runs if is_run(r.folder)]
     if finished:
         compare_runs(finished, output_dir / "comparison.md", title=f"Sweep {output_dir.name}")
         logger.info("comparison: %s", output_dir / "comparison.md")
-    return failed
+
+
+def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Path, config: Path | None,
+               data_root: Path | None, method: str | None, opts: Sequence[str], options: RayOptions,
+               arguments: dict[str, Any]) -> int:
+    """The sweep on Ray Tune: the grid (or, with a search, the best settings it finds) over the seeds."""
+    from seg_ext.tasks import ray_sweep as rs
+    from seg_ext.tasks.compare import is_run
+
+    rs.import_ray()
+    dims = rs.parse_space(options.space) if options.search else []
+    if dims:
+        rs.check_space(dims, config, method, opts)
+    else:
+        check_settings(plan(grid, seeds, output_dir), config, method, opts)
+    metric, mode = rs.metric_and_mode(config, method, opts)
+    spec = rs.TrialSpec(str(Path(config).resolve()) if config else None, str(Path(data_root).resolve()) if data_root else None,
+                        method, list(opts), metric, os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    output_dir = output_dir.resolve()
+    rs.connect(options.address, spec.python_path)
+    try:
+        nodes = rs.check_cluster(output_dir, options.cpus_per_run, options.gpus_per_run, ROOT)
+        atomic_write_text(json.dumps({**arguments, "engine": "ray"}, indent=2), output_dir / "sweep.json")
+        logger.info("sweep on Ray: %d node(s) (%s)", len(nodes), ", ".join(n["NodeManagerAddress"] for n in nodes))
+        if dims:
+            grid_settings = _search(dims, seeds, output_dir, spec, options, metric, mode, config, method, opts)
+        else:
+            grid_settings = None
+        runs = plan(grid, seeds, output_dir) if grid_settings is None else [
+            PlannedRun(setting, int(seed), output_dir / ("__".join(f"{k}={_slug(v)}" for k, v in setting.items())) / f"seed{seed}")
+            for setting in grid_settings for seed in seeds]
+        todo = [r for r in runs if not is_run(r.folder)]
+        logger.info("sweep: %d run(s), %d finished before, %d to run", len(runs), len(runs) - len(todo), len(todo))
+        failed = 0
+        if todo:
+            trainable, space = rs.grid_trainable(todo, spec)
+            results = rs.execute(trainable, space, spec, output_dir, options.cpus_per_run, options.gpus_per_run,
+                                 options.max_failures, f"grid-{int(time.time())}", mode)
+            failed = sum(1 for r in results if r.error is not None)
+            for r in results:
+                if r.error is not None:
+                    logger.warning("%s: failed after %d retries: %s", r.config["run"]["folder"], options.max_failures,
+                                   str(r.error).splitlines()[0] if str(r.error) else type(r.error).__name__)
+        _compare(runs, output_dir)
+        return failed
+    finally:
+        rs.shutdown()
+
+
+def _search(dims: Sequence[Any], seeds: Sequence[int], output_dir: Path, spec: Any, options: RayOptions, metric: str,
+            mode: str, config: Path | None, method: str | None, opts: Sequence[str]) -> list[dict[str, Any]]:
+    """Optuna's search with ASHA over ``options.trials`` runs of the first seed (``OUT/search/``); the best
+    ``options.top`` settings by their best validation value, kept in ``OUT/search.json`` (a sweep run again
+    reuses them)."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from seg_ext.methods import method_config, resolve_method
+    from seg_ext.tasks import ray_sweep as rs
+
+    done = output_dir / "search.json"
+    if done.is_file():
+        return json.loads(done.read_text())["best"]
+    import optuna
+
+    epochs = int(method_config(resolve_method(method, config), config, list(opts))["train"]["epochs"])
+    search = OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=int(seeds[0])))
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=max(epochs, 1), grace_period=1, reduction_factor=2)
+    trainable, space = rs.search_trainable(dims, spec, output_dir, int(seeds[0]))
+    logger.info("search: %d trial(s) of %s, ASHA on val %s over %d epoch(s)", options.trials,
+                ", ".join(d.key for d in dims), metric, epochs)
+    results = rs.execute(trainable, space, spec, output_dir, options.cpus_per_run, options.gpus_per_run,
+                         options.max_failures, f"search-{int(time.time())}", mode, scheduler, search, options.trials)
+    trials = []
+    for r in results:
+        frame = r.metrics_dataframe
+        epochs_done = int(frame["epoch"].max()) if frame is not None and "epoch" in frame and len(frame) else 0
+        best = None
+        if frame is not None and metric in frame and frame[metric].notna().any():
+            best = float(frame[metric].max() if mode == "max" else frame[metric].min())
+        trials.append({"setting": dict(r.config), "best": best, "epochs": epochs_done,
+                       "stopped_early": r.error is None and epochs_done < epochs, "error": None if r.error is None else str(r.error)})
+    best = rs.best_settings(results, metric, mode, options.top)
+    atomic_write_text(json.dumps({"metric": metric, "mode": mode, "best": best, "trials": trials}, indent=2), done)
+    logger.info("search: %d trial(s), %d stopped early by ASHA; best %s: %s", len(trials),
+                sum(t["stopped_early"] for t in trials), metric, best)
+    return best
 
 
 def _execute(todo: Sequence[PlannedRun], done: int, total: int, config: Path | None, data_root: Path | None,

@@ -1,0 +1,258 @@
+"""Sweeps on Ray (``tools/sweep.py --engine ray``), with real processes: a Ray cluster of two nodes on this
+machine (a head and a second node started with ``ray start``, 1 CPU each), sweeps of tiny runs spread over both,
+the second node's raylet SIGKILLed while a trial runs on it, and an Optuna search with ASHA. Without Ray
+installed (``pip install '.[cluster]'``) these tests skip, saying so; the bad-input checks that need no cluster
+run in the fast tier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, call_tool
+
+try:
+    import ray  # noqa: F401
+    import optuna  # noqa: F401
+
+    HAVE_RAY = True
+except ImportError:
+    HAVE_RAY = False
+
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray Tune and Optuna are not installed (pip install '.[cluster]')")
+TINY = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "model.base_width=4", "model.depth=2",
+        "report.num_overlays=0", "report.num_worst=1", "train.threads=1"]
+RAY_BIN = Path(sys.executable).parent / "ray"
+# no usage reports; no token authentication (Ray 2.60 turns it on by default and writes ~/.ray/auth_token, which
+# every process of a cluster must then share): the test cluster listens on 127.0.0.1 only
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture(autouse=True)
+def _ray_env(monkeypatch):
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """A head and a second node on this machine, each with 1 CPU; stopped by killing exactly its own processes
+    (``ray stop`` would stop every Ray on the machine)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port, self.node2_port = _free_port(), _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        env = {**os.environ, **RAY_ENV}
+        common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        subprocess.run([str(RAY_BIN), "start", "--head", f"--port={self.port}", f"--temp-dir={tmp}", "--include-dashboard=false",
+                        *common], check=True, capture_output=True, env=env, timeout=120)
+        subprocess.run([str(RAY_BIN), "start", f"--address={self.address}", f"--node-manager-port={self.node2_port}", *common],
+                       check=True, capture_output=True, env=env, timeout=120)
+        probe = ("import json, ray; ray.init(address='%s', log_to_driver=False); "
+                 "print(json.dumps([(n['NodeID'], n['NodeManagerPort'], n['Alive']) for n in ray.nodes()]))" % self.address)
+        for _ in range(60):
+            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+            nodes = [n for n in json.loads(out.stdout.strip().splitlines()[-1]) if n[2]] if out.returncode == 0 else []
+            if len(nodes) == 2:
+                break
+            time.sleep(1)
+        assert len(nodes) == 2, out.stderr[-2000:]
+        self.head_id = next(n[0] for n in nodes if n[1] != self.node2_port)
+        self.node2_id = next(n[0] for n in nodes if n[1] == self.node2_port)
+
+    def pids(self, *markers: str) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if any(m in cmdline for m in markers) and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+        return found
+
+    def raylet_of_node2(self) -> int:
+        pids = [p for p in self.pids(f"--node_manager_port={self.node2_port}") if "raylet" in Path(f"/proc/{p}/comm").read_text()]
+        assert len(pids) == 1, pids
+        return pids[0]
+
+    def stop(self) -> None:
+        """SIGKILL the cluster's processes (those naming its session folder or port) and their descendants."""
+        own = set(self.pids(str(self.tmp), f"127.0.0.1:{self.port}", f"--gcs_server_port={self.port}"))
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (ValueError, OSError, IndexError):
+                continue
+        grew = True
+        while grew:
+            children = {pid for pid, parent in parents.items() if parent in own} - own
+            grew = bool(children)
+            own |= children
+        for pid in own - {os.getpid()}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not HAVE_RAY:
+        pytest.skip("Ray Tune and Optuna are not installed (pip install '.[cluster]')")
+    c = Cluster(tmp_path_factory.mktemp("ray"))
+    yield c
+    c.stop()
+
+
+def _sweep(out: Path, root: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **RAY_ENV}
+    return subprocess.Popen([sys.executable, str(ROOT / "tools" / "sweep.py"), "--data-root", str(root), "--output-dir",
+                             str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+# 4 tiny runs, long enough (6 epochs) for a node to be lost while one of them trains
+GRID = ["--grid", "train.lr=0.003,0.01", "--seeds", "0", "1", "--opts", *TINY, "train.epochs=6"]
+
+
+@pytest.fixture(scope="module")
+def local_sweep(scenes_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "sweep"
+    proc = _sweep(out, scenes_root, *GRID)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    return out
+
+
+def _numbers(out: Path) -> dict[str, dict]:
+    """comparison.json's numbers per setting (mean, std and n of every metric; the training time left out)."""
+    data = json.loads((out / "comparison.json").read_text())
+
+    def clean(v: float) -> float | None:
+        return None if v != v else v  # NaN (a std of one run) compares equal as None
+
+    return {json.dumps(s["values"], sort_keys=True): {k: (clean(v["mean"]), clean(v["std"]), v["n"])
+                                                      for k, v in s["stats"].items() if k != "train s"}
+            for s in data["settings"]}
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_sweep_spread_over_two_nodes_equals_the_local_runner(cluster, local_sweep, scenes_root, tmp_path):
+    out = tmp_path / "sweep"
+    proc = _sweep(out, scenes_root, *GRID, "--engine", "ray", "--address", cluster.address)
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, log[-3000:]
+    nodes = {json.loads(p.read_text())[-1]["node_id"] for p in out.glob("*/seed*.ray.json")}
+    assert nodes == {cluster.head_id, cluster.node2_id}  # both nodes ran trials
+    assert _numbers(out) == _numbers(local_sweep) and len(_numbers(out)) == 2
+    assert all(stats["val mIoU"][2] == 2 for stats in _numbers(out).values())
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_lost_node_trial_resumes_and_the_numbers_do_not_change(cluster, local_sweep, scenes_root, tmp_path):
+    out = tmp_path / "sweep"
+    proc = _sweep(out, scenes_root, *GRID, "--engine", "ray", "--address", cluster.address)
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        for attempts in out.glob("*/seed*.ray.json"):
+            last = json.loads(attempts.read_text())[-1]
+            metrics = attempts.parent / attempts.name.split(".")[0] / "metrics.jsonl"
+            if last["node_id"] == cluster.node2_id and metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                os.kill(cluster.raylet_of_node2(), signal.SIGKILL)  # the node is lost with its trial running
+                killed = attempts
+                break
+        time.sleep(0.2)
+    log = proc.communicate(timeout=600)[0]
+    assert killed is not None, log[-3000:]
+    assert proc.returncode == 0, log[-3000:]
+    attempts = json.loads(killed.read_text())
+    assert len(attempts) >= 2 and attempts[-1]["resumed"] and attempts[-1]["node_id"] == cluster.head_id
+    # the same runs on the local runner, uninterrupted: the same numbers
+    assert _numbers(out) == _numbers(local_sweep)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(scenes_root, tmp_path):
+    out = tmp_path / "search"
+    opts = ["--opts", *TINY, "train.epochs=4"]
+    proc = _sweep(out, scenes_root, "--engine", "ray", "--search", "optuna", "--trials", "6", "--space",
+                  "train.lr=loguniform:1e-6:0.3", "--seeds", "0", "--top", "1", *opts)
+    log = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, log[-3000:]
+    search = json.loads((out / "search.json").read_text())
+    assert len(search["trials"]) == 6 and any(t["stopped_early"] for t in search["trials"]), search["trials"]
+    # the worst point of a grid over the same range, on val
+    grid = tmp_path / "grid"
+    ref = _sweep(grid, scenes_root, "--grid", "train.lr=0.000001,0.3", "--seeds", "0", *opts)
+    assert ref.wait(timeout=600) == 0, ref.stdout.read()
+    worst = min(s["stats"]["val mIoU"]["mean"] for s in json.loads((grid / "comparison.json").read_text())["settings"])
+    best = max(t["best"] for t in search["trials"] if t["best"] is not None)
+    assert best > worst
+    final = json.loads((out / "comparison.json").read_text())["settings"]  # the best setting, run over the seeds
+    from seg_ext.tasks.sweep import _slug
+
+    assert len(final) == 1 and final[0]["runs"] == [str(out / f"train.lr={_slug(search['best'][0]['train.lr'])}" / "seed0")]
+
+
+# ---- bad input (no cluster needed) -------------------------------------------------------------------------
+
+
+@needs_ray
+def test_an_unreachable_address_is_one_sentence(scenes_root, tmp_path, capsys):
+    port = _free_port()  # nothing listens there
+    start = time.time()
+    assert call_tool("sweep", ["--engine", "ray", "--address", f"127.0.0.1:{port}", "--data-root", scenes_root,
+                               "--output-dir", tmp_path / "s", "--opts", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach a Ray cluster at 127.0.0.1:{port} within 10 s" in err and "Traceback" not in err
+    assert time.time() - start < 30
+
+
+@pytest.mark.parametrize("space, message", [
+    (["train.lr=lognormal:1:2"], "does not parse"),
+    (["train.lr=loguniform:0:1"], "both above 0"),
+    (["train.lr=uniform:1"], "does not parse"),
+    (["train.nonsense=uniform:0:1"], "train.nonsense"),
+])
+def test_a_bad_space_is_one_sentence(space, message, scenes_root, tmp_path, capsys):
+    code = call_tool("sweep", ["--engine", "ray", "--search", "optuna", "--trials", "2", "--space", *space,
+                               "--data-root", scenes_root, "--output-dir", tmp_path / "s"])
+    err = capsys.readouterr().err
+    if not HAVE_RAY:
+        assert code == 2 and "pip install" in err
+        return
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+@needs_ray
+def test_no_gpu_and_another_engines_sweep_are_refused(scenes_root, tmp_path, capsys):
+    assert call_tool("sweep", ["--engine", "ray", "--gpus-per-run", "1", "--data-root", scenes_root,
+                               "--output-dir", tmp_path / "g", "--opts", *TINY]) == 2
+    assert "--gpus-per-run 1 but no node of the Ray cluster has that many GPUs" in capsys.readouterr().err
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({"grid": {"train.lr": [0.1]}, "seeds": [0], "config": None,
+                                                   "data_root": None, "method": None, "opts": [], "engine": "local"}))
+    assert call_tool("sweep", ["--engine", "ray", "--data-root", scenes_root, "--output-dir", folder, "--opts", *TINY]) == 2
+    assert "holds a sweep made with the local engine with other arguments" in capsys.readouterr().err
