@@ -33,7 +33,7 @@ test: venv
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 test-all: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+	$(PY) -m pytest -q $(ARGS)
 
 bench: venv
 	$(PY) benchmarks/run.py $(ARGS)

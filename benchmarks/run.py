@@ -16,6 +16,7 @@ Benchmarks (one module each in this folder; targets in benchmarks/README.md):
   predict_throughput     tools/predict.py images/s vs the network alone
   onnx_vs_torch          onnxruntime vs PyTorch inference images/s
   ddp_scaling            training images/s in N processes under torchrun (all GPUs, or 2 CPU processes) vs 1
+  ray_overhead           a tiny sweep on Ray (one run at a time) vs the local runner: seconds added per trial
 
 Each timing is the median of --repeat runs after a warm-up. Memory figures are peak resident set sizes of a fresh
 worker process, so they are comparable across dataset sizes. A new benchmark is a module with
@@ -52,6 +53,7 @@ BENCHMARKS = {
     "onnx_vs_torch": "onnx_vs_torch:bench",
     "ddp_scaling": "ddp_scaling:bench",
     "large_image": "large_image:bench",
+    "ray_overhead": "ray_overhead:bench",
 }
 
 
