@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -152,3 +154,22 @@ def test_stanford_bad_label_file(stanford_root, tmp_path):
     path.write_text("0 1 9\n")
     with pytest.raises(DatasetError, match="contains label value 9; expected -1..7"):
         ds.load_mask(0)
+
+
+def _generate_and_count(root: str) -> int:
+    from seg_ext.data.synthetic import ensure_synthetic_scenes
+
+    out = ensure_synthetic_scenes(Path(root), 8, 4, 4, size=(32, 40), seed=5)
+    return len(list((out / "images").iterdir()))
+
+
+def test_synthetic_data_generated_by_several_processes_at_once_is_whole_for_each(tmp_path):
+    """The runs of a sweep (--jobs, Ray trials) may all generate the default data on first use: one generates, the
+    others wait, and none deletes the folder another reads (real processes)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+        counts = list(pool.map(_generate_and_count, [str(tmp_path / "ds")] * 4))
+    assert counts == [16, 16, 16, 16]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]  # no temporary folder left
