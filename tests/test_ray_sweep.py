@@ -1,8 +1,8 @@
 """Sweeps on Ray (``tools/sweep.py --engine ray``), with real processes: a Ray cluster of two nodes on this
 machine (a head and a second node started with ``ray start``, 1 CPU each), sweeps of tiny runs spread over both,
 the second node's raylet SIGKILLed while a trial runs on it, and an Optuna search with ASHA. Without Ray
-installed (``pip install '.[cluster]'``) these tests skip, saying so; the bad-input checks that need no cluster
-run in the fast tier.
+installed (``pip install '.[cluster]'``) these tests skip, saying so; the checks of ``--space`` run in the fast
+tier.
 """
 
 from __future__ import annotations
@@ -219,6 +219,7 @@ def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(sce
 
 
 @needs_ray
+@pytest.mark.slow
 def test_an_unreachable_address_is_one_sentence(scenes_root, tmp_path, capsys):
     port = _free_port()  # nothing listens there
     start = time.time()
@@ -246,6 +247,7 @@ def test_a_bad_space_is_one_sentence(space, message, scenes_root, tmp_path, caps
 
 
 @needs_ray
+@pytest.mark.slow
 def test_no_gpu_and_another_engines_sweep_are_refused(scenes_root, tmp_path, capsys):
     assert call_tool("sweep", ["--engine", "ray", "--gpus-per-run", "1", "--data-root", scenes_root,
                                "--output-dir", tmp_path / "g", "--opts", *TINY]) == 2
