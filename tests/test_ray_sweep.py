@@ -155,20 +155,10 @@ def _numbers(out: Path) -> dict[str, dict]:
 
 @needs_ray
 @pytest.mark.slow
-def test_a_sweep_spread_over_two_nodes_equals_the_local_runner(cluster, local_sweep, scenes_root, tmp_path):
-    out = tmp_path / "sweep"
-    proc = _sweep(out, scenes_root, *GRID, "--engine", "ray", "--address", cluster.address)
-    log = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, log[-3000:]
-    nodes = {json.loads(p.read_text())[-1]["node_id"] for p in out.glob("*/seed*.ray.json")}
-    assert nodes == {cluster.head_id, cluster.node2_id}  # both nodes ran trials
-    assert _numbers(out) == _numbers(local_sweep) and len(_numbers(out)) == 2
-    assert all(stats["val mIoU"][2] == 2 for stats in _numbers(out).values())
-
-
-@needs_ray
-@pytest.mark.slow
-def test_a_lost_node_trial_resumes_and_the_numbers_do_not_change(cluster, local_sweep, scenes_root, tmp_path):
+def test_a_sweep_over_two_nodes_survives_a_lost_node_and_equals_the_local_runner(cluster, local_sweep, scenes_root,
+                                                                                   tmp_path):
+    """4 tiny runs spread over both nodes; the second node's raylet SIGKILLed while a trial trains there: the trial
+    resumes from its last.pt on the head, and comparison.json equals the local runner's on the same grid."""
     out = tmp_path / "sweep"
     proc = _sweep(out, scenes_root, *GRID, "--engine", "ray", "--address", cluster.address)
     killed = None
@@ -187,13 +177,18 @@ def test_a_lost_node_trial_resumes_and_the_numbers_do_not_change(cluster, local_
     assert proc.returncode == 0, log[-3000:]
     attempts = json.loads(killed.read_text())
     assert len(attempts) >= 2 and attempts[-1]["resumed"] and attempts[-1]["node_id"] == cluster.head_id
-    # the same runs on the local runner, uninterrupted: the same numbers
-    assert _numbers(out) == _numbers(local_sweep)
+    ran_on = {a["node_id"] for p in out.glob("*/seed*.ray.json") for a in json.loads(p.read_text())}
+    assert ran_on == {cluster.head_id, cluster.node2_id}  # both nodes ran trials
+    numbers = _numbers(out)
+    assert numbers == _numbers(local_sweep) and len(numbers) == 2  # as if nothing had happened
+    assert all(stats["val mIoU"][2] == 2 for stats in numbers.values())
 
 
 @needs_ray
 @pytest.mark.slow
 def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(scenes_root, tmp_path):
+    """A learning-rate range with a bad end (1e-6 learns nothing in 4 epochs): ASHA stops at least one trial
+    early, and the best found beats the worse point of a grid at the range's two ends, on val."""
     out = tmp_path / "search"
     opts = ["--opts", *TINY, "train.epochs=4"]
     proc = _sweep(out, scenes_root, "--engine", "ray", "--search", "optuna", "--trials", "6", "--space",
@@ -202,7 +197,6 @@ def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(sce
     assert proc.returncode == 0, log[-3000:]
     search = json.loads((out / "search.json").read_text())
     assert len(search["trials"]) == 6 and any(t["stopped_early"] for t in search["trials"]), search["trials"]
-    # the worst point of a grid over the same range, on val
     grid = tmp_path / "grid"
     ref = _sweep(grid, scenes_root, "--grid", "train.lr=0.000001,0.3", "--seeds", "0", *opts)
     assert ref.wait(timeout=600) == 0, ref.stdout.read()
