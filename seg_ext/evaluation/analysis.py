@@ -85,6 +85,8 @@ class ImageDetections:
     crowd_classes: np.ndarray
     crowd_iou: np.ndarray
     result_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: :func:`match` of each IoU threshold, made once (the per-image AP, TIDE and calibration all need IoU 0.5)
+    matches: dict[float, "Matches"] = field(default_factory=dict, repr=False)
 
 
 def result_rle(segmentation: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +156,13 @@ class Matches:
 
 
 def match(image: ImageDetections, threshold: float = POS_IOU) -> Matches:
-    """COCO's greedy matching of one image at ``threshold`` (see the module docstring)."""
+    """COCO's greedy matching of one image at ``threshold`` (see the module docstring); kept on the image."""
+    if float(threshold) not in image.matches:
+        image.matches[float(threshold)] = _match(image, threshold)
+    return image.matches[float(threshold)]
+
+
+def _match(image: ImageDetections, threshold: float) -> Matches:
     d, g = image.iou.shape
     det_gt, gt_det, ignored = np.full(d, -1), np.full(g, -1), np.zeros(d, dtype=bool)
     same = image.classes[:, None] == image.gt_classes[None, :]
@@ -195,12 +203,11 @@ def image_scores(image: ImageDetections, score_threshold: float) -> dict[str, An
     m = match(image, POS_IOU)
     shown = (image.scores >= score_threshold) & ~m.ignored
     matched = int((shown & (m.det_gt >= 0)).sum())
+    aps = [mean_ap([image], t) for t in COCO_IOUS] if len(image.gt_classes) else [math.nan]  # COCO_IOUS[0] is 0.5
     return {
         "image": image.name, "image_id": image.image_id, "ground_truth": int(len(image.gt_classes)),
         "detections": int(shown.sum()), "matched": matched, "false": int(shown.sum()) - matched,
-        "missed": int(len(image.gt_classes)) - matched,
-        "AP": float(np.mean([mean_ap([image], t) for t in COCO_IOUS])) if len(image.gt_classes) else math.nan,
-        "AP50": mean_ap([image], POS_IOU) if len(image.gt_classes) else math.nan,
+        "missed": int(len(image.gt_classes)) - matched, "AP": float(np.mean(aps)), "AP50": aps[0],
     }
 
 
@@ -393,6 +400,12 @@ def detection_calibration(images: Sequence[ImageDetections], bins: int = CALIBRA
 
 
 # ---- per-image tables -------------------------------------------------------------------------------------
+
+
+def split_tag(split: str) -> tuple[str, str]:
+    """The file-name suffix and the title word of a split's analysis files: ``_test`` and ``test``; without a split
+    (``tools/predict.py``'s ``--gt`` / ``--coco-gt``) none and ``images``."""
+    return (f"_{split}", split) if split else ("", "images")
 
 
 def worst_and_median(rows: Sequence[dict[str, Any]], key: str, count: int, then: Sequence[str] = ()) -> dict[str, Any]:
