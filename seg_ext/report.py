@@ -26,6 +26,11 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def shown_split(summary: dict[str, Any], key: str) -> str | None:
+    """The split a report section shows: test where the run's summary has ``key`` for it, else val (None: neither)."""
+    return next((s for s in ("test", "val") if key in summary.get(s, {})), None)
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 2) -> str:
     """A GitHub-flavoured markdown table; numbers formatted with ``fmt``."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]

@@ -25,10 +25,12 @@ from seg_ext.data.coco import coco_from_dict, masks_to_rles
 from seg_ext.data.files import read_json
 from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation.analysis import (
-    ERROR_NAMES, ERROR_TYPES, detection_calibration, image_detections, image_scores, tide_breakdown, worst_and_median,
+    ERROR_NAMES, ERROR_TYPES, detection_calibration, image_detections, image_scores, split_tag, tide_breakdown,
+    worst_and_median,
 )
 from seg_ext.evaluation.base import Evaluator
 from seg_ext.io import write_csv
+from seg_ext.report import shown_split
 
 IOU_TYPES = ("bbox", "segm")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -271,7 +273,7 @@ class COCOEvaluator(Evaluator):
                          [[c] + [summary[s].get(f"{t}/AP-{c}") for s in splits for t in ("segm", "bbox")] for c in classes],
                          digits=1)
             report.text("AP of each class (COCO's, over IoU 0.50:0.95); n/a where the split has no object of the class.")
-        split = next((s for s in ("test", "val") if "errors/segm" in summary.get(s, {})), None)
+        split = shown_split(summary, "errors/segm")
         if split is not None:
             report_errors(report, summary[split], split)
 
@@ -282,7 +284,7 @@ def save_analysis(rows: list[dict[str, Any]], metrics: dict[str, Any], output_di
     calibration (``per_image_<split>.csv``, ...; without a split ``per_image.csv``, ...)."""
     from seg_ext.visualize import plot_error_breakdown, plot_reliability, plot_score_histogram
 
-    tag, what = (f"_{split}", split) if split else ("", "images")
+    tag, what = split_tag(split)
     write_csv(rows, output_dir / f"per_image{tag}.csv")
     if not figures:
         return

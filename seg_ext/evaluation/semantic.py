@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from seg_ext import distributed
-from seg_ext.evaluation.analysis import CALIBRATION_BINS, calibration_bins, reliability, worst_and_median
+from seg_ext.evaluation.analysis import CALIBRATION_BINS, calibration_bins, reliability, split_tag, worst_and_median
 from seg_ext.evaluation.base import Evaluator
 from seg_ext.io import write_csv
 
@@ -298,7 +298,7 @@ class SemSegEvaluator(Evaluator):
         from seg_ext.visualize import plot_confusion, plot_reliability, plot_score_histogram
 
         output_dir = Path(output_dir)
-        tag, what = (f"_{split}", split) if split else ("", "images")  # no split: tools/predict.py --gt
+        tag, what = split_tag(split)
         if self._images:
             rows = self.image_rows()
             write_csv(rows, output_dir / f"per_image{tag}.csv")

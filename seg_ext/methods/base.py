@@ -396,9 +396,9 @@ def gallery_file(k: int, row: dict[str, Any]) -> str:
 def report_per_image(report: Any, output_dir: Path, summary: dict[str, Any], label: str) -> None:
     """The report's per-image section of the test split (else val): the histogram of the per-image score, the
     worst images with their scores, and their gallery pictures (:meth:`Method.draw_worst`)."""
-    from seg_ext.report import GalleryItem
+    from seg_ext.report import GalleryItem, shown_split
 
-    split = next((s for s in ("test", "val") if "per_image" in summary.get(s, {})), None)
+    split = shown_split(summary, "per_image")
     if split is None:
         return
     info = summary[split]["per_image"]

@@ -39,7 +39,7 @@ from seg_ext.evaluation.semantic import argmax_channels
 from seg_ext.losses import class_weights, weighted_cross_entropy
 from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices, report_per_image, report_split
 from seg_ext.models import SEMANTIC_MODELS
-from seg_ext.report import Report
+from seg_ext.report import Report, shown_split
 from seg_ext.visualize import palette, plot_loss_curves, plot_overlays, semantic_error_picture, semantic_overlay_picture
 
 logger = logging.getLogger(__name__)
@@ -477,7 +477,7 @@ class SemanticMethod(Method):
 
 def report_calibration(report: Report, output_dir: Path, summary: dict[str, Any]) -> None:
     """The calibration section: ECE and the reliability diagram of the per-pixel top-label probability."""
-    split = next((s for s in ("test", "val") if summary.get(s, {}).get("calibration")), None)
+    split = shown_split(summary, "calibration")
     if split is None:
         return
     cal = summary[split]["calibration"]
