@@ -95,6 +95,11 @@ class NonFiniteStop(Hook):
         )
 
 
+def lower_is_better(metric: str) -> bool:
+    """Whether a validation metric is better lower (one naming a loss) rather than higher."""
+    return "loss" in metric
+
+
 class Validation(Hook):
     """Validate every ``every`` epochs and after the last; keep the best value of ``metric`` and its epoch
     (higher is better, except for metrics naming a loss). :attr:`improved`: this epoch's validation set a new best.
@@ -128,7 +133,7 @@ class Validation(Hook):
                 f"expected one of: {', '.join(k for k in val if not k.startswith('time/'))}"
             )
         value = float(val[self.metric])
-        minimize = "loss" in self.metric
+        minimize = lower_is_better(self.metric)
         if math.isfinite(value) and (self.best_value is None or (value < self.best_value if minimize else value > self.best_value)):
             self.improved = True
             self.best_value, self.best_epoch = value, epoch

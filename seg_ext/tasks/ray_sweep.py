@@ -304,15 +304,6 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 # ---- the sweep ---------------------------------------------------------------------------------------------
 
 
-def metric_and_mode(config: Path | None, method: str | None, opts: Sequence[str]) -> tuple[str, str]:
-    """The validation metric the runs choose their best epoch by (``train.best_metric``) and whether higher is
-    better (``max``; a loss: ``min``)."""
-    from seg_ext.methods import method_config, resolve_method
-
-    metric = str(method_config(resolve_method(method, config), config, list(opts))["train"]["best_metric"])
-    return metric, "min" if "loss" in metric else "max"
-
-
 def execute(trainable: Any, space: dict[str, Any], spec: TrialSpec, output_dir: Path, cpus_per_run: float,
             gpus_per_run: float, max_failures: int, name: str, mode: str = "max", scheduler: Any = None,
             search: Any = None, num_samples: int = 1) -> Any:
@@ -374,46 +365,20 @@ def _grid_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
 
 def _search_trial(config: dict[str, Any], spec: TrialSpec, output_dir: str, seed: int) -> None:
-    from seg_ext.tasks.sweep import _slug
+    from seg_ext.tasks.sweep import plan_settings
 
-    setting = {k: v for k, v in config.items()}
-    name = "__".join(f"{k}={_slug(v)}" for k, v in setting.items())
-    run_trial({"setting": setting, "seed": seed, "folder": str(Path(output_dir) / "search" / name / f"seed{seed}")}, spec)
-
-
-def check_space(dims: Sequence[Dimension], config: Path | None, method: str | None, opts: Sequence[str]) -> None:
-    """Build a config with every key of the space, so an unknown key stops the sweep before anything runs.
-
-    Raises:
-        ConfigError: naming the key.
-    """
-    from seg_ext.methods import method_config, resolve_method
-
-    name = resolve_method(method, config)
-    overrides = [f"{d.key}={json.dumps(d.example())}" for d in dims]
-    try:
-        method_config(name, config, [*opts, *overrides])
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} (in --space)") from None
+    run = plan_settings([dict(config)], [seed], Path(output_dir) / "search")[0]
+    run_trial({"setting": run.setting, "seed": run.seed, "folder": str(run.folder)}, spec)
 
 
-def best_settings(results: Any, metric: str, mode: str, top: int) -> list[dict[str, Any]]:
-    """The ``top`` best distinct settings of a search by their best validation value (ASHA-stopped trials count
-    with what they reached)."""
-    scored = []
-    for result in results:
-        frame = result.metrics_dataframe
-        if frame is None or metric not in frame:
-            continue
-        values = frame[metric].dropna()
-        if values.empty:
-            continue
-        scored.append((float(values.max() if mode == "max" else values.min()), dict(result.config)))
-    scored.sort(key=lambda item: item[0], reverse=mode == "max")
+def best_settings(trials: Sequence[dict[str, Any]], mode: str, top: int) -> list[dict[str, Any]]:
+    """The ``top`` best distinct settings of a search's trials (``setting``, ``best``: the best validation value
+    each reached; ASHA-stopped trials count with what they reached)."""
+    scored = sorted((t for t in trials if t["best"] is not None), key=lambda t: t["best"], reverse=mode == "max")
     out: list[dict[str, Any]] = []
-    for _, setting in scored:
-        if setting not in out:
-            out.append(setting)
+    for trial in scored:
+        if trial["setting"] not in out:
+            out.append(trial["setting"])
         if len(out) == top:
             break
     return out
@@ -428,5 +393,5 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-__all__ = ["INSTALL", "TrialSpec", "best_settings", "check_cluster", "check_space", "connect", "execute", "grid_trainable",
-           "import_ray", "metric_and_mode", "parse_space", "run_trial", "search_trainable", "shutdown"]
+__all__ = ["INSTALL", "TrialSpec", "best_settings", "check_cluster", "connect", "execute", "grid_trainable", "import_ray",
+           "parse_space", "run_trial", "search_trainable", "shutdown"]

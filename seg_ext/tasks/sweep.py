@@ -88,14 +88,21 @@ class PlannedRun:
         return " ".join(f"{k}={_slug(v)}" for k, v in self.setting.items()) + f" seed {self.seed}"
 
 
+def setting_folder(setting: dict[str, Any]) -> str:
+    """A setting's folder name: ``key=value__key=value`` (``default`` for none)."""
+    return "__".join(f"{k}={_slug(v)}" for k, v in setting.items()) or "default"
+
+
+def plan_settings(settings: Sequence[dict[str, Any]], seeds: Sequence[int], output_dir: Path) -> list[PlannedRun]:
+    """Every setting for every seed: ``output_dir/<key=value__...>/seed<k>``."""
+    return [PlannedRun(setting, int(seed), output_dir / setting_folder(setting) / f"seed{seed}")
+            for setting in settings for seed in seeds]
+
+
 def plan(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Path) -> list[PlannedRun]:
     """Every combination of the grid's values for every seed: ``output_dir/<key=value__...>/seed<k>``."""
-    runs = []
-    for combo in itertools.product(*grid.values()) if grid else [()]:
-        setting = dict(zip(grid, combo))
-        name = "__".join(f"{k}={_slug(v)}" for k, v in setting.items()) or "default"
-        runs.extend(PlannedRun(setting, int(seed), output_dir / name / f"seed{seed}") for seed in seeds)
-    return runs
+    combos = itertools.product(*grid.values()) if grid else [()]
+    return plan_settings([dict(zip(grid, combo)) for combo in combos], seeds, output_dir)
 
 
 def check_settings(runs: Sequence[PlannedRun], config: Path | None, method: str | None, opts: Sequence[str]) -> None:
@@ -236,13 +243,16 @@ def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Pat
     from seg_ext.tasks import ray_sweep as rs
     from seg_ext.tasks.compare import is_run
 
+    from seg_ext.engine import lower_is_better
+    from seg_ext.methods import method_config, resolve_method
+
     rs.import_ray()
     dims = rs.parse_space(options.space) if options.search else []
-    if dims:
-        rs.check_space(dims, config, method, opts)
-    else:
-        check_settings(plan(grid, seeds, output_dir), config, method, opts)
-    metric, mode = rs.metric_and_mode(config, method, opts)
+    check_settings(plan_settings([{d.key: d.example() for d in dims}], seeds[:1], output_dir) if dims
+                   else plan(grid, seeds, output_dir), config, method, opts)
+    train = method_config(resolve_method(method, config), config, list(opts))["train"]
+    metric = str(train["best_metric"])
+    mode = "min" if lower_is_better(metric) else "max"
     spec = rs.TrialSpec(str(Path(config).resolve()) if config else None, str(Path(data_root).resolve()) if data_root else None,
                         method, list(opts), metric, os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     output_dir = output_dir.resolve()
@@ -251,13 +261,11 @@ def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Pat
         nodes = rs.check_cluster(output_dir, options.cpus_per_run, options.gpus_per_run, ROOT)
         atomic_write_text(json.dumps({**arguments, "engine": "ray"}, indent=2), output_dir / "sweep.json")
         logger.info("sweep on Ray: %d node(s) (%s)", len(nodes), ", ".join(n["NodeManagerAddress"] for n in nodes))
-        if dims:
-            grid_settings = _search(dims, seeds, output_dir, spec, options, metric, mode, config, method, opts)
+        if dims:  # the search's best settings, over the seeds
+            runs = plan_settings(_search(dims, seeds, output_dir, spec, options, mode, int(train["epochs"])), seeds,
+                                 output_dir)
         else:
-            grid_settings = None
-        runs = plan(grid, seeds, output_dir) if grid_settings is None else [
-            PlannedRun(setting, int(seed), output_dir / ("__".join(f"{k}={_slug(v)}" for k, v in setting.items())) / f"seed{seed}")
-            for setting in grid_settings for seed in seeds]
+            runs = plan(grid, seeds, output_dir)
         todo = [r for r in runs if not is_run(r.folder)]
         logger.info("sweep: %d run(s), %d finished before, %d to run", len(runs), len(runs) - len(todo), len(todo))
         failed = 0
@@ -276,15 +284,14 @@ def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Pat
         rs.shutdown()
 
 
-def _search(dims: Sequence[Any], seeds: Sequence[int], output_dir: Path, spec: Any, options: RayOptions, metric: str,
-            mode: str, config: Path | None, method: str | None, opts: Sequence[str]) -> list[dict[str, Any]]:
+def _search(dims: Sequence[Any], seeds: Sequence[int], output_dir: Path, spec: Any, options: RayOptions, mode: str,
+            epochs: int) -> list[dict[str, Any]]:
     """Optuna's search with ASHA over ``options.trials`` runs of the first seed (``OUT/search/``); the best
     ``options.top`` settings by their best validation value, kept in ``OUT/search.json`` (a sweep run again
     reuses them)."""
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from seg_ext.methods import method_config, resolve_method
     from seg_ext.tasks import ray_sweep as rs
 
     done = output_dir / "search.json"
@@ -292,7 +299,7 @@ def _search(dims: Sequence[Any], seeds: Sequence[int], output_dir: Path, spec: A
         return json.loads(done.read_text())["best"]
     import optuna
 
-    epochs = int(method_config(resolve_method(method, config), config, list(opts))["train"]["epochs"])
+    metric = spec.metric
     search = OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=int(seeds[0])))
     scheduler = ASHAScheduler(time_attr="epoch", max_t=max(epochs, 1), grace_period=1, reduction_factor=2)
     trainable, space = rs.search_trainable(dims, spec, output_dir, int(seeds[0]))
@@ -309,7 +316,7 @@ def _search(dims: Sequence[Any], seeds: Sequence[int], output_dir: Path, spec: A
             best = float(frame[metric].max() if mode == "max" else frame[metric].min())
         trials.append({"setting": dict(r.config), "best": best, "epochs": epochs_done,
                        "stopped_early": r.error is None and epochs_done < epochs, "error": None if r.error is None else str(r.error)})
-    best = rs.best_settings(results, metric, mode, options.top)
+    best = rs.best_settings(trials, mode, options.top)
     atomic_write_text(json.dumps({"metric": metric, "mode": mode, "best": best, "trials": trials}, indent=2), done)
     logger.info("search: %d trial(s), %d stopped early by ASHA; best %s: %s", len(trials),
                 sum(t["stopped_early"] for t in trials), metric, best)
