@@ -6,6 +6,7 @@ with them get the same), so the numbers can be compared exactly.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -72,6 +73,8 @@ def _same(a, b) -> bool:
     """Equal numbers (NaN equal to NaN), recursively."""
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
         return math.isnan(b)
     return a == b
@@ -84,15 +87,22 @@ def _final(metrics: dict) -> dict:
 # ---- evaluation --------------------------------------------------------------------------------------------
 
 
-def test_distributed_evaluation_equals_one_process(pennfudan_root, tmp_path):
+@pytest.fixture(scope="module")
+def eval_ranks(pennfudan_root, tmp_path_factory) -> list[dict]:
+    """What each of 2 processes under torchrun evaluated (tests/distributed_eval_worker.py), run once."""
+    out = tmp_path_factory.mktemp("dist_eval")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "tests" / "distributed_eval_worker.py"), str(pennfudan_root), str(out)]
+    _run(command)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_distributed_evaluation_equals_one_process(eval_ranks, pennfudan_root, tmp_path):
     """7 images in shares of 4 and 3: the semantic confusion matrix / AP histograms are summed and the COCO
     detections gathered; every process gets process 0's numbers, equal to one process's."""
     import distributed_eval_worker as worker
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(ROOT / "tests" / "distributed_eval_worker.py"), str(pennfudan_root), str(tmp_path)]
-    _run(command)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = copy.deepcopy(eval_ranks)
     assert ranks[0]["shards"] == [[0, 1, 2, 3], [4, 5, 6]]  # no padding: each image once
     alone = worker.both(pennfudan_root, tmp_path / "alone")
     for rank in ranks:
@@ -101,6 +111,22 @@ def test_distributed_evaluation_equals_one_process(pennfudan_root, tmp_path):
         assert _same(rank["semantic"], {k: v for k, v in alone["semantic"].items() if k != "loss"})
         assert _same(rank["coco"], alone["coco"])
     assert 0 < alone["coco"]["segm/AP"] < 100 and 0 < alone["semantic"]["mIoU"] < 100  # not a trivial case
+
+
+def test_distributed_analysis_equals_one_process(eval_ranks, pennfudan_root, tmp_path):
+    """The final evaluation's analysis under torchrun: each process's per-image rows gathered in order, the
+    calibration tables summed, the COCO error breakdown of the gathered detections: what one process gives."""
+    import distributed_eval_worker as worker
+
+    alone = worker.analysis_metrics(pennfudan_root, tmp_path / "alone")
+    assert alone["semantic"]["per_image"]["images"] == alone["coco"]["per_image"]["images"] == 7
+    for rank in eval_ranks:
+        ours = rank["analysis"]
+        assert _same(ours["coco"], alone["coco"])
+        assert _same(ours["semantic"]["per_image"], alone["semantic"]["per_image"])  # from integer confusion counts
+        cal, ref = ours["semantic"]["calibration"], alone["semantic"]["calibration"]
+        assert cal["count"] == ref["count"] and cal["samples"] == ref["samples"] == 7 * (12 * 10 - 4)
+        assert cal["ece"] == pytest.approx(ref["ece"], rel=1e-9)  # float sums in another order
 
 
 # ---- training ----------------------------------------------------------------------------------------------
