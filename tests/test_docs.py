@@ -5,6 +5,7 @@ folder, on the built-in synthetic data). And the README stays short."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import shutil
@@ -51,8 +52,11 @@ def workdir(tmp_path_factory, scenes_root):
 
 @pytest.mark.parametrize("name, code", [pytest.param(n, c, id=n) for n, c in _blocks("run", "python")])
 def test_python_blocks_run_as_written(name, code, workdir, monkeypatch, capsys):
+    """... and leave no process behind: a run trained in-process ends its loader workers (left to the garbage
+    collector they cost a later step 5 s each)."""
     monkeypatch.chdir(workdir)
     exec(compile(code, name, "exec"), {"__name__": "docs"})
+    assert multiprocessing.active_children() == []
 
 
 def test_the_readme_commands_run_in_order(tmp_path):

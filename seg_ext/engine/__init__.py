@@ -12,7 +12,7 @@ from seg_ext.engine.hooks import (
     Checkpoints, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Validation, default_hooks,
     lower_is_better,
 )
-from seg_ext.engine.loader import make_loader, seed_worker
+from seg_ext.engine.loader import close_loader, make_loader, seed_worker
 from seg_ext.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, lr_factor_fn
 from seg_ext.engine.precision import (
     AMP_MODES, CHANNELS_LAST_MODES, Precision, bf16_safe, native_bf16_cpu, place_model, resolve_precision,
@@ -25,6 +25,6 @@ __all__ = [
     "AMP_MODES", "CHANNELS_LAST_MODES", "CHECKPOINT_VERSION", "OPTIMIZERS", "SCHEDULERS", "Checkpoints",
     "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TensorBoard", "TrainState",
     "StopOnSignal", "Trainer", "UnsafeCheckpointError", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
-    "lower_is_better", "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
+    "close_loader", "lower_is_better", "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
     "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file",
 ]

@@ -22,6 +22,7 @@ from torch import nn
 from seg_ext import distributed
 from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint, random_state, set_random_state
 from seg_ext.engine.hooks import History, Hook, Validation, default_hooks
+from seg_ext.engine.loader import close_loader
 from seg_ext.engine.precision import Precision
 from seg_ext.engine.signals import StopOnSignal
 from seg_ext.errors import Preempted, SegExtError
@@ -118,19 +119,22 @@ class Trainer:
             Preempted: a stop signal arrived; ``last.pt`` holds the run (continue with :meth:`resume`).
         """
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with self.stop:
-            self._call("before_train")
-            for unit, batch in self._units():
-                signum = self.stop.agreed()  # the one place where the loop looks for a stop
-                if signum is not None:
-                    raise self._preempted(signum)
-                if unit == BEGIN_EPOCH:
-                    self._begin_epoch(batch)
-                elif unit == STEP:
-                    self._step(batch)
-                elif unit == END_EPOCH:
-                    self._end_epoch()
-            self._call("after_train")
+        try:
+            with self.stop:
+                self._call("before_train")
+                for unit, batch in self._units():
+                    signum = self.stop.agreed()  # the one place where the loop looks for a stop
+                    if signum is not None:
+                        raise self._preempted(signum)
+                    if unit == BEGIN_EPOCH:
+                        self._begin_epoch(batch)
+                    elif unit == STEP:
+                        self._step(batch)
+                    elif unit == END_EPOCH:
+                        self._end_epoch()
+                self._call("after_train")
+        finally:
+            close_loader(self.train_loader)  # its persistent workers end with the training
         return self.progress()
 
     def _units(self) -> Iterator[tuple[str, Any]]:

@@ -37,28 +37,28 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
     join_processes(cfg)
     with RunLock(Path(output_dir)):  # one run writes into a folder at a time
         output_dir = prepare_output_dir(Path(output_dir), resume)
-        run = build_run(cfg, output_dir, command)
-        method, model = run.method, run.model
-        meta = {"config": cfg, "class_names": run.data.class_names, "task": method.task, **run.data.checkpoint_facts}
-        start = time.perf_counter()
-        trainer = method.trainer(run, model, run.loss, meta)
-        if cfg["train"]["tensorboard"]:
-            trainer.hooks.append(TensorBoard(output_dir, lambda m: overlay_picture(run, m, "val")))
-        if resume:
-            with distributed.main_first():  # process 0 moves a damaged last.pt aside before the others look
-                path, content = resume_checkpoint(output_dir, continuing=distributed.is_main())  # or last.prev.pt
-            ckpt = checked(path, content, method.task)
-            check_same_network(ckpt, cfg, "the resumed config", resume=True)
-            check_classes(ckpt, run.data.class_names)
-            check_weights(model, content["model"], path)
-            trainer.resume(path, content)
-        progress = trainer.fit()
-        distributed.barrier()  # process 0 has written the last checkpoints
-        best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
-        load_weights(model, load_checkpoint(best)["model"], best)
-        logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name,
-                    progress["best_epoch"])
-        return _finish(run, progress, trainer.epochs)
+        with build_run(cfg, output_dir, command) as run:
+            method, model = run.method, run.model
+            meta = {"config": cfg, "class_names": run.data.class_names, "task": method.task, **run.data.checkpoint_facts}
+            start = time.perf_counter()
+            trainer = method.trainer(run, model, run.loss, meta)
+            if cfg["train"]["tensorboard"]:
+                trainer.hooks.append(TensorBoard(output_dir, lambda m: overlay_picture(run, m, "val")))
+            if resume:
+                with distributed.main_first():  # process 0 moves a damaged last.pt aside before the others look
+                    path, content = resume_checkpoint(output_dir, continuing=distributed.is_main())  # or last.prev.pt
+                ckpt = checked(path, content, method.task)
+                check_same_network(ckpt, cfg, "the resumed config", resume=True)
+                check_classes(ckpt, run.data.class_names)
+                check_weights(model, content["model"], path)
+                trainer.resume(path, content)
+            progress = trainer.fit()
+            distributed.barrier()  # process 0 has written the last checkpoints
+            best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
+            load_weights(model, load_checkpoint(best)["model"], best)
+            logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name,
+                        progress["best_epoch"])
+            return _finish(run, progress, trainer.epochs)
 
 
 def evaluate(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:
@@ -67,11 +67,11 @@ def evaluate(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: s
     with RunLock(Path(output_dir)):
         ckpt = open_checkpoint(checkpoint, method_class(cfg["method"]).task)
         check_same_network(ckpt, cfg, "the config")
-        run = build_run(cfg, Path(output_dir), command)
-        check_classes(ckpt, run.data.class_names)
-        load_weights(run.model, ckpt.content["model"], ckpt.path)
-        progress = checkpoint_progress(ckpt.content)
-        return _finish(run, progress, progress["epoch"], checkpoint=str(checkpoint))
+        with build_run(cfg, Path(output_dir), command) as run:
+            check_classes(ckpt, run.data.class_names)
+            load_weights(run.model, ckpt.content["model"], ckpt.path)
+            progress = checkpoint_progress(ckpt.content)
+            return _finish(run, progress, progress["epoch"], checkpoint=str(checkpoint))
 
 
 def oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict[str, Any]:

@@ -25,7 +25,7 @@ from seg_ext import distributed
 from seg_ext.config import save_config
 from seg_ext.engine import (
     previous_path,
-    Precision, build_optimizer, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
+    Precision, build_optimizer, close_loader, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
 )
 from seg_ext.errors import ConfigError, SegExtError
 from seg_ext.io import write_json
@@ -46,6 +46,7 @@ class Run:
         method: the method of ``cfg``; data: its datasets and what the run keeps of them.
         model: the placed network (None for a run without one: the oracle); loss: the method's loss step.
         loaders: evaluation loaders of the splits that have images, built once.
+        made: every loader :meth:`loader` made (their workers are ended by :meth:`close`).
     """
 
     cfg: dict[str, Any]
@@ -58,6 +59,7 @@ class Run:
     model: nn.Module | None = None
     loss: Any = None
     loaders: dict[str, DataLoader] = field(default_factory=dict)
+    made: list[DataLoader] = field(default_factory=list, repr=False)
 
     @property
     def datasets(self) -> dict[str, Any]:
@@ -113,11 +115,26 @@ class Run:
         if train and world > 1 and len(dataset) < world:
             raise SegExtError(f"the training split has {len(dataset)} image(s), fewer than the {world} processes; "
                               "expected at least one image per process")
-        return make_loader(
+        loader = make_loader(
             dataset, batch_size=self.cfg["data"]["batch_size"], shuffle=train, num_workers=self.cfg["data"]["num_workers"],
             seed=self.cfg["train"]["seed"], collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
             rank=rank, world_size=world, shard=None if train or world == 1 else distributed.shard(len(dataset)),
         )
+        self.made.append(loader)
+        return loader
+
+    def close(self) -> None:
+        """End the worker processes of every loader the run made (``with build_run(...) as run:`` does it when
+        the run ends)."""
+        for loader in self.made:
+            close_loader(loader)
+        self.made.clear()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def learning_rate(self) -> float:
         """``train.lr``, times the number of processes with ``train.lr_scaling: linear``."""

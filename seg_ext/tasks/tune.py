@@ -92,6 +92,7 @@ def tune_postprocess(checkpoints: Sequence[str | Path], grid_items: Sequence[str
             for images, targets in run.loaders[split]:
                 with run.precision.autocast():
                     batches.append((run.method.forward(model, images), targets))
+        run.close()  # the network's outputs are kept; the loader's workers are not needed for the settings
         for setting in settings:
             method = build_method(check_config(merge_config(cfg, _nested(setting), source="--grid")), run.device)
             evaluators = method.evaluators(run.datasets[split])
