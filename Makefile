@@ -1,6 +1,7 @@
 # Quick start:  make train     (builds the environment once, then trains the default model)
 #               make test      (the fast tier: unit and contract tests, after every edit)
-#               make test-all  (everything: real processes, signals, torchrun, the README's commands; CI runs this)
+#               make test-all  (everything: real processes, signals, torchrun, the README's commands, sweeps on a
+#                               two-node Ray cluster, with the cluster extra installed first; CI runs this)
 #
 # The environment lives outside the checkout, in $(VENV), and is reused by every clone: the stack with its
 # CUDA libraries is about 6 GB, so building one per clone would fill the disk. It is (re)installed only when
@@ -11,13 +12,22 @@ VENV ?= $(HOME)/.cache/seg_ext/venv
 PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.requirements-$(REQ_HASH)
+CLUSTER_STAMP := $(VENV)/.cluster-$(shell sha256sum requirements-cluster.txt | cut -c1-16)
 ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv train train-instance test test-all bench clean-runs
+.PHONY: venv venv-cluster train train-instance test test-all bench clean-runs
 
 venv: $(STAMP)
+
+# the cluster extra (Ray Tune, Optuna) for the Ray sweep tests; the rest of the package does not need it
+venv-cluster: venv $(CLUSTER_STAMP)
+
+$(CLUSTER_STAMP):
+	$(PY) -m pip install --quiet -r requirements-cluster.txt
+	@rm -f $(VENV)/.cluster-*
+	@touch $@
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +42,7 @@ train: venv
 test: venv
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-test-all: venv
+test-all: venv-cluster
 	$(PY) -m pytest -q $(ARGS)
 
 bench: venv

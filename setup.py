@@ -9,6 +9,10 @@ for line in Path(__file__).with_name("seg_ext").joinpath("__init__.py").read_tex
     if line.startswith("__version__"):
         version["v"] = line.split("=")[1].strip().strip('"')
 
+# the cluster extra's pins live in one place, shared with make test-all
+cluster = [line.split("#")[0].strip() for line in Path(__file__).with_name("requirements-cluster.txt").read_text().splitlines()
+           if line.split("#")[0].strip()]
+
 setup(
     name="seg_ext",
     version=version["v"],
@@ -33,5 +37,5 @@ setup(
     ],
     extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4", "import-linter>=2.0", "selenium>=4.20"], "fast-coco": ["faster-coco-eval>=1.6"],
                     "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"], "tensorboard": ["tensorboard>=2.14"],
-                    "cluster": ["ray[tune]==2.60.0", "optuna==5.0.0"]},
+                    "cluster": cluster},
 )

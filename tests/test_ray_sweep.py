@@ -136,7 +136,7 @@ GRID = ["--grid", "train.lr=0.003,0.01", "--seeds", "0", "1", "--opts", *TINY, "
 @pytest.fixture(scope="module")
 def local_sweep(scenes_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local") / "sweep"
-    proc = _sweep(out, scenes_root, *GRID)
+    proc = _sweep(out, scenes_root, *GRID, "--jobs", "2")
     assert proc.wait(timeout=600) == 0, proc.stdout.read()
     return out
 
@@ -153,21 +153,86 @@ def _numbers(out: Path) -> dict[str, dict]:
             for s in data["settings"]}
 
 
+def _wait_for(condition, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+
+
+def _epochs(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
+def _is_training(pid: int) -> bool:
+    """Whether ``pid`` is a training tool itself (not the supervisor whose arguments name it too)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return len(args) > 1 and args[1].endswith(b"train_semantic.py")
+
+
+def _lock_free(run: Path) -> bool:
+    import fcntl
+
+    with open(run / ".lock", "a+") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        fcntl.lockf(handle, fcntl.LOCK_UN)
+        return True
+
+
 @needs_ray
 @pytest.mark.slow
-def test_a_sweep_over_two_nodes_survives_a_lost_node_and_equals_the_local_runner(cluster, local_sweep, scenes_root,
-                                                                                   tmp_path):
-    """4 tiny runs spread over both nodes; the second node's raylet SIGKILLed while a trial trains there: the trial
-    resumes from its last.pt on the head, and comparison.json equals the local runner's on the same grid."""
+def test_a_sweep_over_two_nodes_stopped_lost_a_node_and_equals_the_local_runner(cluster, local_sweep, scenes_root,
+                                                                                tmp_path):
+    """4 tiny runs spread over both nodes. SIGTERM to the sweep (a scheduler's) while runs train: exit 143, the
+    running runs saved their position. The same command again: the stopped runs resume; the second node's raylet
+    SIGKILLed while a trial trains there: the trial resumes from its last.pt on the head. comparison.json equals
+    the local runner's on the same grid."""
     out = tmp_path / "sweep"
-    proc = _sweep(out, scenes_root, *GRID, "--engine", "ray", "--address", cluster.address)
+    command = [*GRID, "--engine", "ray", "--address", cluster.address]
+    proc = _sweep(out, scenes_root, *command)
+    stopped = pid = None
+    deadline = time.time() + 300
+    while pid is None and time.time() < deadline and proc.poll() is None:
+        for run in out.glob("*/seed*"):
+            pids = [p for p in cluster.pids(f"--output-dir {run} ") if _is_training(p)] if _epochs(run) >= 1 else []
+            if len(pids) == 1:
+                os.kill(pids[0], signal.SIGSTOP)  # held still (a tiny run would finish before the stop reaches it)
+                if "training took" not in (run.parent / f"{run.name}.out").read_text():
+                    stopped, pid = run, pids[0]  # held in the middle of its training
+                    break
+                os.kill(pids[0], signal.SIGCONT)
+        time.sleep(0.1)
+    assert pid is not None, proc.communicate()[0][-3000:] if proc.poll() is not None else "no run was caught training"
+    supervisor = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    try:
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + 60
+        while Path(f"/proc/{supervisor}").exists() and time.time() < deadline:  # until Tune has ended the trial
+            time.sleep(0.1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143 and "sweep stopped by SIGTERM" in log and "Tuner.restore" not in log, log[-3000:]
+    deadline = time.time() + 60
+    while not _lock_free(stopped) and time.time() < deadline:  # the run saves where it is and ends
+        time.sleep(0.2)
+    told = (stopped.parent / f"{stopped.name}.out").read_text()
+    assert "stopped by SIGTERM" in told and "training took" not in told, told[-2000:]
+    assert (stopped / "last.pt").is_file() and not (stopped / "metrics.json").is_file()
+
+    started = time.time()
+    proc = _sweep(out, scenes_root, *command)  # the same command continues the sweep
     killed = None
     deadline = time.time() + 300
     while killed is None and time.time() < deadline and proc.poll() is None:
         for attempts in out.glob("*/seed*.ray.json"):
             last = json.loads(attempts.read_text())[-1]
-            metrics = attempts.parent / attempts.name.split(".")[0] / "metrics.jsonl"
-            if last["node_id"] == cluster.node2_id and metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            run = attempts.parent / attempts.name.split(".")[0]
+            if (last["node_id"] == cluster.node2_id and last["started"] > started and _epochs(run) >= 2
+                    and not (run / "metrics.json").is_file()):
                 os.kill(cluster.raylet_of_node2(), signal.SIGKILL)  # the node is lost with its trial running
                 killed = attempts
                 break
@@ -177,6 +242,7 @@ def test_a_sweep_over_two_nodes_survives_a_lost_node_and_equals_the_local_runner
     assert proc.returncode == 0, log[-3000:]
     attempts = json.loads(killed.read_text())
     assert len(attempts) >= 2 and attempts[-1]["resumed"] and attempts[-1]["node_id"] == cluster.head_id
+    assert "resumed from" in (stopped / "log.txt").read_text()
     ran_on = {a["node_id"] for p in out.glob("*/seed*.ray.json") for a in json.loads(p.read_text())}
     assert ran_on == {cluster.head_id, cluster.node2_id}  # both nodes ran trials
     numbers = _numbers(out)
@@ -198,7 +264,7 @@ def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(sce
     search = json.loads((out / "search.json").read_text())
     assert len(search["trials"]) == 6 and any(t["stopped_early"] for t in search["trials"]), search["trials"]
     grid = tmp_path / "grid"
-    ref = _sweep(grid, scenes_root, "--grid", "train.lr=0.000001,0.3", "--seeds", "0", *opts)
+    ref = _sweep(grid, scenes_root, "--grid", "train.lr=0.000001,0.3", "--seeds", "0", "--jobs", "2", *opts)
     assert ref.wait(timeout=600) == 0, ref.stdout.read()
     worst = min(s["stats"]["val mIoU"]["mean"] for s in json.loads((grid / "comparison.json").read_text())["settings"])
     best = max(t["best"] for t in search["trials"] if t["best"] is not None)
@@ -252,3 +318,12 @@ def test_no_gpu_and_another_engines_sweep_are_refused(scenes_root, tmp_path, cap
                                                    "data_root": None, "method": None, "opts": [], "engine": "local"}))
     assert call_tool("sweep", ["--engine", "ray", "--data-root", scenes_root, "--output-dir", folder, "--opts", *TINY]) == 2
     assert "holds a sweep made with the local engine with other arguments" in capsys.readouterr().err
+
+
+def test_the_install_sentence_names_the_extras_pins():
+    """``--engine ray`` without Ray names the versions of requirements-cluster.txt (setup.py's extra reads it)."""
+    from seg_ext.tasks.ray_sweep import INSTALL
+
+    pins = [line.split("#")[0].strip() for line in (ROOT / "requirements-cluster.txt").read_text().splitlines()]
+    assert [p for p in pins if p] == ["ray[tune]==2.60.0", "optuna==5.0.0"]
+    assert all(p in INSTALL for p in pins if p)

@@ -36,6 +36,8 @@ class StopOnSignal:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C
+        if self.received is not None:
+            return  # the same stop, told again (a supervisor passing a signal on, then its own death's SIGTERM)
         self.received = signum
         if signum == signal.SIGTERM and hasattr(signal, "SIGCHLD"):
             # a scheduler's SIGTERM to the whole process group ends the loader workers too; torch's SIGCHLD

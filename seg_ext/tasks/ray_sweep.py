@@ -7,8 +7,8 @@ folder (``OUT/<key=value__...>/seed<k>``), so the runs, their files and their nu
 trial relays the run's per-epoch validation metric (the ``metrics.jsonl`` line the trainer's history hook writes
 after each validation) to Tune with ``tune.report``, which is what ASHA decides on.
 
-Lost work: the training process is tied to its trial (it gets SIGTERM when the trial's worker dies, and saves its
-position like any stopped run); a trial whose process or node dies is retried (``--max-failures``) wherever there
+Lost work: the training process is tied to its trial (it gets SIGTERM when the trial's worker exits or dies, and
+saves its position like any stopped run: see :data:`SUPERVISOR`); a trial whose process or node dies is retried (``--max-failures``) wherever there
 is room, waits for the dead run's lock to be released, and continues from ``last.pt`` with ``--resume``: exact
 resume makes its numbers those of an uninterrupted run. The sweep folder (and the checkout) must be on a file
 system every node sees; the sweep checks it on every node before the first trial.
@@ -18,7 +18,6 @@ system every node sees; the sweep checks it on every node before the first trial
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import logging
@@ -41,6 +40,9 @@ logger = logging.getLogger(__name__)
 INSTALL = "pip install '.[cluster]' (ray[tune]==2.60.0 and optuna==5.0.0)"
 CONNECT_TIMEOUT = 10.0  # seconds to reach --address before saying it cannot be reached
 SPACE_KINDS = ("uniform", "loguniform", "int", "choice")
+# what Tune logs when a sweep is stopped: its advice (Tuner.restore) is not how a sweep continues
+TUNE_STOP_MESSAGES = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete",
+                      "Failed to fetch metrics")
 
 
 def import_ray() -> Any:
@@ -216,15 +218,30 @@ class TrialSpec:
     opts: list[str]
     metric: str  # the validation metric reported to Tune (without "val/")
     python_path: str
+    tool: str  # the training tool (seg_ext.tasks.sweep.training_tool), so a trial need not import the methods
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
-    """The training process gets SIGTERM when the trial's worker dies (Linux), and saves its position."""
-    os.setsid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+# The trial's worker starts the run through this small supervisor (standard library only, so it starts at once).
+# Ray kills a worker's direct children with SIGKILL when the worker exits (RAY_kill_child_processes_on_worker_exit,
+# on by default), which is how a trial that Tune stops (Ctrl-C, ASHA) ends: a run started directly would die
+# without saving its position. Started one level down, the run gets SIGTERM when the supervisor dies, however it
+# dies (PR_SET_PDEATHSIG), saves its position and exits; the supervisor dies with the worker (a lost node), passes
+# SIGTERM and SIGINT on, and exits with the run's status.
+SUPERVISOR = """
+import ctypes, os, signal, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: this supervisor dies with the trial's worker
+if os.getppid() == 1:
+    sys.exit(143)
+def run_side():
+    os.setsid()  # a terminal's Ctrl-C to the sweep's group does not reach the run directly
+    libc.prctl(1, signal.SIGTERM)  # the run is told to stop when this supervisor dies
+proc = subprocess.Popen(sys.argv[1:], preexec_fn=run_side)
+for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, lambda s, f: proc.send_signal(signal.SIGTERM))
+code = proc.wait()
+sys.exit(128 - code if code < 0 else code)
+"""
 
 
 def _wait_for_lock(folder: Path, timeout: float = 600.0) -> None:
@@ -276,8 +293,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     run = PlannedRun(config["setting"], int(config["seed"]), Path(config["folder"]))
     run.folder.parent.mkdir(parents=True, exist_ok=True)
     _wait_for_lock(run.folder)
-    command = run_command(run, Path(spec.config) if spec.config else None, Path(spec.data_root) if spec.data_root else None,
-                          spec.method, spec.opts)
+    command = run_command(run, Path(spec.tool), Path(spec.config) if spec.config else None,
+                          Path(spec.data_root) if spec.data_root else None, spec.method, spec.opts)
     context = ray.get_runtime_context()
     attempt = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
                "resumed": "--resume" in command, "started": time.time()}
@@ -286,7 +303,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     attempts_file.write_text(json.dumps([*attempts, attempt], indent=2))
     env = {**os.environ, "PYTHONPATH": spec.python_path}
     with open(run.folder.parent / f"{run.folder.name}.out", "a") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen([command[0], "-c", SUPERVISOR, *command], stdout=log, stderr=subprocess.STDOUT, env=env)
         offset, metrics = 0, run.folder / "metrics.jsonl"
         try:
             while proc.poll() is None:
@@ -320,26 +337,53 @@ def execute(trainable: Any, space: dict[str, Any], spec: TrialSpec, output_dir: 
         tune.with_resources(trainable, resources),
         param_space=space,
         tune_config=tune.TuneConfig(metric=spec.metric, mode=mode, scheduler=scheduler, search_alg=search,
-                                    num_samples=num_samples),
+                                    num_samples=num_samples, reuse_actors=True),  # a worker serves trial after trial
         run_config=tune.RunConfig(name=name, storage_path=str((output_dir / ".ray").resolve()), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
+    # Ctrl-C and SIGTERM stop the sweep as Tune's own SIGINT handler would (Tune stops the trials, whose runs save
+    # their position, and returns), but through SIGUSR1, which Tune also catches: Tune's SIGINT handler would hide
+    # that the sweep was stopped, and it leaves SIGTERM to kill the driver outright. A second signal stops at once.
     stop: list[int] = []
 
-    def on_term(signum: int, frame: Any) -> None:  # SIGTERM stops the sweep as Ctrl-C does
-        stop.append(signum)
-        signal.raise_signal(signal.SIGINT)
+    def before_tune(signum: int, frame: Any) -> None:  # SIGUSR1 until Tune catches it
+        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    def on_signal(signum: int, frame: Any) -> None:
+        first = not stop
+        stop.append(signum)
+        if not first or signal.getsignal(signal.SIGUSR1) is before_tune:
+            raise KeyboardInterrupt
+        logger.warning("%s: stopping the runs where they are (each saves its position); a second one stops at once",
+                       signal.Signals(signum).name)
+        signal.raise_signal(signal.SIGUSR1)
+
+    def not_tunes_advice(record: logging.LogRecord) -> bool:  # once stopped, Tune's advice (Tuner.restore) is not ours
+        return not stop or not str(record.msg).startswith(TUNE_STOP_MESSAGES)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, before_tune)
+    tune_loggers = [logging.getLogger(name) for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    for tune_logger in tune_loggers:
+        tune_logger.addFilter(not_tunes_advice)
+    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         results = tuner.fit()
     except KeyboardInterrupt:
-        stop.append(signal.SIGINT)
+        stop.append(signal.SIGINT)  # (a second signal, or one before Tune started: the trials end with the driver)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for tune_logger in tune_loggers:
+            tune_logger.removeFilter(not_tunes_advice)
+        if tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
     if stop:
-        raise Preempted("sweep stopped; the finished runs are kept and the stopped ones saved their position: run the "
-                        "same command again to continue", stop[0])
+        raise Preempted(f"sweep stopped by {signal.Signals(stop[0]).name}; the finished runs are kept and the stopped "
+                        "ones saved their position: run the same command again to continue", stop[0])
     return results
 
 

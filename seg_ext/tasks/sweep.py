@@ -121,13 +121,17 @@ def check_settings(runs: Sequence[PlannedRun], config: Path | None, method: str 
             raise ConfigError(f"{exc} (in the sweep's setting {run.name})") from None
 
 
-def run_command(run: PlannedRun, config: Path | None, data_root: Path | None, method: str | None,
-                opts: Sequence[str]) -> list[str]:
-    """The training tool's command line for ``run`` (``--resume`` when its folder holds an unfinished run): the
-    tool of the method's task."""
+def training_tool(method: str | None, config: Path | None) -> Path:
+    """The training tool of the method's task (``tools/train_<task>.py``)."""
     from seg_ext.methods import method_class, resolve_method
 
-    tool = ROOT / "tools" / f"train_{method_class(resolve_method(method, config)).task}.py"
+    return ROOT / "tools" / f"train_{method_class(resolve_method(method, config)).task}.py"
+
+
+def run_command(run: PlannedRun, tool: Path, config: Path | None, data_root: Path | None, method: str | None,
+                opts: Sequence[str]) -> list[str]:
+    """The command line of ``tool`` (:func:`training_tool`) for ``run`` (``--resume`` when its folder holds an
+    unfinished run). Needs nothing heavier than the standard library: Ray's workers build it for each trial."""
     command = [sys.executable, str(tool), "--output-dir", str(run.folder)]
     if (run.folder / "last.pt").is_file() or (run.folder / "last.prev.pt").is_file():
         return command + ["--resume"]  # the run keeps its saved config
@@ -254,7 +258,8 @@ def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Pat
     metric = str(train["best_metric"])
     mode = "min" if lower_is_better(metric) else "max"
     spec = rs.TrialSpec(str(Path(config).resolve()) if config else None, str(Path(data_root).resolve()) if data_root else None,
-                        method, list(opts), metric, os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+                        method, list(opts), metric, os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                        str(training_tool(method, config)))
     output_dir = output_dir.resolve()
     rs.connect(options.address, spec.python_path)
     try:
@@ -328,7 +333,7 @@ def _execute(todo: Sequence[PlannedRun], done: int, total: int, config: Path | N
     """Run ``todo`` with at most ``jobs`` at once; a Ctrl-C or SIGTERM stops the runs (each saves its position)
     and the sweep; returns the number of failed runs."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    pending, running, failed = list(todo), {}, 0
+    pending, running, failed, tool = list(todo), {}, 0, training_tool(method, config)
     stop: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -337,7 +342,7 @@ def _execute(todo: Sequence[PlannedRun], done: int, total: int, config: Path | N
                 run = pending.pop(0)
                 run.folder.parent.mkdir(parents=True, exist_ok=True)
                 log = open(run.folder.parent / f"{run.folder.name}.out", "a")
-                command = run_command(run, config, data_root, method, opts)
+                command = run_command(run, tool, config, data_root, method, opts)
                 resumed = "--resume" in command
                 proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
                 running[proc] = (run, log, time.perf_counter())
