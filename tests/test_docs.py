@@ -5,6 +5,7 @@ folder, on the built-in synthetic data). And the README stays short."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import re
@@ -73,3 +74,8 @@ def test_the_readme_commands_run_in_order(tmp_path):
                  "runs/sweep/comparison.md", "runs/compare.md", "runs/ws_post.md", "runs/coco/annotations/instances_all.json",
                  "runs/augmentations.png"):
         assert (tmp_path / path).is_file(), path
+    from seg_ext.tasks.sweep import threads_per_run
+
+    threads = int(os.environ.get("OMP_NUM_THREADS") or threads_per_run(2))  # --jobs 2: the CPUs shared out
+    sweep_runs = sorted((tmp_path / "runs" / "sweep").glob("*/seed*/metrics.json"))
+    assert len(sweep_runs) == 4 and all(json.loads(m.read_text())["threads"] == threads for m in sweep_runs)

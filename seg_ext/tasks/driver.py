@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from seg_ext import distributed
@@ -166,6 +167,7 @@ def run_facts(run: Run, model: nn.Module, progress: dict[str, Any], epochs: Any)
         "model": run.cfg["model"]["name"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(run.precision.device),
+        "threads": torch.get_num_threads(),  # torch's CPU threads (train.threads, OMP_NUM_THREADS or all cores)
         "precision": run.precision.describe(),
         "world_size": distributed.world_size(),
         "global_batch": run.global_batch,
