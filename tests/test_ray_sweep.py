@@ -256,7 +256,7 @@ def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(sce
     """A learning-rate range with a bad end (1e-6 learns nothing in 4 epochs): ASHA stops at least one trial
     early, and the best found beats the worse point of a grid at the range's two ends, on val."""
     out = tmp_path / "search"
-    opts = ["--opts", *TINY, "train.epochs=4"]
+    opts = ["--opts", *[o for o in TINY if o != "train.threads=1"], "train.epochs=4"]  # threads: --cpus-per-run 1
     proc = _sweep(out, scenes_root, "--engine", "ray", "--search", "optuna", "--trials", "6", "--space",
                   "train.lr=loguniform:1e-6:0.3", "--seeds", "0", "--top", "1", *opts)
     log = proc.communicate(timeout=900)[0]
@@ -273,6 +273,8 @@ def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(sce
     from seg_ext.tasks.sweep import _slug
 
     assert len(final) == 1 and final[0]["runs"] == [str(out / f"train.lr={_slug(search['best'][0]['train.lr'])}" / "seed0")]
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 1)  # each run computes with the CPUs it holds
+    assert json.loads((Path(final[0]["runs"][0]) / "metrics.json").read_text())["threads"] == threads
 
 
 # ---- bad input (no cluster needed) -------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def connect(address: str | None, python_path: str, cpus: int | None = None) -> N
     try:
         runtime_env = {"env_vars": {"PYTHONPATH": python_path, "RAY_USAGE_STATS_ENABLED": "0"}}
         if address is None:
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+            # "local": a Ray of its own even when a cluster was started on this machine (ray.init() would join it)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
                      runtime_env=runtime_env)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env=runtime_env)
@@ -219,6 +220,7 @@ class TrialSpec:
     metric: str  # the validation metric reported to Tune (without "val/")
     python_path: str
     tool: str  # the training tool (seg_ext.tasks.sweep.training_tool), so a trial need not import the methods
+    threads: str  # OMP_NUM_THREADS of each run: the sweep's own, else --cpus-per-run (train.threads still wins)
 
 
 # The trial's worker starts the run through this small supervisor (standard library only, so it starts at once).
@@ -301,7 +303,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     attempts_file = run.folder.parent / f"{run.folder.name}.ray.json"
     attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
     attempts_file.write_text(json.dumps([*attempts, attempt], indent=2))
-    env = {**os.environ, "PYTHONPATH": spec.python_path}
+    env = {**os.environ, "PYTHONPATH": spec.python_path, "OMP_NUM_THREADS": spec.threads}
     with open(run.folder.parent / f"{run.folder.name}.out", "a") as log:
         proc = subprocess.Popen([command[0], "-c", SUPERVISOR, *command], stdout=log, stderr=subprocess.STDOUT, env=env)
         offset, metrics = 0, run.folder / "metrics.jsonl"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -259,7 +260,8 @@ def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Pat
     mode = "min" if lower_is_better(metric) else "max"
     spec = rs.TrialSpec(str(Path(config).resolve()) if config else None, str(Path(data_root).resolve()) if data_root else None,
                         method, list(opts), metric, os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                        str(training_tool(method, config)))
+                        str(training_tool(method, config)),
+                        os.environ.get("OMP_NUM_THREADS") or str(max(1, math.ceil(options.cpus_per_run))))
     output_dir = output_dir.resolve()
     rs.connect(options.address, spec.python_path)
     try:
