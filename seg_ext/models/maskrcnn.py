@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
-from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn_v2
-from torchvision.models.detection._utils import overwrite_eps
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
-from torchvision.ops import misc as misc_nn_ops
 
 from seg_ext.errors import ArgumentError, WeightsError
 from seg_ext.models.weights import load_into, load_state_dict_file
+
+if TYPE_CHECKING:
+    from torchvision.models.detection import MaskRCNN
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +36,8 @@ NORMS = ("auto", "batch", "frozen", "group")
 
 def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
     if norm == "frozen":
+        from torchvision.ops import misc as misc_nn_ops
+
         return misc_nn_ops.FrozenBatchNorm2d
     if norm == "group":
         return lambda channels: nn.GroupNorm(32, channels)
@@ -95,6 +94,14 @@ def maskrcnn(
         ``boxes`` (N, 4), ``labels`` (N,), ``scores`` (N,), ``masks`` (N, 1, H, W) probabilities, in the input
         images' pixels.
     """
+    # torchvision (and the torch._dynamo it pulls in, about 1.5 s) is imported here: runs of the other methods
+    # start without it
+    from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
+    from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn_v2
+    from torchvision.models.detection._utils import overwrite_eps
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
+
     if backbone not in BACKBONES:
         raise ArgumentError("backbone", f"is {backbone!r}; expected one of: {', '.join(BACKBONES)}")
     if norm not in NORMS:
