@@ -35,13 +35,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="YAML config the settings change")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: built-in synthetic data)")
     from seg_ext.methods import method_names
+    from seg_ext.tasks.sweep import ENGINES
 
     parser.add_argument("--method", choices=method_names(), default=None,
                         help="the method (its task's training tool runs; default: the config file's, else semantic)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     parser.add_argument("--jobs", type=int, default=1, help="local engine: runs at a time (default 1: one after the other)")
     ray = parser.add_argument_group("Ray (--engine ray; pip install '.[cluster]')")
-    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+    parser.add_argument("--engine", choices=ENGINES, default="local",
                         help="local: this machine (default); ray: Ray Tune, embedded here or on a cluster (--address)")
     ray.add_argument("--address", default=None, help="a Ray cluster's HOST:PORT, or auto (default: an embedded Ray here)")
     ray.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each run takes (default 1)")

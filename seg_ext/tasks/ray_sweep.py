@@ -218,9 +218,8 @@ class TrialSpec:
     method: str | None
     opts: list[str]
     metric: str  # the validation metric reported to Tune (without "val/")
-    python_path: str
     tool: str  # the training tool (seg_ext.tasks.sweep.training_tool), so a trial need not import the methods
-    threads: str  # OMP_NUM_THREADS of each run: the sweep's own, else --cpus-per-run (train.threads still wins)
+    env: dict[str, str]  # on top of the worker's environment (seg_ext.tasks.sweep.run_env: --cpus-per-run threads)
 
 
 # The trial's worker starts the run through this small supervisor (standard library only, so it starts at once).
@@ -284,15 +283,15 @@ def _report_lines(path: Path, offset: int, metric: str, report: Any) -> int:
     return offset + end
 
 
-def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
-    """One Tune trial: the run's training command (with ``--resume`` when its folder holds a started run), its
-    validation metric relayed to Tune after each epoch. Raises when the run fails, so Tune retries it."""
+def run_trial(run: Any, spec: TrialSpec) -> None:
+    """One Tune trial: the training command of ``run`` (a ``seg_ext.tasks.sweep.PlannedRun``; with ``--resume``
+    when its folder holds a started run), its validation metric relayed to Tune after each epoch. Raises when the
+    run fails, so Tune retries it."""
     import ray
     from ray import tune
 
-    from seg_ext.tasks.sweep import PlannedRun, run_command
+    from seg_ext.tasks.sweep import run_command
 
-    run = PlannedRun(config["setting"], int(config["seed"]), Path(config["folder"]))
     run.folder.parent.mkdir(parents=True, exist_ok=True)
     _wait_for_lock(run.folder)
     command = run_command(run, Path(spec.tool), Path(spec.config) if spec.config else None,
@@ -303,7 +302,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     attempts_file = run.folder.parent / f"{run.folder.name}.ray.json"
     attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
     attempts_file.write_text(json.dumps([*attempts, attempt], indent=2))
-    env = {**os.environ, "PYTHONPATH": spec.python_path, "OMP_NUM_THREADS": spec.threads}
+    env = {**os.environ, **spec.env}
     with open(run.folder.parent / f"{run.folder.name}.out", "a") as log:
         proc = subprocess.Popen([command[0], "-c", SUPERVISOR, *command], stdout=log, stderr=subprocess.STDOUT, env=env)
         offset, metrics = 0, run.folder / "metrics.jsonl"
@@ -407,14 +406,16 @@ def search_trainable(dims: Sequence[Dimension], spec: TrialSpec, output_dir: Pat
 
 
 def _grid_trial(config: dict[str, Any], spec: TrialSpec) -> None:
-    run_trial(config["run"], spec)
+    from seg_ext.tasks.sweep import PlannedRun
+
+    run = config["run"]
+    run_trial(PlannedRun(run["setting"], int(run["seed"]), Path(run["folder"])), spec)
 
 
 def _search_trial(config: dict[str, Any], spec: TrialSpec, output_dir: str, seed: int) -> None:
     from seg_ext.tasks.sweep import plan_settings
 
-    run = plan_settings([dict(config)], [seed], Path(output_dir) / "search")[0]
-    run_trial({"setting": run.setting, "seed": run.seed, "folder": str(run.folder)}, spec)
+    run_trial(plan_settings([dict(config)], [seed], Path(output_dir) / "search")[0], spec)
 
 
 def best_settings(trials: Sequence[dict[str, Any]], mode: str, top: int) -> list[dict[str, Any]]:

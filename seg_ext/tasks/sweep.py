@@ -145,6 +145,19 @@ def run_command(run: PlannedRun, tool: Path, config: Path | None, data_root: Pat
     return command + ["--opts", *opts, *run.overrides]
 
 
+ENGINES = ("local", "ray")
+
+
+def run_env(threads: int | None) -> dict[str, str]:
+    """What a run's process gets on top of the sweep's environment, with either engine: the checkout on
+    ``PYTHONPATH``, and ``threads`` torch threads (``OMP_NUM_THREADS``) unless the sweep's environment sets them
+    (``train.threads``, when set, still wins inside the run)."""
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 @dataclass
 class RayOptions:
     """How ``--engine ray`` runs (see ``seg_ext.tasks.ray_sweep``): the cluster's address (None: embedded, on
@@ -229,8 +242,6 @@ def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, con
     return failed
 
 
-ENGINES = ("local", "ray")
-
 
 def _compare(runs: Sequence[PlannedRun], output_dir: Path) -> None:
     from seg_ext.tasks.compare import compare_runs, is_run
@@ -259,11 +270,10 @@ def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Pat
     metric = str(train["best_metric"])
     mode = "min" if lower_is_better(metric) else "max"
     spec = rs.TrialSpec(str(Path(config).resolve()) if config else None, str(Path(data_root).resolve()) if data_root else None,
-                        method, list(opts), metric, os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                        str(training_tool(method, config)),
-                        os.environ.get("OMP_NUM_THREADS") or str(max(1, math.ceil(options.cpus_per_run))))
+                        method, list(opts), metric, str(training_tool(method, config)),
+                        run_env(max(1, math.ceil(options.cpus_per_run))))
     output_dir = output_dir.resolve()
-    rs.connect(options.address, spec.python_path)
+    rs.connect(options.address, spec.env["PYTHONPATH"])
     try:
         nodes = rs.check_cluster(output_dir, options.cpus_per_run, options.gpus_per_run, ROOT)
         atomic_write_text(json.dumps({**arguments, "engine": "ray"}, indent=2), output_dir / "sweep.json")
@@ -342,9 +352,7 @@ def _execute(todo: Sequence[PlannedRun], done: int, total: int, config: Path | N
              method: str | None, opts: Sequence[str], jobs: int) -> int:
     """Run ``todo`` with at most ``jobs`` at once; a Ctrl-C or SIGTERM stops the runs (each saves its position)
     and the sweep; returns the number of failed runs."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    if jobs > 1 and "OMP_NUM_THREADS" not in env:  # (train.threads, when set, still wins)
-        env["OMP_NUM_THREADS"] = str(threads_per_run(jobs))
+    env = {**os.environ, **run_env(threads_per_run(jobs) if jobs > 1 else None)}
     pending, running, failed, tool = list(todo), {}, 0, training_tool(method, config)
     stop: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
