@@ -1,5 +1,6 @@
 # Quick start:  make train     (builds the environment once, then trains the default model)
 #               make test      (the fast tier: unit and contract tests, after every edit)
+#               make test-gpu  (the GPU tier: CUDA against fp32 and the CPU, deterministic resume, compile)
 #               make test-all  (everything: real processes, signals, torchrun, the README's commands, sweeps on a
 #                               two-node Ray cluster, with the cluster extra installed first; CI runs this)
 #
@@ -17,7 +18,7 @@ ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv venv-cluster train train-instance test test-all bench clean-runs
+.PHONY: venv venv-cluster train train-instance test test-all test-gpu bench clean-runs
 
 venv: $(STAMP)
 
@@ -40,7 +41,11 @@ train: venv
 	$(PY) tools/train_semantic.py $(ARGS)
 
 test: venv
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -m "not slow and not cuda" $(ARGS)
+
+# the GPU tier: what the package promises on CUDA (skipped, saying why, where no GPU is visible)
+test-gpu: venv
+	$(PY) -m pytest -q -m cuda $(ARGS)
 
 test-all: venv-cluster
 	$(PY) -m pytest -q $(ARGS)

@@ -52,6 +52,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_scaling": "none",  # none | linear (train.lr times the number of processes)
     "dist_timeout": 1800,  # seconds a process waits for the others in a collective before the run stops
     "tensorboard": False,  # also write TensorBoard event files into the run folder (tensorboard --logdir runs)
+    # bit-exact repeats and resume on CUDA: cuDNN's deterministic kernels and torch's deterministic algorithms
+    # (slower; docs/gpu.md); on the CPU runs repeat exactly either way
+    "deterministic": False,
+    # torch.compile of the training step: off | default | reduce-overhead | max-autotune-no-cudagraphs (docs/gpu.md)
+    "compile": "off",
 }
 
 
@@ -105,8 +110,8 @@ NULLABLE = ("augment.crop_scale",)
 # Keys whose value is a word or a bool (true/false stand for a word the consumer picks).
 WORD_OR_BOOL = ("train.amp", "train.channels_last", "train.sync_bn")
 
-# Keys whose value is a number or a word (data.scale: a factor, or short:N / long:N).
-NUMBER_OR_WORD = ("data.scale",)
+# Keys whose value is a number or a word (data.scale: a factor, or short:N / long:N; data.num_workers: N or auto).
+NUMBER_OR_WORD = ("data.scale", "data.num_workers")
 
 
 def _type_ok(default: Any, value: Any, key: str = "") -> bool:
@@ -252,6 +257,7 @@ def interval(value: Any, key: str, ok, what: str) -> None:
 
 
 AMP_WORDS = ("auto", "off", "fp16", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 CHANNELS_LAST_WORDS = ("auto", "true", "false")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 CLASS_WEIGHT_MODES = ("none", "inverse", "median")
@@ -276,7 +282,10 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if "batch_size" in data:
         at_least(data["batch_size"], "data.batch_size", 1, "at least 1")
     if "num_workers" in data:
-        at_least(data["num_workers"], "data.num_workers", 0, "0 or more")
+        workers = data["num_workers"]
+        if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
+            raise ConfigError(f"config key 'data.num_workers' is {workers!r}; expected auto or a number of loader "
+                              "processes, 0 or more")
     if "hflip_prob" in augment:
         interval(float(augment["hflip_prob"]), "augment.hflip_prob", lambda p: 0 <= p <= 1, "a probability in [0, 1]")
     if train:
@@ -293,6 +302,9 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         at_least(train["eval_every"], "train.eval_every", 1, "at least 1")
         at_least(train["checkpoint_every"], "train.checkpoint_every", 0, "0 (off) or a number of iterations")
         choice(_word(train["sync_bn"]), "train.sync_bn", ("auto", "true", "false"))
+        if not isinstance(train["deterministic"], bool):
+            raise ConfigError(f"config key 'train.deterministic' is {train['deterministic']!r}; expected true or false")
+        choice(_word(train["compile"]), "train.compile", COMPILE_MODES)
         choice(train["lr_scaling"], "train.lr_scaling", ("none", "linear"))
         interval(train["dist_timeout"], "train.dist_timeout", lambda t: t > 0, "a positive number of seconds")
     return cfg

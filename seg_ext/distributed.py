@@ -51,8 +51,9 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
+def local_world_size() -> int:
+    """Processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))) if launched() else 1
 
 
 def is_main() -> bool:
@@ -78,6 +79,7 @@ def init(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
                               "(torchrun --nproc_per_node=N tools/...)")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
+        check_gpus_per_process()
         torch.cuda.set_device(device_for(device))
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
@@ -87,6 +89,17 @@ def init(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     atexit.register(shutdown)
     logger.info("distributed run: process %d of %d, backend %s", rank(), world_size(), backend)
     return True
+
+
+def check_gpus_per_process() -> None:
+    """A CUDA run under torchrun takes one GPU per process of this machine (``cuda:LOCAL_RANK``): more processes
+    than visible GPUs is refused in one sentence (before any of them touches a device)."""
+    local = local_world_size()
+    visible = torch.cuda.device_count()
+    if local > visible:
+        raise SegExtError(f"torchrun started {local} processes on this machine but {visible} CUDA device(s) are "
+                          f"visible; a CUDA run takes one GPU per process: use --nproc_per_node={max(visible, 1)} "
+                          "or less, or train on the CPU with --opts train.device=cpu")
 
 
 def shutdown() -> None:

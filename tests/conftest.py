@@ -14,6 +14,18 @@ from PIL import Image
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The GPU tier (``cuda`` marker) skips, saying why, where no CUDA device is visible."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (the GPU tier, make test-gpu); none is visible here")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _generated_dir(tmp_path_factory):
     """Keep generated datasets of the tests out of the checkout."""

@@ -123,7 +123,7 @@ class MethodContract:
     def test_state_dict_round_trip_and_export_outputs(self, run):
         twin = run.place(run.method.build_model(run.data.num_classes, pretrained=False))
         twin.load_state_dict(run.model.state_dict())
-        image = run.method.prepare(self.raw_image(run.datasets["val"], 0))[None]
+        image = run.method.prepare(self.raw_image(run.datasets["val"], 0))[None].to(run.device)  # the model's device
         run.model.eval(), twin.eval()
         with torch.no_grad():
             a, b = run.method.export_module(run.model)(image), run.method.export_module(twin)(image)

@@ -1,5 +1,7 @@
 """Distributed runs: 2 real processes on the CPU (gloo), started with torchrun as a user would.
 
+Every run says ``train.device=cpu``, as a user's run of 2 processes on a machine with fewer GPUs must (with device
+auto, torchrun starting more processes than there are GPUs is refused in one sentence: tests/test_gpu.py).
 Every process is limited to one thread (torchrun's default for several processes; the one-process runs compared
 with them get the same), so the numbers can be compared exactly.
 """
@@ -29,13 +31,13 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 # ends these 72 steps with weights 8e-3 apart); with SGD two ways of computing the same steps stay 1e-6 apart
 SEMANTIC = ["--config", ROOT / "configs/semantic/unet_nobn.yaml", "--opts", "data.image_size=[64,64]",
             "data.num_workers=2", "model.base_width=8", "model.depth=2", "train.amp=off", "train.epochs=3",
-            "train.optimizer=sgd", "train.lr=0.05", "report.num_overlays=1"]
+            "train.optimizer=sgd", "train.lr=0.05", "report.num_overlays=1", "train.device=cpu"]
 WATERSHED = ["--method", "watershed", "--opts", "data.val=2", "data.test=3", "data.batch_size=2", "data.num_workers=1",
              "watershed.input_size=[64,64]", "model.base_width=4", "model.depth=2", "train.epochs=2", "train.amp=off",
-             "report.num_overlays=1"]
+             "report.num_overlays=1", "train.device=cpu"]
 MASKRCNN = ["--method", "maskrcnn", "--opts", "data.val=2", "data.test=3", "data.batch_size=2", "data.num_workers=0",
             "train.epochs=1", "model.min_size=96", "model.max_size=128", "model.detections_per_img=20",
-            "report.num_overlays=1"]
+            "report.num_overlays=1", "train.device=cpu"]
 
 
 def _torchrun(tool: str, args: list, nproc: int = 2) -> list[str]:

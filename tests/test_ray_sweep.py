@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ROOT, call_tool
 
@@ -311,9 +312,10 @@ def test_a_bad_space_is_one_sentence(space, message, scenes_root, tmp_path, caps
 @needs_ray
 @pytest.mark.slow
 def test_no_gpu_and_another_engines_sweep_are_refused(scenes_root, tmp_path, capsys):
-    assert call_tool("sweep", ["--engine", "ray", "--gpus-per-run", "1", "--data-root", scenes_root,
+    gpus = torch.cuda.device_count()  # the refusal is asked of a machine that has fewer GPUs than requested
+    assert call_tool("sweep", ["--engine", "ray", "--gpus-per-run", str(gpus + 1), "--data-root", scenes_root,
                                "--output-dir", tmp_path / "g", "--opts", *TINY]) == 2
-    assert "--gpus-per-run 1 but no node of the Ray cluster has that many GPUs" in capsys.readouterr().err
+    assert f"--gpus-per-run {gpus + 1} but no node of the Ray cluster has that many GPUs" in capsys.readouterr().err
     folder = tmp_path / "other"
     folder.mkdir()
     (folder / "sweep.json").write_text(json.dumps({"grid": {"train.lr": [0.1]}, "seeds": [0], "config": None,

@@ -51,7 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", type=Path, default=None, help="run this ONNX export of the checkpoint with onnxruntime")
     parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the checkpoint's)")
-    parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: the checkpoint's)")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader workers that read and prepare images (default: the checkpoint's data.num_workers; "
+                             "auto: min(8, usable CPUs))")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="instances: the lowest score kept in instance maps, overlays and predictions.json "

@@ -12,12 +12,16 @@ from seg_ext.engine.hooks import (
     Checkpoints, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Validation, default_hooks,
     lower_is_better,
 )
-from seg_ext.engine.loader import close_loader, make_loader, seed_worker
+from seg_ext.engine.loader import close_loader, make_loader, resolve_workers, seed_worker, usable_cpus
 from seg_ext.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, lr_factor_fn
 from seg_ext.engine.precision import (
-    AMP_MODES, CHANNELS_LAST_MODES, Precision, bf16_safe, native_bf16_cpu, place_model, resolve_precision,
+    AMP_MODES, CHANNELS_LAST_MODES, Precision, bf16_safe, cuda_preference, native_bf16_cpu, place_model,
+    resolve_precision,
 )
-from seg_ext.engine.runtime import seed_everything, select_device, set_threads
+from seg_ext.engine.runtime import (
+    COMPILE_MODES, check_compiler, compile_model, seed_everything, select_device, set_cudnn_benchmark,
+    set_deterministic, set_threads,
+)
 from seg_ext.engine.signals import StopOnSignal
 from seg_ext.engine.trainer import CountingTrainer, Trainer, TrainState
 
@@ -26,5 +30,6 @@ __all__ = [
     "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TensorBoard", "TrainState",
     "StopOnSignal", "Trainer", "UnsafeCheckpointError", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
     "close_loader", "lower_is_better", "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
-    "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file",
+    "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file", "COMPILE_MODES", "check_compiler",
+    "compile_model", "cuda_preference", "resolve_workers", "set_cudnn_benchmark", "set_deterministic", "usable_cpus",
 ]

@@ -143,9 +143,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def random_state(generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Python's, NumPy's and torch's global random states (and ``generator``'s), as plain data."""
+    """Python's, NumPy's and torch's global random states (and ``generator``'s), as plain data; with CUDA in use,
+    the current CUDA device's generator too (dropout, random ops on the GPU)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         "python": random.getstate(),
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
@@ -161,6 +163,8 @@ def set_random_state(rng: dict[str, Any], generator: torch.Generator | None = No
     np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.int64).astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
     torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():  # a CUDA run's (a run resumed on the CPU has none)
+        torch.cuda.set_rng_state(rng["cuda"].cpu())
     if rng.get("loader") is not None and generator is not None:
         generator.set_state(rng["loader"])
 

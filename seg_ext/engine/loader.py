@@ -19,6 +19,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
+MAX_AUTO_WORKERS = 8
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or a scheduler's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resolve_workers(setting: Any, processes: int = 1) -> int:
+    """Loader processes for ``data.num_workers``: a number as it is; ``auto`` = min(8, the usable CPUs shared by
+    the ``processes`` of the run on this machine), at least 1 (2 on a 2-core machine, as the fixed default was;
+    8 on a 16-core GPU machine, where 2 starved the GPU: docs/gpu.md)."""
+    if setting == "auto":
+        return max(1, min(MAX_AUTO_WORKERS, usable_cpus() // max(int(processes), 1)))
+    return int(setting)
+
+
 def seed_worker(_worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed the worker's Python and NumPy generators from torch's per-worker seed,
     and leave signals to the main process. (Augmentation needs no per-worker seed: training loaders seed it per
@@ -140,6 +160,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     shard: range | None = None,
+    prefetch_factor: int | None = None,
 ) -> DataLoader:
     """A DataLoader whose order and augmentation derive from ``seed``; workers persist.
 
@@ -149,7 +170,8 @@ def make_loader(
     dataset in order (only the indices of ``shard``, when given: a process's share for evaluation).
 
     The loader's own generator (the seeds of worker processes) is seeded from ``seed + rank``, so workers of
-    different processes differ.
+    different processes differ. ``prefetch_factor``: batches each worker prepares ahead (PyTorch's default 2 when
+    None; the runs ask 4 on CUDA, with ``pin_memory``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size is {batch_size}; expected at least 1")
@@ -173,6 +195,7 @@ def make_loader(
         worker_init_fn=seed_worker,
         generator=generator,
         persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
 
 
@@ -184,6 +207,8 @@ def close_loader(loader: DataLoader) -> None:
     later, unrelated step 5 s per worker. PyTorch has no public call for this; the iterator's own shutdown is the
     one its ``__del__`` makes.
     """
+    if not isinstance(loader, DataLoader):  # a list of batches (the train_overhead benchmark), or any iterable
+        return
     iterator = getattr(loader, "_iterator", None)
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if shutdown is not None:

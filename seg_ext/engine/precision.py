@@ -64,16 +64,23 @@ def bf16_safe(model: nn.Module | None) -> bool:
     return model is None or all(getattr(m, "bf16_safe", True) for m in model.modules())
 
 
+def cuda_preference(model: nn.Module | None) -> tuple[str, bool]:
+    """(autocast mode, channels_last) that ``auto`` picks on CUDA for ``model``: what the model declares
+    (``cuda_amp``, ``cuda_channels_last``, measured per model by ``cuda_throughput``), else fp16 with
+    channels_last (the fastest for 3 of the 5 measured networks, 1.46x fp32 over all 5)."""
+    return str(getattr(model, "cuda_amp", "fp16")), bool(getattr(model, "cuda_channels_last", True))
+
+
 def resolve_precision(amp: Any, channels_last: Any, device: torch.device, model: nn.Module | None = None) -> Precision:
     """The :class:`Precision` that ``amp`` and ``channels_last`` ask for on ``device`` for ``model``.
 
-    ``amp``: ``auto`` (or true) is fp16 autocast with a gradient scaler on CUDA, bf16 autocast on a CPU that
+    ``amp``: ``auto`` (or true) is, on CUDA, the model's measured preference (:func:`cuda_preference`: fp16
+    autocast with a gradient scaler for most, fp32 for the dual-head UNet), bf16 autocast on a CPU that
     computes bf16 natively (unless ``model`` is marked unsafe in bf16, see :func:`bf16_safe`), and fp32 on other
     CPUs; ``off`` (or false) is fp32; ``fp16`` and ``bf16`` force that dtype. ``channels_last``: ``auto`` is on
-    for the CPU and off on CUDA; ``true``/``false`` force it. The CPU choices are the fastest numerically safe
-    ones ``benchmarks/run.py --only cpu_throughput`` measured (and full training runs confirmed, see
-    benchmarks/README.md); on CUDA, fp16 autocast is the established default and channels_last stays off until
-    ``cuda_throughput`` has measured it.
+    for the CPU and, on CUDA, the model's preference (on for all but Mask R-CNN); ``true``/``false`` force it.
+    The choices are the fastest numerically safe ones ``benchmarks/run.py --only cpu_throughput`` and
+    ``cuda_throughput`` measured (benchmarks/README.md, docs/gpu.md).
 
     Raises:
         ValueError: a setting that is none of the words above.
@@ -84,13 +91,17 @@ def resolve_precision(amp: Any, channels_last: Any, device: torch.device, model:
         raise ValueError(f"amp is {amp!r}; expected one of: {', '.join(AMP_MODES)}")
     if layout not in CHANNELS_LAST_MODES:
         raise ValueError(f"channels_last is {channels_last!r}; expected one of: {', '.join(CHANNELS_LAST_MODES)}")
+    cuda_amp, cuda_layout = cuda_preference(model)
     if mode == "auto":
         if device.type == "cuda":
-            mode = "fp16"
+            mode = cuda_amp
         else:
             mode = "bf16" if native_bf16_cpu() and bf16_safe(model) else "off"
     dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mode]
-    layout_on = device.type == "cpu" if layout == "auto" else layout == "true"
+    if layout == "auto":
+        layout_on = cuda_layout if device.type == "cuda" else device.type == "cpu"
+    else:
+        layout_on = layout == "true"
     return Precision(device, dtype, layout_on)
 
 

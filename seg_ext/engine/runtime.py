@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
+import shutil
 
 import numpy as np
 import torch
+from torch import nn
 
+from seg_ext.config import COMPILE_MODES
 from seg_ext.errors import SegExtError
 
 
@@ -31,3 +36,53 @@ def set_threads(threads: int) -> None:
     """Use ``threads`` CPU threads for torch's operators; 0 keeps torch's default."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+# cuBLAS needs a fixed workspace to be deterministic (PyTorch's reproducibility notes); set before CUDA starts
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def set_deterministic(on: bool) -> None:
+    """``train.deterministic``: cuDNN's deterministic kernels (its autotuner off) and torch's deterministic
+    algorithms, an op without a deterministic CUDA kernel warning once instead of failing (docs/gpu.md says what
+    this costs and promises). Off: torch's defaults. The CPU repeats exactly either way."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cudnn.deterministic = bool(on)
+    torch.use_deterministic_algorithms(bool(on), warn_only=True)
+
+
+def set_cudnn_benchmark(on: bool) -> None:
+    """cuDNN's autotuner: it times the convolution kernels once per input shape and keeps the fastest; worth it
+    where the training shapes are fixed, harmful where every batch has a new shape (and off for determinism)."""
+    torch.backends.cudnn.benchmark = bool(on)
+
+
+def check_compiler(mode: str, device: torch.device) -> None:
+    """Raise one sentence when ``torch.compile`` in ``mode`` cannot run on ``device`` here: Inductor writes C++
+    for the CPU and Triton kernels (launched through C) for CUDA."""
+    if mode == "off":
+        return
+    if mode not in COMPILE_MODES:
+        raise SegExtError(f"train.compile is {mode!r}; expected one of: {', '.join(COMPILE_MODES)}")
+    compilers = ("c++", "g++", "clang++") if device.type == "cpu" else ("cc", "gcc", "clang")
+    if os.environ.get("CXX" if device.type == "cpu" else "CC"):
+        compilers = (os.environ["CXX" if device.type == "cpu" else "CC"], *compilers)
+    if not any(shutil.which(c) for c in compilers):
+        raise SegExtError(f"train.compile is {mode!r} but torch.compile cannot run here: no compiler "
+                          f"({', '.join(compilers)}) is on PATH; install one (Debian: apt-get install g++) or set "
+                          "train.compile=off")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise SegExtError(f"train.compile is {mode!r} but torch.compile cannot run on CUDA here: the triton package "
+                          "is missing (it comes with torch's CUDA wheels); install it or set train.compile=off")
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise SegExtError("train.compile is 'reduce-overhead' (CUDA graphs) but the run computes on the CPU; use "
+                          "default or off there")
+
+
+def compile_model(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` compiled by ``torch.compile`` in ``mode`` (``off``: itself). The compiled wrapper shares the
+    model's parameters; checkpoints save the model itself, so their keys are the plain model's."""
+    if mode == "off":
+        return model
+    return torch.compile(model, mode=mode)

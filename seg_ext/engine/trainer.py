@@ -24,6 +24,7 @@ from seg_ext.engine.checkpoint import CHECKPOINT_VERSION, atomic_save, load_chec
 from seg_ext.engine.hooks import History, Hook, Validation, default_hooks
 from seg_ext.engine.loader import close_loader
 from seg_ext.engine.precision import Precision
+from seg_ext.engine.runtime import compile_model
 from seg_ext.engine.signals import StopOnSignal
 from seg_ext.errors import Preempted, SegExtError
 
@@ -63,6 +64,10 @@ class Trainer:
         meta: extra entries for every checkpoint (config, class names, ...).
         hooks: replaces :func:`~seg_ext.engine.hooks.default_hooks` when given.
         checkpoint_every: also write ``last.pt`` every this many iterations, inside epochs (0: only after each).
+        compile: ``torch.compile`` mode of the training step (``off``, ``default``, ``reduce-overhead``,
+            ``max-autotune-no-cudagraphs``). Only the step is compiled: its shapes are fixed; validation and the
+            final evaluation run the model itself eagerly (images at their own sizes would recompile without end),
+            and checkpoints hold the model's own keys.
 
     A loader whose ``sampler`` has ``set_epoch(epoch, start)`` (``engine.make_loader``'s training loaders) makes
     the run resumable inside an epoch: a stop signal and ``checkpoint_every`` save the position, and
@@ -90,10 +95,14 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         hooks: Sequence[Hook] | None = None,
         checkpoint_every: int = 0,
+        compile: str = "off",
     ) -> None:
         self.module, self.optimizer, self.scheduler = model, optimizer, scheduler
-        # several processes: gradients averaged by DistributedDataParallel (a counting trainer has none)
+        # several processes: gradients averaged by DistributedDataParallel (a counting trainer has none); the
+        # compiled step wraps that (PyTorch compiles DDP's buckets apart)
         self.model = distributed.wrap_model(model, precision.device) if optimizer is not None else model
+        self.compile = compile if optimizer is not None else "off"
+        self.model = compile_model(self.model, self.compile)
         self.train_loader, self.loss_step = train_loader, loss_step
         self.output_dir = Path(output_dir)
         self.epochs = int(epochs)
@@ -236,6 +245,8 @@ class Trainer:
         Returns:
             The loss value and its named parts.
         """
+        if self.compile == "reduce-overhead":  # CUDA graphs: this step's outputs replace the last step's
+            torch.compiler.cudagraph_mark_step_begin()
         with self.precision.autocast():
             loss, parts = self.loss_step(self.model, batch)
         value, parts = self._agree(float(loss.detach()), parts)

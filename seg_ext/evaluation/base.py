@@ -113,11 +113,15 @@ def run_inference(
     evaluators: Evaluator | Sequence[Evaluator],
     forward: Callable[[nn.Module, Any], tuple[Any, Any]],
     desc: str = "eval",
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """Run ``model`` over ``loader`` in eval mode without gradients, feeding every evaluator.
 
     Args:
         forward: ``forward(model, batch) -> (outputs, targets)``; it moves the batch to the device.
+        device: the one device every evaluator gets its tensors on (the run's): each tensor in ``outputs`` and
+            ``targets`` (inside dicts, lists and tuples too) is moved there before ``process``, so an evaluator
+            never meets CUDA predictions beside CPU ground truth (docs/extending.md). None: as ``forward`` gives.
 
     With several processes, ``loader`` holds this process's share; the evaluators' states are combined on
     process 0, which computes the results, and every process returns process 0's.
@@ -138,7 +142,7 @@ def run_inference(
     try:
         with torch.no_grad():
             for batch in _progress(loader, desc):
-                outputs, targets = forward(model, batch)
+                outputs, targets = to_device(forward(model, batch), device)
                 for ev in evaluators:
                     ev.process(outputs, targets)
                 images += _batch_len(targets)
@@ -159,6 +163,20 @@ def run_inference(
         results["time/s_per_image"] = elapsed / max(images, 1)
     logger.debug("%s: %d images in %.1fs", desc, images, elapsed)
     return distributed.broadcast(results)
+
+
+def to_device(value: Any, device: torch.device | None) -> Any:
+    """``value`` with every tensor in it (inside dicts, lists and tuples) on ``device`` (None: unchanged)."""
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        # (non-blocking only towards a GPU: a non-blocking copy to the host may be read before it has arrived)
+        return value.to(device, non_blocking=device.type == "cuda")
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 def _batch_len(targets: Any) -> int:

@@ -111,6 +111,7 @@ class Method:
         network_keys: config keys besides the ``model`` block whose values shape the network (a resume or
             ``--opts`` that changes them is refused before any weights are loaded).
         context_keys: config keys of the builder arguments the method supplies (for error messages).
+        fixed_train_size: every training batch has the same shape (cuDNN's autotuner is then on for CUDA runs).
     """
 
     name: ClassVar[str] = ""
@@ -123,6 +124,7 @@ class Method:
     export_fixed_size: ClassVar[bool] = False
     network_keys: ClassVar[tuple[str, ...]] = ()
     context_keys: ClassVar[dict[str, str]] = {}
+    fixed_train_size: ClassVar[bool] = True
     #: the method's own config blocks (name -> defaults), e.g. ``watershed``
     config_blocks: ClassVar[dict[str, dict[str, Any]]] = {}
     #: renamed keys of the method's blocks ((block, old) -> new), for configs saved before the rename
@@ -253,6 +255,7 @@ class Method:
             model, optimizer, scheduler, train_loader, loss, lambda m: self.evaluate(run, m, "val"),
             run.output_dir, epochs=t["epochs"], best_metric=t["best_metric"], precision=run.precision,
             grad_clip=t["grad_clip"], eval_every=t["eval_every"], meta=meta, checkpoint_every=t["checkpoint_every"],
+            compile=str(t["compile"]),
         )
 
     # ---- prediction ---------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ FAMILY_DEFAULTS: dict[str, Any] = {
         "test": None,
         "split_seed": 0,
         "batch_size": 2,
-        "num_workers": 2,
+        "num_workers": "auto",  # auto: min(8, CPUs this process may use / processes on the machine)
         "min_box_size": 1.0,  # annotations with a narrower or lower box are dropped (with a warning)
         # methods that see a fixed size (the watershed): squash each image to it, or scale it by data.scale keeping
         # its aspect ratio and train on random crops of crop_size (null: the method's input size); seg_ext.dense
@@ -275,7 +275,7 @@ class InstanceMethod(Method):
                 outputs = self.forward(model, images, tta)
             return [self.postprocess(outputs, i, tuple(t["orig_size"])) for i, t in enumerate(targets)], targets
 
-        metrics = run_inference(model, run.loaders[split], evaluators, forward, desc=split)
+        metrics = run_inference(model, run.loaders[split], evaluators, forward, desc=split, device=run.device)
         if final and distributed.is_main():  # process 0 holds every process's detections
             for ev in evaluators:
                 ev.save(run.output_dir, split, metrics)

@@ -35,6 +35,7 @@ class MaskRCNNMethod(InstanceMethod):
     models = {"maskrcnn": maskrcnn}
     onnx_outputs = ("boxes", "labels", "scores", "masks")
     export_fixed_size = True  # torchvision's exporter takes one size and batch 1 (pytorch/vision#2311)
+    fixed_train_size = False  # the detector resizes each image to min_size/max_size, keeping its aspect ratio
     # CPU-sized: ResNet-18-FPN with group norm (trains from scratch with batches of 2), small images, and fewer
     # proposals and sampled RoIs than torchvision's defaults (2000 / 512), which makes an iteration 2x cheaper
     default_model = {

@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "split_seed": 0,
         "splits_file": None,  # a splits.json from an earlier run, to reuse its split exactly
         "batch_size": 8,
-        "num_workers": 2,
+        "num_workers": "auto",  # auto: min(8, CPUs this process may use / processes on the machine)
     },
     "augment": {
         "crop_scale": [0.5, 1.0],  # RandomResizedCrop area range; null: no crop (the whole image resized)
@@ -173,8 +173,11 @@ class WeightedLoss:
         return weighted_cross_entropy(logits.float(), target, self.device_weight, self.ignore_index), {}
 
     def of_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss of given logits (the evaluation's ``loss``)."""
-        return weighted_cross_entropy(logits, target, self.device_weight, self.ignore_index)
+        """The loss of given logits (the evaluation's ``loss``), on the logits' device."""
+        weight = self.device_weight
+        if weight is not None and weight.device != logits.device:
+            weight = self.weight.to(logits.device)
+        return weighted_cross_entropy(logits, target.to(logits.device), weight, self.ignore_index)
 
 
 class SemanticMethod(Method):
@@ -344,7 +347,7 @@ class SemanticMethod(Method):
                 with precision.autocast():
                     return self.forward(model, batch["image"], tta), {"mask": batch["mask"], "name": batch["name"]}
 
-            metrics = run_inference(model, loader, AtImageSize(self, *evaluators, per_image=final), forward, desc=split)
+            metrics = run_inference(model, loader, AtImageSize(self, *evaluators, per_image=final), forward, desc=split, device=run.device)
         else:
             def forward(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
                 images = batch["image"].to(precision.device, non_blocking=True)
@@ -352,7 +355,7 @@ class SemanticMethod(Method):
                     logits = model(images)
                 return logits.float(), batch["mask"].to(precision.device, non_blocking=True)
 
-            metrics = run_inference(model, run.loaders[split], evaluators, forward, desc=split)
+            metrics = run_inference(model, run.loaders[split], evaluators, forward, desc=split, device=run.device)
         if final and distributed.is_main():  # process 0 holds the whole split's state
             for ev in evaluators:
                 ev.save(run.output_dir, split, metrics)

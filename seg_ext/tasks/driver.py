@@ -169,6 +169,10 @@ def run_facts(run: Run, model: nn.Module, progress: dict[str, Any], epochs: Any)
         "device": str(run.precision.device),
         "threads": torch.get_num_threads(),  # torch's CPU threads (train.threads, OMP_NUM_THREADS or all cores)
         "precision": run.precision.describe(),
+        "compile": str(run.cfg["train"]["compile"]),
+        "deterministic": bool(run.cfg["train"]["deterministic"]),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if run.device.type == "cuda" else False,
+        "num_workers": run.num_workers,
         "world_size": distributed.world_size(),
         "global_batch": run.global_batch,
         "splits": run.data.split_sizes,

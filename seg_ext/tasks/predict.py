@@ -5,8 +5,9 @@ files (scored against ``--coco-gt`` when given). Semantic predictions are scored
 with ``--gt``. Either way every image is also scored on its own (``per_image.csv``) with the failure analysis of
 the final evaluation (``seg_ext.evaluation.analysis``). What ``tools/predict.py`` calls.
 
-Images are read and prepared in DataLoader workers; the network runs on batches in the main process; each
-image's post-processing and file writing go to a thread, so decoding, the network and writing overlap. An
+Images are read and prepared in DataLoader workers (``num_workers``, auto: as many as training uses); the network
+runs on batches in the main process; each image's post-processing and file writing go to a pool of threads (one
+per usable CPU), so decoding, the network and writing overlap. An
 unreadable image is named in a warning and skipped; every other image is still written.
 """
 
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from seg_ext.data.base import IMAGE_EXTENSIONS, check_mask_values
 from seg_ext.data.coco import coco_from_dict, load_coco_json
 from seg_ext.data.files import read_image, read_label_png
+from seg_ext.engine import resolve_workers, usable_cpus
 from seg_ext.errors import DatasetError, SegExtError
 from seg_ext.evaluation.coco import COCOEvaluator, save_analysis
 from seg_ext.evaluation.semantic import SUMMARY_KEYS, SemSegEvaluator
@@ -172,13 +174,18 @@ def predict_files(
     files: Sequence[Path],
     output_dir: Path,
     batch_size: int = 8,
-    num_workers: int = 2,
+    num_workers: int | str = "auto",
     coco_gt: Path | None = None,
     overlays: bool = True,
     progress: bool = True,
     gt: Path | None = None,
+    writers: int | None = None,
 ) -> PredictSummary:
     """Predict every file and write the outputs into ``output_dir`` (see the module docstring).
+
+    ``num_workers``: loader processes that read and prepare images (``auto``: ``engine.resolve_workers``);
+    ``writers``: threads that post-process and write (None: one per usable CPU, at least 2; 0: in the main
+    thread, one image after the other: the serial reference of ``benchmarks/run.py --only predict_throughput``).
 
     Returns:
         How many images were written, the files that could not be read, the time, and the metrics against
@@ -221,8 +228,11 @@ def predict_files(
     for folder in folders:
         (output_dir / folder).mkdir(parents=True, exist_ok=True)
 
+    num_workers = resolve_workers(num_workers)
+    writers = max(2, usable_cpus()) if writers is None else int(writers)
     loader = DataLoader(ImageFiles(files, predictor.prepare), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_as_list, pin_memory=predictor.device.type == "cuda")
+                        collate_fn=_as_list, pin_memory=predictor.device.type == "cuda",
+                        prefetch_factor=4 if num_workers and predictor.device.type == "cuda" else None)
     entries: list[dict[str, Any] | None] = [None] * len(files)
     results: dict[str, list[dict[str, Any]]] = {"bbox": [], "segm": []}
     failed: list[str] = []
@@ -231,7 +241,7 @@ def predict_files(
     from tqdm import tqdm
 
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True, leave=False, dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with (ThreadPoolExecutor(max_workers=writers) if writers else InlineExecutor()) as pool:
         for batch in loader:
             good = []
             for item in batch:
@@ -281,6 +291,24 @@ def predict_files(
               "  ".join(f"{k} {metrics[k]:.2f}" for k in SUMMARY_KEYS))
         write_json(metrics, output_dir / "metrics.json")
     return PredictSummary(len(written), failed, seconds, metrics)
+
+
+class InlineExecutor:
+    """An executor that runs each task at once in the calling thread (``writers=0``)."""
+
+    def __enter__(self) -> "InlineExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # raised again by result(), as a thread pool's would be
+            future.set_exception(exc)
+        return future
 
 
 def _collect(pending: list[Future], entries: list, results: dict[str, list], wait: bool) -> list[Future]:

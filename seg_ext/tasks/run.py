@@ -25,7 +25,8 @@ from seg_ext import distributed
 from seg_ext.config import save_config
 from seg_ext.engine import (
     previous_path,
-    Precision, build_optimizer, close_loader, lr_factor_fn, make_loader, place_model, seed_everything, select_device, set_threads,
+    Precision, build_optimizer, check_compiler, close_loader, lr_factor_fn, make_loader, place_model, resolve_workers,
+    seed_everything, select_device, set_cudnn_benchmark, set_deterministic, set_threads,
 )
 from seg_ext.errors import ConfigError, SegExtError
 from seg_ext.io import write_json
@@ -71,8 +72,10 @@ class Run:
         process group (this process's GPU: ``cuda:LOCAL_RANK``)."""
         train = cfg["train"]
         set_threads(train["threads"])
+        set_deterministic(train["deterministic"])  # (before CUDA starts: cuBLAS reads its workspace setting then)
         seed_everything(train["seed"])  # the same on every process: the model starts from the same weights
         device = select_device(train["device"])
+        check_compiler(str(train["compile"]), device)
         distributed.init(device, train["dist_timeout"])
         return cls(cfg, Path(output_dir), command, distributed.device_for(device))
 
@@ -82,6 +85,9 @@ class Run:
         (Mask R-CNN's sampling of proposals, ...) seeded apart."""
         train = self.cfg["train"]
         model, self.precision = place_model(model, self.device, train["amp"], train["channels_last"])
+        # cuDNN's autotuner where every training batch has the same shape (a method says whether it does)
+        fixed = self.method is None or getattr(self.method, "fixed_train_size", True)
+        set_cudnn_benchmark(self.device.type == "cuda" and not train["deterministic"] and fixed)
         if self.sync_bn(model):
             model = distributed.convert_sync_batch_norm(model)
             logger.info("batch norm synchronised over the %d processes (train.sync_bn)", distributed.world_size())
@@ -115,13 +121,19 @@ class Run:
         if train and world > 1 and len(dataset) < world:
             raise SegExtError(f"the training split has {len(dataset)} image(s), fewer than the {world} processes; "
                               "expected at least one image per process")
+        cuda = self.device.type == "cuda"  # pinned memory and 4 batches ahead per worker feed a GPU
         loader = make_loader(
-            dataset, batch_size=self.cfg["data"]["batch_size"], shuffle=train, num_workers=self.cfg["data"]["num_workers"],
-            seed=self.cfg["train"]["seed"], collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
+            dataset, batch_size=self.cfg["data"]["batch_size"], shuffle=train, num_workers=self.num_workers,
+            seed=self.cfg["train"]["seed"], collate_fn=collate_fn, pin_memory=cuda, prefetch_factor=4 if cuda else None,
             rank=rank, world_size=world, shard=None if train or world == 1 else distributed.shard(len(dataset)),
         )
         self.made.append(loader)
         return loader
+
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers`` resolved (``auto``: see ``engine.resolve_workers``)."""
+        return resolve_workers(self.cfg["data"]["num_workers"], distributed.local_world_size())
 
     def close(self) -> None:
         """End the worker processes of every loader the run made (``with build_run(...) as run:`` does it when

@@ -1,0 +1,122 @@
+"""Where a run computes, on any machine: the one device boundary of the evaluation loop, the loader and compile
+settings, the CUDA random state in checkpoints, torchrun's one GPU per process, and each bad setting in one
+sentence. (What needs a GPU is in tests/test_gpu.py, the GPU tier.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seg_ext import distributed
+from seg_ext.config import validate_config
+from seg_ext.engine import check_compiler, close_loader, resolve_workers, usable_cpus
+from seg_ext.engine.checkpoint import random_state, set_random_state
+from seg_ext.errors import ConfigError, SegExtError
+from seg_ext.evaluation import Evaluator, run_inference
+from seg_ext.methods import method_config
+
+
+class DeviceLog(Evaluator):
+    """Records the device of every tensor it is handed."""
+
+    def reset(self) -> None:
+        self.devices: set[str] = set()
+
+    def process(self, outputs, targets) -> None:
+        def walk(value):
+            if isinstance(value, torch.Tensor):
+                self.devices.add(value.device.type)
+            elif isinstance(value, dict):
+                [walk(v) for v in value.values()]
+            elif isinstance(value, (list, tuple)):
+                [walk(v) for v in value]
+        walk((outputs, targets))
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+
+def test_evaluators_get_every_tensor_on_the_runs_device():
+    """Outputs and targets, nested in dicts and lists, arrive on the one stated device ('meta' stands in for a
+    second device on a machine that has only the CPU: a missed tensor would stay on the CPU)."""
+    batches = [{"image": torch.zeros(2, 3), "mask": [torch.zeros(4), torch.ones(4)]}]
+    log = DeviceLog()
+
+    def forward(model, batch):
+        return {"logits": model(batch["image"]), "extra": [batch["image"][0]]}, {"mask": batch["mask"], "name": ["a", "b"]}
+
+    run_inference(torch.nn.Identity(), batches, log, forward, device=torch.device("meta"))
+    assert log.devices == {"meta"}
+    run_inference(torch.nn.Identity(), batches, log, forward)  # no device: as the forward gives them
+    assert log.devices == {"cpu"}
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("train.compile", "fast", "config key 'train.compile' is 'fast'; expected one of: off, default, reduce-overhead"),
+    ("data.num_workers", -1, "config key 'data.num_workers' is -1; expected auto or a number"),
+    ("data.num_workers", "many", "config key 'data.num_workers' is 'many'; expected auto or a number"),
+    ("train.deterministic", "maybe", "config key 'train.deterministic' in --opts must be a bool (like the default False), got 'maybe'"),
+])
+def test_a_bad_device_setting_is_one_sentence(key, value, words):
+    with pytest.raises(ConfigError) as info:
+        method_config("semantic", overrides=[f"{key}={value}"])
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_new_settings_load_and_default_to_todays_behaviour():
+    cfg = method_config("semantic", overrides=["train.compile=reduce-overhead", "data.num_workers=4",
+                                               "train.deterministic=true"])
+    assert validate_config(cfg) is cfg
+    defaults = method_config("semantic")
+    assert (defaults["train"]["compile"], defaults["train"]["deterministic"], defaults["data"]["num_workers"]) == \
+        ("off", False, "auto")
+
+
+def test_auto_workers_follow_the_usable_cpus_and_the_processes_sharing_them(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2)))
+    assert usable_cpus() == 2 and resolve_workers("auto") == 2  # a 2-core machine keeps the old default
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert resolve_workers("auto") == 8 and resolve_workers("auto", processes=4) == 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(3)))
+    assert resolve_workers("auto", processes=4) == 1 and resolve_workers(0) == 0 and resolve_workers(5) == 5
+
+
+def test_compile_where_it_cannot_run_is_one_sentence(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(SegExtError) as info:
+        check_compiler("default", torch.device("cpu"))
+    assert "torch.compile cannot run here: no compiler" in str(info.value) and "train.compile=off" in str(info.value)
+    check_compiler("off", torch.device("cpu"))  # off never asks
+    monkeypatch.undo()
+    with pytest.raises(SegExtError, match="CUDA graphs"):
+        check_compiler("reduce-overhead", torch.device("cpu"))
+
+
+def test_more_processes_than_gpus_is_refused_before_any_device_is_touched(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SegExtError) as info:
+        distributed.check_gpus_per_process()
+    assert str(info.value).startswith("torchrun started 2 processes on this machine but 1 CUDA device(s) are visible")
+    assert "--nproc_per_node=1" in str(info.value) and "train.device=cpu" in str(info.value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    distributed.check_gpus_per_process()
+
+
+def test_checkpoints_carry_the_cuda_random_state_where_cuda_runs():
+    state = random_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        assert isinstance(state["cuda"], torch.Tensor)
+    else:
+        assert state["cuda"] is None  # a CPU run does not start CUDA to save it
+    torch.manual_seed(3)
+    saved = random_state()
+    first = torch.rand(3)
+    set_random_state(saved)
+    assert torch.equal(torch.rand(3), first)
+
+
+def test_closing_a_loader_that_is_a_list_does_nothing():
+    close_loader([{"image": torch.zeros(1)}])  # the train_overhead benchmark's batches
