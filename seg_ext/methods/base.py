@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seg_ext.data.scale import Scale
 from seg_ext.dense import DensePlan, crop_size, dense_plan, predict_dense, resolve_eval_mode, window_and_stride
-from seg_ext.engine import Precision, Trainer
+from seg_ext.engine import Precision, Trainer, check_compiler
 from seg_ext.evaluation import Evaluator
 from seg_ext.models import build_from_block
 
@@ -246,7 +246,9 @@ class Method:
         raise NotImplementedError
 
     def trainer(self, run: RunLike, model: nn.Module, loss: LossStep, meta: dict[str, Any]) -> Trainer:
-        """A gradient-descent trainer with the default hooks, validating on val."""
+        """A gradient-descent trainer with the default hooks, validating on val (its step compiled as
+        ``train.compile`` says, checked before any loader starts: evaluation alone never compiles)."""
+        check_compiler(str(run.cfg["train"]["compile"]), run.device)
         train_loader = run.loader(run.data.datasets["train"], train=True, collate_fn=self.collate)
         optimizer = run.optimizer(model)
         scheduler = run.scheduler(optimizer, len(train_loader))

@@ -25,7 +25,7 @@ from seg_ext import distributed
 from seg_ext.config import save_config
 from seg_ext.engine import (
     previous_path,
-    Precision, build_optimizer, check_compiler, close_loader, lr_factor_fn, make_loader, place_model, resolve_workers,
+    Precision, build_optimizer, close_loader, lr_factor_fn, make_loader, place_model, resolve_workers,
     seed_everything, select_device, set_cudnn_benchmark, set_deterministic, set_threads,
 )
 from seg_ext.errors import ConfigError, SegExtError
@@ -75,7 +75,6 @@ class Run:
         set_deterministic(train["deterministic"])  # (before CUDA starts: cuBLAS reads its workspace setting then)
         seed_everything(train["seed"])  # the same on every process: the model starts from the same weights
         device = select_device(train["device"])
-        check_compiler(str(train["compile"]), device)
         distributed.init(device, train["dist_timeout"])
         return cls(cfg, Path(output_dir), command, distributed.device_for(device))
 
