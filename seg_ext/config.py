@@ -108,7 +108,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 NULLABLE = ("augment.crop_scale",)
 
 # Keys whose value is a word or a bool (true/false stand for a word the consumer picks).
-WORD_OR_BOOL = ("train.amp", "train.channels_last", "train.sync_bn")
+WORD_OR_BOOL = ("train.amp", "train.channels_last", "train.sync_bn", "train.compile")
 
 # Keys whose value is a number or a word (data.scale: a factor, or short:N / long:N; data.num_workers: N or auto).
 NUMBER_OR_WORD = ("data.scale", "data.num_workers")
@@ -267,6 +267,11 @@ def _word(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
+def compile_mode(value: Any) -> str:
+    """``train.compile`` as its word: YAML reads ``off`` as false (and true stands for ``default``)."""
+    return {"true": "default", "false": "off"}.get(_word(value), _word(value))
+
+
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check the choice and range of the keys every method has (``data``'s batch and workers, the ``train``
     block, the flip probability), once, when the config is loaded: errors name the config key. A method checks
@@ -304,7 +309,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         choice(_word(train["sync_bn"]), "train.sync_bn", ("auto", "true", "false"))
         if not isinstance(train["deterministic"], bool):
             raise ConfigError(f"config key 'train.deterministic' is {train['deterministic']!r}; expected true or false")
-        choice(_word(train["compile"]), "train.compile", COMPILE_MODES)
+        choice(compile_mode(train["compile"]), "train.compile", COMPILE_MODES)
         choice(train["lr_scaling"], "train.lr_scaling", ("none", "linear"))
         interval(train["dist_timeout"], "train.dist_timeout", lambda t: t > 0, "a positive number of seconds")
     return cfg

@@ -53,6 +53,7 @@ def test_evaluators_get_every_tensor_on_the_runs_device():
 
 @pytest.mark.parametrize("key, value, words", [
     ("train.compile", "fast", "config key 'train.compile' is 'fast'; expected one of: off, default, reduce-overhead"),
+    ("train.compile", 3, "config key 'train.compile' in --opts must be a word or true/false"),
     ("data.num_workers", -1, "config key 'data.num_workers' is -1; expected auto or a number"),
     ("data.num_workers", "many", "config key 'data.num_workers' is 'many'; expected auto or a number"),
     ("train.deterministic", "maybe", "config key 'train.deterministic' in --opts must be a bool (like the default False), got 'maybe'"),
@@ -70,6 +71,11 @@ def test_the_new_settings_load_and_default_to_todays_behaviour():
     defaults = method_config("semantic")
     assert (defaults["train"]["compile"], defaults["train"]["deterministic"], defaults["data"]["num_workers"]) == \
         ("off", False, "auto")
+    from seg_ext.config import compile_mode
+
+    # YAML and --opts read off as false: it is still off (and true is default)
+    off = method_config("semantic", overrides=["train.compile=off"])["train"]["compile"]
+    assert off is False and compile_mode(off) == "off" and compile_mode(True) == "default"
 
 
 def test_auto_workers_follow_the_usable_cpus_and_the_processes_sharing_them(monkeypatch):

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from seg_ext.config import compile_mode
 from seg_ext.data.scale import Scale
 from seg_ext.dense import DensePlan, crop_size, dense_plan, predict_dense, resolve_eval_mode, window_and_stride
 from seg_ext.engine import Precision, Trainer, check_compiler
@@ -248,7 +249,7 @@ class Method:
     def trainer(self, run: RunLike, model: nn.Module, loss: LossStep, meta: dict[str, Any]) -> Trainer:
         """A gradient-descent trainer with the default hooks, validating on val (its step compiled as
         ``train.compile`` says, checked before any loader starts: evaluation alone never compiles)."""
-        check_compiler(str(run.cfg["train"]["compile"]), run.device)
+        check_compiler(compile_mode(run.cfg["train"]["compile"]), run.device)
         train_loader = run.loader(run.data.datasets["train"], train=True, collate_fn=self.collate)
         optimizer = run.optimizer(model)
         scheduler = run.scheduler(optimizer, len(train_loader))
@@ -257,7 +258,7 @@ class Method:
             model, optimizer, scheduler, train_loader, loss, lambda m: self.evaluate(run, m, "val"),
             run.output_dir, epochs=t["epochs"], best_metric=t["best_metric"], precision=run.precision,
             grad_clip=t["grad_clip"], eval_every=t["eval_every"], meta=meta, checkpoint_every=t["checkpoint_every"],
-            compile=str(t["compile"]),
+            compile=compile_mode(t["compile"]),
         )
 
     # ---- prediction ---------------------------------------------------------------------------------------

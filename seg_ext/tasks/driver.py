@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from seg_ext import distributed
+from seg_ext.config import compile_mode
 from seg_ext.engine import TensorBoard, load_checkpoint, resume_checkpoint
 from seg_ext.engine.checkpoint import checkpoint_progress
 from seg_ext.errors import ConfigError
@@ -169,7 +170,7 @@ def run_facts(run: Run, model: nn.Module, progress: dict[str, Any], epochs: Any)
         "device": str(run.precision.device),
         "threads": torch.get_num_threads(),  # torch's CPU threads (train.threads, OMP_NUM_THREADS or all cores)
         "precision": run.precision.describe(),
-        "compile": str(run.cfg["train"]["compile"]),
+        "compile": compile_mode(run.cfg["train"]["compile"]),
         "deterministic": bool(run.cfg["train"]["deterministic"]),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if run.device.type == "cuda" else False,
         "num_workers": run.num_workers,
