@@ -157,7 +157,9 @@ def test_two_processes_of_batch_b_train_as_one_of_batch_2b(semantic_runs):
     assert w2.keys() == w1.keys() and not any(k.startswith("module.") for k in w2)  # the unwrapped model
     drift = max(float((w2[k].double() - w1[k].double()).norm() / w1[k].double().norm().clamp_min(1e-12))
                 for k in w1 if w1[k].is_floating_point())
-    assert drift < 1e-5, drift  # each tensor as a whole (measured: 1.2e-6)
+    # each tensor as a whole: the two ways reduce the gradient in another order, so the drift depends on the CPU's
+    # kernels (measured 1.2e-6 on the earlier machines; 5.5e-5 on an AMD EPYC with AVX2 only, at 8bf2851 too)
+    assert drift < 1e-4, drift
     # process 0 alone wrote the files; the other logged nothing at INFO
     log = (two / "log.txt").read_text()
     assert "[rank 0]" in log and "[rank 1]" not in log
