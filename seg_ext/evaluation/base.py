@@ -166,7 +166,8 @@ def run_inference(
 
 
 def to_device(value: Any, device: torch.device | None) -> Any:
-    """``value`` with every tensor in it (inside dicts, lists and tuples) on ``device`` (None: unchanged)."""
+    """``value`` with every tensor in it (inside dicts, lists and tuples) on ``device`` (None: unchanged): the
+    evaluation loop's boundary, and how a training step moves its targets."""
     if device is None:
         return value
     if isinstance(value, torch.Tensor):

@@ -376,11 +376,6 @@ def without_weights(block: dict[str, Any]) -> dict[str, Any]:
     return block
 
 
-def to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
-    """Move the tensors of a list of target dicts to ``device``."""
-    return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-
-
 def overlay_indices(count: int, length: int) -> list[int]:
     """``count`` image indices spread over a split of ``length`` images."""
     if count <= 0 or length <= 0:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from seg_ext.errors import ConfigError
-from seg_ext.methods.base import to_device
+from seg_ext.evaluation.base import to_device
 from seg_ext.methods.instance import InstanceMethod
 from seg_ext.models.maskrcnn import maskrcnn
 
