@@ -119,8 +119,9 @@ def run_inference(
 
     Args:
         forward: ``forward(model, batch) -> (outputs, targets)``; it moves the batch to the device.
-        device: the one device every evaluator gets its tensors on (the run's): each tensor in ``outputs`` and
-            ``targets`` (inside dicts, lists and tuples too) is moved there before ``process``, so an evaluator
+        device: the one device every evaluator gets its tensors on (the method says which: the run's for semantic
+            evaluators, the CPU for instance ones): each tensor in ``outputs`` and ``targets`` (inside dicts, lists
+            and tuples too) is moved there before ``process``, so an evaluator
             never meets CUDA predictions beside CPU ground truth (docs/extending.md). None: as ``forward`` gives.
 
     With several processes, ``loader`` holds this process's share; the evaluators' states are combined on

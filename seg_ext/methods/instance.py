@@ -275,7 +275,9 @@ class InstanceMethod(Method):
                 outputs = self.forward(model, images, tta)
             return [self.postprocess(outputs, i, tuple(t["orig_size"])) for i, t in enumerate(targets)], targets
 
-        metrics = run_inference(model, run.loaders[split], evaluators, forward, desc=split, device=run.device)
+        # instance evaluators match on the host (pycocotools): detections come to the CPU once, here, and the
+        # ground truth stays there (the run's device would send every target mask to the GPU and back)
+        metrics = run_inference(model, run.loaders[split], evaluators, forward, desc=split, device=torch.device("cpu"))
         if final and distributed.is_main():  # process 0 holds every process's detections
             for ev in evaluators:
                 ev.save(run.output_dir, split, metrics)

@@ -173,11 +173,9 @@ class WeightedLoss:
         return weighted_cross_entropy(logits.float(), target, self.device_weight, self.ignore_index), {}
 
     def of_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss of given logits (the evaluation's ``loss``), on the logits' device."""
-        weight = self.device_weight
-        if weight is not None and weight.device != logits.device:
-            weight = self.weight.to(logits.device)
-        return weighted_cross_entropy(logits, target.to(logits.device), weight, self.ignore_index)
+        """The loss of given logits (the evaluation's ``loss``: the evaluation loop hands it logits and targets on
+        the run's device, where the weights are)."""
+        return weighted_cross_entropy(logits, target, self.device_weight, self.ignore_index)
 
 
 class SemanticMethod(Method):
