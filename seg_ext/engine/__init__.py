@@ -12,7 +12,7 @@ from seg_ext.engine.hooks import (
     Checkpoints, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Validation, default_hooks,
     lower_is_better,
 )
-from seg_ext.engine.loader import close_loader, make_loader, resolve_workers, seed_worker, usable_cpus
+from seg_ext.engine.loader import close_loader, device_feed, make_loader, resolve_workers, seed_worker, usable_cpus
 from seg_ext.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, lr_factor_fn
 from seg_ext.engine.precision import (
     AMP_MODES, CHANNELS_LAST_MODES, Precision, bf16_safe, cuda_preference, native_bf16_cpu, place_model,
@@ -31,5 +31,5 @@ __all__ = [
     "StopOnSignal", "Trainer", "UnsafeCheckpointError", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
     "close_loader", "lower_is_better", "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
     "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file", "COMPILE_MODES", "check_compiler",
-    "compile_model", "cuda_preference", "resolve_workers", "set_cudnn_benchmark", "set_deterministic", "usable_cpus",
+    "compile_model", "cuda_preference", "device_feed", "resolve_workers", "set_cudnn_benchmark", "set_deterministic", "usable_cpus",
 ]

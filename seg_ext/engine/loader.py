@@ -39,6 +39,16 @@ def resolve_workers(setting: Any, processes: int = 1) -> int:
     return int(setting)
 
 
+CUDA_PREFETCH = 4  # batches each worker prepares ahead for a GPU (Ultralytics' choice; PyTorch's default is 2)
+
+
+def device_feed(device: torch.device, num_workers: int) -> dict[str, Any]:
+    """DataLoader options for feeding ``device``: pinned memory and ``CUDA_PREFETCH`` batches ahead per worker on
+    CUDA; PyTorch's defaults elsewhere."""
+    cuda = device.type == "cuda"
+    return {"pin_memory": cuda, "prefetch_factor": CUDA_PREFETCH if cuda and num_workers > 0 else None}
+
+
 def seed_worker(_worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed the worker's Python and NumPy generators from torch's per-worker seed,
     and leave signals to the main process. (Augmentation needs no per-worker seed: training loaders seed it per
@@ -170,8 +180,8 @@ def make_loader(
     dataset in order (only the indices of ``shard``, when given: a process's share for evaluation).
 
     The loader's own generator (the seeds of worker processes) is seeded from ``seed + rank``, so workers of
-    different processes differ. ``prefetch_factor``: batches each worker prepares ahead (PyTorch's default 2 when
-    None; the runs ask 4 on CUDA, with ``pin_memory``).
+    different processes differ. ``pin_memory`` and ``prefetch_factor`` (batches each worker prepares ahead; None:
+    PyTorch's 2): :func:`device_feed` gives them for a device.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size is {batch_size}; expected at least 1")
@@ -195,7 +205,7 @@ def make_loader(
         worker_init_fn=seed_worker,
         generator=generator,
         persistent_workers=num_workers > 0,
-        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        prefetch_factor=prefetch_factor,
     )
 
 

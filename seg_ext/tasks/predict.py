@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from seg_ext.data.base import IMAGE_EXTENSIONS, check_mask_values
 from seg_ext.data.coco import coco_from_dict, load_coco_json
 from seg_ext.data.files import read_image, read_label_png
-from seg_ext.engine import resolve_workers, usable_cpus
+from seg_ext.engine import device_feed, resolve_workers, usable_cpus
 from seg_ext.errors import DatasetError, SegExtError
 from seg_ext.evaluation.coco import COCOEvaluator, save_analysis
 from seg_ext.evaluation.semantic import SUMMARY_KEYS, SemSegEvaluator
@@ -231,8 +231,7 @@ def predict_files(
     num_workers = resolve_workers(num_workers)
     writers = max(2, usable_cpus()) if writers is None else int(writers)
     loader = DataLoader(ImageFiles(files, predictor.prepare), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_as_list, pin_memory=predictor.device.type == "cuda",
-                        prefetch_factor=4 if num_workers and predictor.device.type == "cuda" else None)
+                        collate_fn=_as_list, **device_feed(predictor.device, num_workers))
     entries: list[dict[str, Any] | None] = [None] * len(files)
     results: dict[str, list[dict[str, Any]]] = {"bbox": [], "segm": []}
     failed: list[str] = []

@@ -25,7 +25,7 @@ from seg_ext import distributed
 from seg_ext.config import save_config
 from seg_ext.engine import (
     previous_path,
-    Precision, build_optimizer, close_loader, lr_factor_fn, make_loader, place_model, resolve_workers,
+    Precision, build_optimizer, close_loader, device_feed, lr_factor_fn, make_loader, place_model, resolve_workers,
     seed_everything, select_device, set_cudnn_benchmark, set_deterministic, set_threads,
 )
 from seg_ext.errors import ConfigError, SegExtError
@@ -120,11 +120,11 @@ class Run:
         if train and world > 1 and len(dataset) < world:
             raise SegExtError(f"the training split has {len(dataset)} image(s), fewer than the {world} processes; "
                               "expected at least one image per process")
-        cuda = self.device.type == "cuda"  # pinned memory and 4 batches ahead per worker feed a GPU
+        workers = self.num_workers
         loader = make_loader(
-            dataset, batch_size=self.cfg["data"]["batch_size"], shuffle=train, num_workers=self.num_workers,
-            seed=self.cfg["train"]["seed"], collate_fn=collate_fn, pin_memory=cuda, prefetch_factor=4 if cuda else None,
-            rank=rank, world_size=world, shard=None if train or world == 1 else distributed.shard(len(dataset)),
+            dataset, batch_size=self.cfg["data"]["batch_size"], shuffle=train, num_workers=workers,
+            seed=self.cfg["train"]["seed"], collate_fn=collate_fn, rank=rank, world_size=world,
+            shard=None if train or world == 1 else distributed.shard(len(dataset)), **device_feed(self.device, workers),
         )
         self.made.append(loader)
         return loader
