@@ -19,7 +19,7 @@ from seg_ext.engine.precision import (
     resolve_precision,
 )
 from seg_ext.engine.runtime import (
-    COMPILE_MODES, check_compiler, compile_model, seed_everything, select_device, set_cudnn_benchmark,
+    check_compiler, compile_model, seed_everything, select_device, set_cudnn_benchmark,
     set_deterministic, set_threads,
 )
 from seg_ext.engine.signals import StopOnSignal
@@ -30,6 +30,6 @@ __all__ = [
     "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TensorBoard", "TrainState",
     "StopOnSignal", "Trainer", "UnsafeCheckpointError", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
     "close_loader", "lower_is_better", "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
-    "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file", "COMPILE_MODES", "check_compiler",
+    "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file", "check_compiler",
     "compile_model", "cuda_preference", "device_feed", "resolve_workers", "set_cudnn_benchmark", "set_deterministic", "usable_cpus",
 ]

@@ -91,18 +91,13 @@ def resolve_precision(amp: Any, channels_last: Any, device: torch.device, model:
         raise ValueError(f"amp is {amp!r}; expected one of: {', '.join(AMP_MODES)}")
     if layout not in CHANNELS_LAST_MODES:
         raise ValueError(f"channels_last is {channels_last!r}; expected one of: {', '.join(CHANNELS_LAST_MODES)}")
-    cuda_amp, cuda_layout = cuda_preference(model)
-    if mode == "auto":
-        if device.type == "cuda":
-            mode = cuda_amp
-        else:
-            mode = "bf16" if native_bf16_cpu() and bf16_safe(model) else "off"
-    dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mode]
-    if layout == "auto":
-        layout_on = cuda_layout if device.type == "cuda" else device.type == "cpu"
+    if device.type == "cuda":
+        auto_mode, auto_layout = cuda_preference(model)
     else:
-        layout_on = layout == "true"
-    return Precision(device, dtype, layout_on)
+        auto_mode = "bf16" if mode == "auto" and native_bf16_cpu() and bf16_safe(model) else "off"
+        auto_layout = device.type == "cpu"
+    dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[auto_mode if mode == "auto" else mode]
+    return Precision(device, dtype, auto_layout if layout == "auto" else layout == "true")
 
 
 def place_model(model: nn.Module, device: torch.device, amp: Any = "auto", channels_last: Any = "auto") -> tuple[nn.Module, Precision]:

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_ext.config import COMPILE_MODES
 from seg_ext.errors import SegExtError
 
 
@@ -63,11 +62,9 @@ def check_compiler(mode: str, device: torch.device) -> None:
     for the CPU and Triton kernels (launched through C) for CUDA."""
     if mode == "off":
         return
-    if mode not in COMPILE_MODES:
-        raise SegExtError(f"train.compile is {mode!r}; expected one of: {', '.join(COMPILE_MODES)}")
-    compilers = ("c++", "g++", "clang++") if device.type == "cpu" else ("cc", "gcc", "clang")
-    if os.environ.get("CXX" if device.type == "cpu" else "CC"):
-        compilers = (os.environ["CXX" if device.type == "cpu" else "CC"], *compilers)
+    variable, compilers = ("CXX", ("c++", "g++", "clang++")) if device.type == "cpu" else ("CC", ("cc", "gcc", "clang"))
+    if os.environ.get(variable):
+        compilers = (os.environ[variable], *compilers)
     if not any(shutil.which(c) for c in compilers):
         raise SegExtError(f"train.compile is {mode!r} but torch.compile cannot run here: no compiler "
                           f"({', '.join(compilers)}) is on PATH; install one (Debian: apt-get install g++) or set "

@@ -85,7 +85,7 @@ class Run:
         train = self.cfg["train"]
         model, self.precision = place_model(model, self.device, train["amp"], train["channels_last"])
         # cuDNN's autotuner where every training batch has the same shape (a method says whether it does)
-        fixed = self.method is None or getattr(self.method, "fixed_train_size", True)
+        fixed = self.method is None or self.method.fixed_train_size
         set_cudnn_benchmark(self.device.type == "cuda" and not train["deterministic"] and fixed)
         if self.sync_bn(model):
             model = distributed.convert_sync_batch_norm(model)
