@@ -137,9 +137,10 @@ class Predictor:
         tta: horizontal-flip test-time augmentation.
         score_threshold: instances under it are left out of :meth:`__call__`'s results (COCO results keep all).
 
-    Call it with an image (HxWx3 uint8 RGB array or a path): semantic results hold ``labels`` (H, W) and, with
-    ``probs=True``, ``probs`` (C, H, W); instance results hold ``masks`` (N, H, W) bool, ``boxes`` (N, 4) xyxy,
-    ``scores``, ``labels`` (N,), by decreasing score, and ``instance_map`` (H, W), 0 background and 1..N.
+    Call it with an image (HxWx3 uint8 RGB array or a path): semantic results hold ``labels`` (H, W; uint8 up to
+    256 classes) and, with ``probs=True``, ``probs`` (C, H, W); instance results hold ``masks`` (N, H, W) bool,
+    ``boxes`` (N, 4) xyxy, ``scores``, ``labels`` (N,), by decreasing score, and ``instance_map`` (H, W), 0
+    background and 1..N.
     """
 
     def __init__(

@@ -305,9 +305,34 @@ def test_bad_input_is_one_sentence(semantic_run, watershed_run, scenes_root, tmp
         assert re.search(message, err), (message, err)
 
 
+@pytest.mark.parametrize("which", ["semantic", "watershed"])
+def test_reading_and_writing_threads_write_the_serial_files_byte_for_byte(which, semantic_run, watershed_run, scenes_root,
+                                                                          pennfudan_root, tmp_path):
+    """The pipeline's overlap (3 reading threads, 3 writing threads, batches of 3 so several are in flight) writes
+    exactly what one image after the other writes: every mask, instance map, overlay and the predictions."""
+    from seg_ext.inference import Predictor
+    from seg_ext.tasks.predict import predict_files
+
+    run = semantic_run if which == "semantic" else watershed_run
+    files = _test_images(run, scenes_root) if which == "semantic" else _coco_images(run, pennfudan_root)
+    predictor = Predictor.from_checkpoint(run / "best.pt", device="cpu")
+    for name, workers in (("serial", 0), ("overlap", 3)):
+        predict_files(predictor, files, tmp_path / name, batch_size=3, num_workers=workers, writers=workers, progress=False)
+    serial = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    overlap = sorted(p.relative_to(tmp_path / "overlap") for p in (tmp_path / "overlap").rglob("*") if p.is_file())
+    assert serial == overlap and len(serial) > 2 * len(files)
+    for path in serial:
+        a, b = (tmp_path / "serial" / path).read_bytes(), (tmp_path / "overlap" / path).read_bytes()
+        if path.name == "predictions.json":  # the same entries, in the input order, but for the times
+            strip = lambda d: [{k: v for k, v in e.items() if k != "seconds"} for e in json.loads(d)["images"]]  # noqa: E731
+            assert strip(a) == strip(b)
+        else:
+            assert a == b, path
+
+
 @pytest.mark.slow
 def test_an_unreadable_image_is_named_and_the_rest_are_written(semantic_run, scenes_root, tmp_path):
-    """A real tool process with loader workers: the broken file is named, every other image is written, exit 1."""
+    """A real tool process with reading threads: the broken file is named, every other image is written, exit 1."""
     folder = tmp_path / "pictures"
     folder.mkdir()
     files = _test_images(semantic_run, scenes_root)

@@ -51,8 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", type=Path, default=None, help="run this ONNX export of the checkpoint with onnxruntime")
     parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the checkpoint's)")
-    parser.add_argument("--num-workers", type=int, default=None, help="loader workers that read and prepare images (default: the checkpoint's data.num_workers; "
-                             "auto: min(8, usable CPUs))")
+    parser.add_argument("--num-workers", type=int, default=None, help="threads that read and prepare images (default: min(8, usable CPUs); 0: one batch at a time, "
+                             "in the main thread)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="instances: the lowest score kept in instance maps, overlays and predictions.json "
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     data = predictor.cfg["data"]
     summary = predict_files(
         predictor, files, args.output_dir, batch_size=args.batch_size or data["batch_size"],
-        num_workers=data["num_workers"] if args.num_workers is None else args.num_workers, coco_gt=args.coco_gt,
+        num_workers="auto" if args.num_workers is None else args.num_workers, coco_gt=args.coco_gt,
         overlays=not args.no_overlays, gt=args.gt,
     )
     print(f"{summary.images} image(s) in {summary.seconds:.1f}s ({summary.images / max(summary.seconds, 1e-9):.1f} images/s) "

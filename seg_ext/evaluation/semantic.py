@@ -76,13 +76,18 @@ def argmax_channels(x: torch.Tensor, with_max: bool = False) -> torch.Tensor | t
     """``x.argmax(1)`` for (N, C, H, W), as C vectorised passes (much faster than argmax over a strided dim on
     CPUs); ties go to the lowest index, as ``argmax`` does; ``with_max``: also the maximum.
     Shape: (N, C, H, W) -> (N, H, W) int64 (and (N, H, W) values)."""
-    best = x[:, 0].clone()
+    best = x[:, 0]
     index = torch.zeros(best.shape, dtype=torch.int64, device=x.device)
-    for c in range(1, x.shape[1]):
+    classes = x.shape[1]
+    for c in range(1, classes):
         better = x[:, c] > best
-        best = torch.where(better, x[:, c], best)
-        index.masked_fill_(better, c)
-    return (index, best) if with_max else index
+        if c == 1:
+            index = better.to(torch.int64)  # the first pass fills zeros: a conversion, 5x cheaper than masked_fill
+        else:
+            index.masked_fill_(better, c)
+        if with_max or c < classes - 1:  # the last pass needs no maximum unless it is asked for
+            best = torch.where(better, x[:, c], best)
+    return (index, best.clone() if classes == 1 else best) if with_max else index
 
 
 class SemSegEvaluator(Evaluator):

@@ -40,7 +40,7 @@ from seg_ext.losses import class_weights, weighted_cross_entropy
 from seg_ext.methods.base import LossStep, Method, RunData, RunLike, overlay_indices, report_per_image, report_split
 from seg_ext.models import SEMANTIC_MODELS
 from seg_ext.report import Report, shown_split
-from seg_ext.visualize import palette, plot_loss_curves, plot_overlays, semantic_error_picture, semantic_overlay_picture
+from seg_ext.visualize import label_counts, palette, plot_loss_curves, plot_overlays, semantic_error_picture, semantic_overlay_picture
 
 logger = logging.getLogger(__name__)
 
@@ -291,13 +291,18 @@ class SemanticMethod(Method):
         """``labels`` (H, W) int64 and, with ``probs``, ``probs`` (C, H, W): the probabilities resized bilinearly
         to the image, then the argmax (the label map is never resized)."""
         full = probabilities_at(outputs[index].contiguous(), (int(size[0]), int(size[1])))
-        out = {"labels": argmax_channels(full[None])[0]}  # argmax over a strided dim is slow on CPUs
+        out = {"labels": argmax_channels(full[None])[0], "num_classes": int(full.shape[0])}  # argmax over a strided dim is slow on CPUs
         if probs:
             out["probs"] = full
         return out
 
     def result(self, raw: dict[str, Any], score_threshold: float = 0.5) -> dict[str, np.ndarray]:
-        out = {"labels": raw["labels"].cpu().numpy()}
+        """``labels`` (H, W) uint8 (int64 beyond 256 classes: made narrow on the device, so an eighth of the
+        bytes cross to the host) and, when computed, ``probs`` (C, H, W)."""
+        labels = raw["labels"]
+        if raw.get("num_classes", 257) <= 256:
+            labels = labels.to(torch.uint8)
+        out = {"labels": labels.cpu().numpy()}
         if "probs" in raw:
             out["probs"] = raw["probs"].cpu().numpy()
         return out
@@ -305,14 +310,14 @@ class SemanticMethod(Method):
     def write_prediction(self, raw: dict[str, Any], result: dict[str, np.ndarray], image: np.ndarray, name: str,
                          output_dir: Path, class_names: Sequence[str], overlays: bool) -> dict[str, Any]:
         """``masks/<name>.png`` (class ids, a palette PNG in the report's colours), the class shares, the overlay."""
-        labels = result["labels"].astype(np.uint8)
+        labels = result["labels"].astype(np.uint8, copy=False)
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(palette(len(class_names)).ravel().tolist())
         mask.save(output_dir / "masks" / f"{name}.png", compress_level=1)  # fast; label maps compress well anyway
-        counts = np.bincount(labels.ravel(), minlength=len(class_names))
+        counts = label_counts(labels, len(class_names))
         entry = {"class_share": {c: round(float(n) / labels.size, 6) for c, n in zip(class_names, counts)}}
         if overlays:
-            picture = semantic_overlay_picture(image, labels, class_names)
+            picture = semantic_overlay_picture(image, labels, class_names, counts=counts)
             Image.fromarray(picture).save(output_dir / "overlays" / f"{name}.jpg", quality=90)
         return entry
 

@@ -5,10 +5,13 @@ files (scored against ``--coco-gt`` when given). Semantic predictions are scored
 with ``--gt``. Either way every image is also scored on its own (``per_image.csv``) with the failure analysis of
 the final evaluation (``seg_ext.evaluation.analysis``). What ``tools/predict.py`` calls.
 
-Images are read and prepared in DataLoader workers (``num_workers``, auto: as many as training uses); the network
-runs on batches in the main process; each image's post-processing and file writing go to a pool of threads (one
-per usable CPU), so decoding, the network and writing overlap. An
-unreadable image is named in a warning and skipped; every other image is still written.
+Images are read and prepared by a pool of threads (``num_workers``, auto: as many as training's loader uses), two
+batches ahead of the network, which runs on batches in the main thread; each image's post-processing and file
+writing go to a second pool of threads (one per usable CPU), so decoding, the network and writing overlap in one
+process. Threads, not loader processes: decoding, resizing, PNG/JPEG encoding, the watershed and the tensor ops
+release the GIL, and an image crossing processes (shared memory, pickling) cost more than it saved
+(benchmarks/README.md, ``predict_throughput``). An unreadable image is named in a warning and skipped; every other
+image is still written.
 """
 
 from __future__ import annotations
@@ -17,19 +20,20 @@ import glob
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from seg_ext.data.base import IMAGE_EXTENSIONS, check_mask_values
 from seg_ext.data.coco import coco_from_dict, load_coco_json
 from seg_ext.data.files import read_image, read_label_png
-from seg_ext.engine import device_feed, resolve_workers, usable_cpus
+from seg_ext.engine import resolve_workers, usable_cpus
 from seg_ext.errors import DatasetError, SegExtError
 from seg_ext.evaluation.coco import COCOEvaluator, save_analysis
 from seg_ext.evaluation.semantic import SUMMARY_KEYS, SemSegEvaluator
@@ -96,11 +100,24 @@ class ImageFiles(Dataset):
             image = read_image(self.files[index])
         except DatasetError as exc:
             return {"index": index, "error": str(exc)}
-        return {"index": index, "input": self.prepare(image), "image": torch.from_numpy(image)}
+        return {"index": index, "input": self.prepare(image), "image": image}
 
 
-def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return batch
+def read_ahead(dataset: Dataset, batch_size: int, pool: Any, batches_ahead: int = 2) -> Iterator[list[Any]]:
+    """The items of ``dataset`` in order, in lists of ``batch_size``, each read by ``pool`` (an executor) while
+    up to ``batches_ahead`` batches before it are used; memory stays bounded by what is read ahead."""
+    count, ahead = len(dataset), max(1, batches_ahead) * batch_size
+    queue: deque[Future] = deque()
+    submitted = 0
+    batch: list[Any] = []
+    while submitted < count or queue:
+        while submitted < count and len(queue) < ahead:
+            queue.append(pool.submit(dataset.__getitem__, submitted))
+            submitted += 1
+        batch.append(queue.popleft().result())
+        if len(batch) == batch_size or not queue:
+            yield batch
+            batch = []
 
 
 @dataclass
@@ -183,7 +200,8 @@ def predict_files(
 ) -> PredictSummary:
     """Predict every file and write the outputs into ``output_dir`` (see the module docstring).
 
-    ``num_workers``: loader processes that read and prepare images (``auto``: ``engine.resolve_workers``);
+    ``num_workers``: threads that read and prepare images (``auto``: ``engine.resolve_workers``; 0: in the main
+    thread, each batch when the network wants it);
     ``writers``: threads that post-process and write (None: one per usable CPU, at least 2; 0: in the main
     thread, one image after the other: the serial reference of ``benchmarks/run.py --only predict_throughput``).
 
@@ -230,8 +248,7 @@ def predict_files(
 
     num_workers = resolve_workers(num_workers)
     writers = max(2, usable_cpus()) if writers is None else int(writers)
-    loader = DataLoader(ImageFiles(files, predictor.prepare), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_as_list, **device_feed(predictor.device, num_workers))
+    images = ImageFiles(files, predictor.prepare)
     entries: list[dict[str, Any] | None] = [None] * len(files)
     results: dict[str, list[dict[str, Any]]] = {"bbox": [], "segm": []}
     failed: list[str] = []
@@ -240,8 +257,8 @@ def predict_files(
     from tqdm import tqdm
 
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True, leave=False, dynamic_ncols=True)
-    with (ThreadPoolExecutor(max_workers=writers) if writers else InlineExecutor()) as pool:
-        for batch in loader:
+    with _threads(writers, "write") as pool, _threads(num_workers, "read") as readers:
+        for batch in read_ahead(images, batch_size, readers, 2 if num_workers else 0):
             good = []
             for item in batch:
                 if "error" in item:
@@ -257,12 +274,12 @@ def predict_files(
                 for i, item in enumerate(good):
                     k = item["index"]
                     pending.append(pool.submit(
-                        _finish, k, predictor, outputs, i, item["image"].numpy(), files[k], names[k], image_ids[k],
+                        _finish, k, predictor, outputs, i, item["image"], files[k], names[k], image_ids[k],
                         category_of, output_dir, overlays, network_seconds, masks))
             # collect what is done, keeping memory bounded and errors prompt
-            pending = _collect(pending, entries, results, wait=len(pending) > 4 * batch_size)
+            pending = _collect(pending, entries, results, keep=4 * batch_size)
             bar.update(len(batch))
-        _collect(pending, entries, results, wait=True)
+        _collect(pending, entries, results, keep=0)
     bar.close()
     seconds = time.perf_counter() - start
     written = [e for e in entries if e is not None]
@@ -292,6 +309,15 @@ def predict_files(
     return PredictSummary(len(written), failed, seconds, metrics)
 
 
+def _threads(count: int, name: str) -> Any:
+    """A pool of ``count`` threads whose tensor ops run on one core each (the threads are the parallelism; torch's
+    own threads per op would oversubscribe the cores the network and the other threads use); 0: inline."""
+    if not count:
+        return InlineExecutor()
+    return ThreadPoolExecutor(max_workers=count, thread_name_prefix=name, initializer=torch.set_num_threads,
+                              initargs=(1,))
+
+
 class InlineExecutor:
     """An executor that runs each task at once in the calling thread (``writers=0``)."""
 
@@ -310,17 +336,18 @@ class InlineExecutor:
         return future
 
 
-def _collect(pending: list[Future], entries: list, results: dict[str, list], wait: bool) -> list[Future]:
-    left = []
-    for future in pending:
-        if wait or future.done():
-            index, entry, bbox, segm = future.result()
-            entries[index] = entry
-            results["bbox"].extend(bbox)
-            results["segm"].extend(segm)
-        else:
-            left.append(future)
-    return left
+def _collect(pending: list[Future], entries: list, results: dict[str, list], keep: int) -> list[Future]:
+    """Take in the finished images in input order (the COCO results files come out the same however the threads
+    ran), waiting for the oldest only while more than ``keep`` are in flight: memory stays bounded and errors
+    come promptly, while the writers never run dry."""
+    for k, future in enumerate(pending):
+        if not future.done() and len(pending) - k <= keep:
+            return pending[k:]
+        index, entry, bbox, segm = future.result()
+        entries[index] = entry
+        results["bbox"].extend(bbox)
+        results["segm"].extend(segm)
+    return []
 
 
 def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.ndarray, path: Path, name: str, image_id: int | None,
