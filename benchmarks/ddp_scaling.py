@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import sized
+
 HERE = Path(__file__).resolve()
 
 
@@ -89,8 +91,8 @@ def bench(quick: bool, repeat: int) -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     n = torch.cuda.device_count() if cuda else 2
-    batch = 16 if cuda else (4 if quick else 8)
-    steps = (10 if quick else 30) if cuda else (4 if quick else 8)
+    batch = 16 if cuda else sized(8, 4, 2, quick)
+    steps = sized(30, 10, 2, quick) if cuda else sized(8, 4, 2, quick)
     size = 128
     one = _launch(1, batch, steps, repeat, size)
     many = _launch(n, batch, steps, repeat, size)

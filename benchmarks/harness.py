@@ -22,6 +22,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 PENNFUDAN = ROOT.parent / "shared" / "data" / "PennFudanPed"
+# ``benchmarks/run.py --smoke``: the quick tier at the smallest sizes that still run every step of each benchmark
+# (the full test tier runs it, so that none rots unseen); its figures are not measurements. An environment
+# variable, so that the benchmarks' worker processes see it too.
+SMOKE = os.environ.get("SEG_EXT_BENCH_SMOKE") == "1"
+
+
+def sized(full: Any, quick: Any, smoke: Any, is_quick: bool) -> Any:
+    """A benchmark's size: ``smoke`` under ``--smoke``, else ``quick`` or ``full``."""
+    return smoke if SMOKE else (quick if is_quick else full)
 
 
 def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[float, list[float]]:

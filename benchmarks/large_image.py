@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import peak_rss_mb, prediction_checkpoint, run_worker
+from harness import peak_rss_mb, prediction_checkpoint, run_worker, sized
 
 SIZES = {1: (866, 1155), 4: (1732, 2309), 12: (3000, 4000)}  # (H, W) of 4:3 photos, megapixels -> size
 WINDOW = 256
@@ -72,7 +72,7 @@ def measure(kind: str, mode: str, megapixels: int, folder: str) -> dict[str, Any
 
 
 def bench(quick: bool, repeat: int) -> dict[str, Any]:
-    sizes = (1, 4) if quick else (1, 4, 12)
+    sizes = sized((1, 4, 12), (1, 4), (1,), quick)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("unet", "watershed"):

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from harness import median_time, pennfudan_test_images, prediction_checkpoint
+from harness import median_time, pennfudan_test_images, prediction_checkpoint, sized
 
 
 def _one(kind: str, quick: bool, repeat: int, tmp: str, device: torch.device) -> dict[str, Any]:
@@ -19,7 +19,7 @@ def _one(kind: str, quick: bool, repeat: int, tmp: str, device: torch.device) ->
     from seg_ext.export import export_onnx
     from seg_ext.inference import Predictor
 
-    files = pennfudan_test_images()[: 16 if quick else 48]
+    files = pennfudan_test_images()[: sized(48, 16, 4, quick)]
     checkpoint = prediction_checkpoint(kind, tmp)
     onnx = Path(tmp) / f"{kind}.onnx"
     export_onnx(checkpoint, onnx, image=files[0])

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import torch
 
-from harness import median_time, pennfudan_test_images, prediction_checkpoint
+from harness import median_time, pennfudan_test_images, prediction_checkpoint, sized
 
 
 def _one(kind: str, quick: bool, repeat: int, tmp: str) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def _one(kind: str, quick: bool, repeat: int, tmp: str) -> dict[str, Any]:
     from seg_ext.inference import Predictor
     from seg_ext.tasks.predict import _finish, predict_files
 
-    files = pennfudan_test_images()[: 16 if quick else 50]
+    files = pennfudan_test_images()[: sized(50, 16, 4, quick)]
     predictor = Predictor.from_checkpoint(prediction_checkpoint(kind, tmp), device="auto")  # a GPU where there is one
     batch = predictor.cfg["data"]["batch_size"]
     inputs = [predictor.prepare(read_image(f)) for f in files]

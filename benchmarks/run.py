@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed benchmarks, each against a reference measured in the same run; prints ratios and medians.
 
-    python benchmarks/run.py [--quick] [--only NAME ...] [--json FILE] [--repeat N]
+    python benchmarks/run.py [--quick | --smoke] [--only NAME ...] [--json FILE] [--repeat N]
 
 Benchmarks (one module each in this folder; targets in benchmarks/README.md):
   semseg_eval            SemSegEvaluator vs sklearn's confusion matrix + a sort-based AP over the pooled pixels
@@ -68,12 +68,18 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--repeat", type=int, default=None, help="runs per timing (default 3, quick 2)")
+    parser.add_argument("--smoke", action="store_true", help="--quick at the smallest sizes that run every step, one "
+                        "repeat: checks that each benchmark still runs (its figures are not measurements)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # harness.run_worker: module.function of this folder, in a fresh process
         print(json.dumps(_function(args.worker)(**json.loads(args.worker_args))))
         return 0
+    if args.smoke:  # before the benchmarks' modules read it (and for their worker processes)
+        os.environ["SEG_EXT_BENCH_SMOKE"] = "1"
+        harness.SMOKE = True
+        args.quick, args.repeat = True, 1
     import logging
 
     logging.basicConfig(level=logging.WARNING)

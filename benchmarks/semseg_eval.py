@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import peak_rss_mb, run_worker
+from harness import peak_rss_mb, run_worker, sized
 
 SEMSEG_C, SEMSEG_SIZE, SEMSEG_BATCH = 9, 512, 4
 
@@ -74,7 +74,7 @@ def worker_reference(num_images: int) -> dict[str, Any]:
 
 
 def bench(quick: bool, repeat: int) -> dict[str, Any]:
-    n = 20 if quick else 100
+    n = sized(100, 20, 4, quick)
     ours = [run_worker("semseg_eval.worker_ours", num_images=n) for _ in range(repeat)]
     reference = [run_worker("semseg_eval.worker_reference", num_images=n) for _ in range(1 if quick else max(1, repeat // 2))]
     ours_s = statistics.median(r["seconds"] for r in ours)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import median_time, pennfudan_test_split, semantic_config
+from harness import median_time, pennfudan_test_split, semantic_config, sized
 
 
 # name -> (autocast, channels_last)
@@ -195,12 +195,12 @@ def _bench_throughput(device: torch.device, amp_dtype: torch.dtype, steps: int, 
 
 
 def bench_cpu(quick: bool, repeat: int) -> dict[str, Any]:
-    return _bench_throughput(torch.device("cpu"), torch.bfloat16, 3 if quick else 5,
-                             only=("unet", "smp_unet", "maskrcnn") if quick else None)
+    return _bench_throughput(torch.device("cpu"), torch.bfloat16, sized(5, 3, 1, quick), size=sized(None, None, 32, quick),
+                             batch=sized(None, None, 2, quick), only=sized(None, ("unet", "smp_unet", "maskrcnn"), ("unet",), quick))
 
 
 def bench_cuda(quick: bool, repeat: int) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device on this machine", "met": None, "note": "skipped: no CUDA device"}
-    res = _bench_throughput(torch.device("cuda"), torch.float16, 5 if quick else 20, size=256, batch=16)
+    res = _bench_throughput(torch.device("cuda"), torch.float16, sized(20, 5, 2, quick), size=256, batch=16)
     return {**res, "device": torch.cuda.get_device_name()}

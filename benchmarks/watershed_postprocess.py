@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import median_time, pennfudan_test_split
+from harness import median_time, pennfudan_test_split, sized
 
 
 def bench(quick: bool, repeat: int) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def bench(quick: bool, repeat: int) -> dict[str, Any]:
         method = build_method(cfg, torch.device("cpu"))
         with tempfile.TemporaryDirectory() as tmp:  # datasets read their COCO file when built
             root, dataset = pennfudan_test_split(tmp, method, cfg)
-        samples = [dataset[i] for i in range(min(10 if quick else 30, len(dataset)))]
+        samples = [dataset[i] for i in range(min(sized(30, 10, 2, quick), len(dataset)))]
         # network-like inputs: the oracle maps of each test image, softened so they are not exact levels
         maps = []
         for image, target in samples:
@@ -40,7 +40,7 @@ def bench(quick: bool, repeat: int) -> dict[str, Any]:
         ours_ms = 1000 * ours / len(maps)
 
         model = maskrcnn(2, backbone="resnet50_fpn").eval()  # torchvision's defaults: min_size 800
-        images = [dataset.base[i][0] for i in range(min(3 if quick else 6, len(dataset)))]
+        images = [dataset.base[i][0] for i in range(min(sized(6, 3, 1, quick), len(dataset)))]
 
         def infer():
             with torch.no_grad():
