@@ -22,21 +22,21 @@ def _one(kind: str, quick: bool, repeat: int, tmp: str, device: torch.device) ->
     files = pennfudan_test_images()[: sized(48, 16, 4, quick)]
     checkpoint = prediction_checkpoint(kind, tmp)
     onnx = Path(tmp) / f"{kind}.onnx"
-    export_onnx(checkpoint, onnx, image=files[0])
     default = Predictor.from_checkpoint(checkpoint, device=device)
+    # a checkpoint trained at a scale predicts each image whole at its own size: that needs a dynamic export
+    export_onnx(checkpoint, onnx, image=files[0], dynamic=default.method.scale is not None)
     fp32 = Predictor.from_checkpoint(checkpoint, device=device, opts=["train.amp=off", "train.channels_last=false"])
     ort = Predictor.from_checkpoint(checkpoint, device=device, onnx=onnx)
     batch = default.cfg["data"]["batch_size"]
     inputs = [default.prepare(read_image(f)) for f in files]
-    batches = [torch.stack(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
+    batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]  # lists: scale-mode inputs differ in size
 
     def rate(predictor: Predictor) -> float:
         def network():
-            with torch.no_grad(), predictor.precision.autocast():
-                for x in batches:
-                    out = predictor.model(x.to(device))
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
+            for x in batches:
+                out = predictor.forward(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
             return out
 
         seconds, _ = median_time(network, repeat)

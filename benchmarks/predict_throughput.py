@@ -34,15 +34,15 @@ def _one(kind: str, quick: bool, repeat: int, tmp: str) -> dict[str, Any]:
     predictor = Predictor.from_checkpoint(prediction_checkpoint(kind, tmp), device="auto")  # a GPU where there is one
     batch = predictor.cfg["data"]["batch_size"]
     inputs = [predictor.prepare(read_image(f)) for f in files]
-    batches = [torch.stack(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
-    model, precision = predictor.model, predictor.precision
+    # lists, as the pipeline hands them over: a checkpoint trained at a scale prepares images of their own sizes
+    batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
+    precision = predictor.precision
 
     def network():
-        with torch.no_grad(), precision.autocast():
-            for x in batches:
-                model(x.to(predictor.device))
-            if predictor.device.type == "cuda":
-                torch.cuda.synchronize()
+        for x in batches:
+            predictor.forward(x)
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def pipeline():
         predict_files(predictor, files, f"{tmp}/out_{kind}", batch_size=batch, progress=False)
@@ -51,7 +51,7 @@ def _one(kind: str, quick: bool, repeat: int, tmp: str) -> dict[str, Any]:
         predict_files(predictor, files, f"{tmp}/plain_{kind}", batch_size=batch, overlays=False, progress=False)
 
     # the pipeline with a zero-cost network: each batch's real outputs replayed in the loader's order
-    recorded = [predictor.forward(list(x)) for x in batches]
+    recorded = [predictor.forward(x) for x in batches]
     real_forward = predictor.forward
 
     cores_used: dict[str, float] = {}
