@@ -165,6 +165,21 @@ def test_two_processes_of_batch_b_train_as_one_of_batch_2b(semantic_runs):
     assert "[rank 0]" in log and "[rank 1]" not in log
 
 
+def test_a_compiled_step_under_torchrun_trains_like_the_eager_one(semantic_runs, tmp_path):
+    """train.compile=default in 2 processes (the compiled step inside DDP, Inductor's C++ on the CPU): each epoch's
+    training loss within 1e-3 of the eager 2-process run's, the plain model's keys in the checkpoint."""
+    two, _ = semantic_runs
+    out = tmp_path / "compiled"
+    _run(_torchrun("train_semantic", ["--output-dir", out, *SEMANTIC, "data.batch_size=2", "train.compile=default"]),
+         timeout=600)
+    facts = _metrics(out)
+    assert (facts["compile"], facts["world_size"]) == ("default", 2)
+    for compiled, eager in zip(_history(out), _history(two), strict=True):
+        assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-3)
+    keys = torch.load(out / "last.pt", weights_only=True)["model"].keys()
+    assert keys == torch.load(two / "last.pt", weights_only=True)["model"].keys()
+
+
 def test_a_checkpoint_evaluates_the_same_in_one_or_two_processes(semantic_runs, tmp_path):
     two, one = semantic_runs
     _run(_one("train_semantic", ["--eval-only", "--checkpoint", two / "best.pt", "--output-dir", tmp_path / "a"]))
