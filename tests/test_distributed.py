@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from seg_ext.engine import usable_cpus
 
 pytestmark = pytest.mark.slow  # real processes under torchrun
 
@@ -32,7 +33,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 SEMANTIC = ["--config", ROOT / "configs/semantic/unet_nobn.yaml", "--opts", "data.image_size=[64,64]",
             "data.num_workers=2", "model.base_width=8", "model.depth=2", "train.amp=off", "train.epochs=3",
             "train.optimizer=sgd", "train.lr=0.05", "report.num_overlays=1", "train.device=cpu"]
-WATERSHED = ["--method", "watershed", "--opts", "data.val=2", "data.test=3", "data.batch_size=2", "data.num_workers=1",
+WATERSHED = ["--method", "watershed", "--opts", "data.val=2", "data.test=3", "data.batch_size=2", "data.num_workers=auto",
              "watershed.input_size=[64,64]", "model.base_width=4", "model.depth=2", "train.epochs=2", "train.amp=off",
              "report.num_overlays=1", "train.device=cpu"]
 MASKRCNN = ["--method", "maskrcnn", "--opts", "data.val=2", "data.test=3", "data.batch_size=2", "data.num_workers=0",
@@ -279,5 +280,7 @@ def test_instance_methods_train_under_torchrun(args, pennfudan_root, tmp_path):
     assert (facts["world_size"], facts["global_batch"]) == (2, 4)
     assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "report.md", "results_test_segm.json"}
     if args is WATERSHED:  # its evaluation is per image at a fixed size: exact in one process too
+        # data.num_workers: auto shares the usable CPUs among the 2 processes torchrun started on this machine
+        assert facts["num_workers"] == max(1, min(8, usable_cpus() // 2)), facts["num_workers"]
         _run(_one("train_instance", ["--eval-only", "--checkpoint", out / "best.pt", "--output-dir", tmp_path / "one"]))
         assert _same(_final(_metrics(tmp_path / "one")), _final(facts))
