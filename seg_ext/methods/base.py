@@ -249,16 +249,17 @@ class Method:
     def trainer(self, run: RunLike, model: nn.Module, loss: LossStep, meta: dict[str, Any]) -> Trainer:
         """A gradient-descent trainer with the default hooks, validating on val (its step compiled as
         ``train.compile`` says, checked before any loader starts: evaluation alone never compiles)."""
-        check_compiler(compile_mode(run.cfg["train"]["compile"]), run.device)
+        t = run.cfg["train"]
+        mode = compile_mode(t["compile"])
+        check_compiler(mode, run.device)
         train_loader = run.loader(run.data.datasets["train"], train=True, collate_fn=self.collate)
         optimizer = run.optimizer(model)
         scheduler = run.scheduler(optimizer, len(train_loader))
-        t = run.cfg["train"]
         return Trainer(
             model, optimizer, scheduler, train_loader, loss, lambda m: self.evaluate(run, m, "val"),
             run.output_dir, epochs=t["epochs"], best_metric=t["best_metric"], precision=run.precision,
             grad_clip=t["grad_clip"], eval_every=t["eval_every"], meta=meta, checkpoint_every=t["checkpoint_every"],
-            compile=compile_mode(t["compile"]),
+            compile=mode,
         )
 
     # ---- prediction ---------------------------------------------------------------------------------------

@@ -300,7 +300,7 @@ class SemanticMethod(Method):
         """``labels`` (H, W) uint8 (int64 beyond 256 classes: made narrow on the device, so an eighth of the
         bytes cross to the host) and, when computed, ``probs`` (C, H, W)."""
         labels = raw["labels"]
-        if raw.get("num_classes", 257) <= 256:
+        if 0 < raw.get("num_classes", 0) <= 256:  # (a raw without the count stays int64)
             labels = labels.to(torch.uint8)
         out = {"labels": labels.cpu().numpy()}
         if "probs" in raw:

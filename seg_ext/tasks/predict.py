@@ -5,7 +5,7 @@ files (scored against ``--coco-gt`` when given). Semantic predictions are scored
 with ``--gt``. Either way every image is also scored on its own (``per_image.csv``) with the failure analysis of
 the final evaluation (``seg_ext.evaluation.analysis``). What ``tools/predict.py`` calls.
 
-Images are read and prepared by a pool of threads (``num_workers``, auto: as many as training's loader uses), two
+Images are read and prepared by a pool of threads (``num_workers``, auto: ``engine.resolve_workers``), two
 batches ahead of the network, which runs on batches in the main thread; each image's post-processing and file
 writing go to a second pool of threads (one per usable CPU), so decoding, the network and writing overlap in one
 process. Threads, not loader processes: decoding, resizing, PNG/JPEG encoding, the watershed and the tensor ops
@@ -105,8 +105,8 @@ class ImageFiles(Dataset):
 
 def read_ahead(dataset: Dataset, batch_size: int, pool: Any, batches_ahead: int = 2) -> Iterator[list[Any]]:
     """The items of ``dataset`` in order, in lists of ``batch_size``, each read by ``pool`` (an executor) while
-    up to ``batches_ahead`` batches before it are used; memory stays bounded by what is read ahead."""
-    count, ahead = len(dataset), max(1, batches_ahead) * batch_size
+    up to ``batches_ahead`` (at least 1) batches before it are used; memory stays bounded by what is read ahead."""
+    count, ahead = len(dataset), batches_ahead * batch_size
     queue: deque[Future] = deque()
     submitted = 0
     batch: list[Any] = []
@@ -258,7 +258,7 @@ def predict_files(
 
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True, leave=False, dynamic_ncols=True)
     with _threads(writers, "write") as pool, _threads(num_workers, "read") as readers:
-        for batch in read_ahead(images, batch_size, readers, 2 if num_workers else 0):
+        for batch in read_ahead(images, batch_size, readers, 2 if num_workers else 1):
             good = []
             for item in batch:
                 if "error" in item:
