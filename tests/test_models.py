@@ -138,3 +138,22 @@ def test_maskrcnn_coco_weights_offline_say_which_file(monkeypatch, tmp_path):
         maskrcnn(2, backbone="resnet50_fpn", weights="coco")
     with pytest.raises(WeightsError, match=r"resnet18-f37072fd\.pth.*model\.backbone_weights=/path/to/"):
         maskrcnn(2, backbone="resnet18_fpn", backbone_weights="imagenet")
+
+
+def test_maskrcnn_detections_of_an_image_do_not_depend_on_its_batch():
+    """torchvision pads a batch to its largest image, which changes group norm's statistics and the features near
+    the border: the method runs one image per network call, so an image's detections are the same alone or in a
+    batch with a larger image (the evaluation and tools/predict.py then agree whatever the batch)."""
+    from seg_ext.methods import MaskRCNNMethod, build_method
+    from seg_ext.models.maskrcnn import maskrcnn
+
+    torch.manual_seed(0)
+    model = maskrcnn(2, backbone="resnet18_fpn", norm="group", min_size=64, max_size=128).eval()
+    method = build_method(MaskRCNNMethod.defaults())
+    small, large = torch.rand(3, 70, 50), torch.rand(3, 90, 120)
+    with torch.no_grad():
+        alone = method.forward(model, [small])[0]
+        batched = method.forward(model, [small, large])[0]
+    assert len(alone["boxes"]) > 0  # an untrained detector still finds boxes above the 0.05 score threshold
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(batched[key], alone[key], rtol=0, atol=0)

@@ -64,10 +64,16 @@ class MaskRCNNMethod(InstanceMethod):
         return total, {k: float(v.detach()) for k, v in losses.items()}
 
     def forward(self, model: nn.Module, images: Any, tta: bool = False) -> list[dict[str, torch.Tensor]]:
-        """Detections in each input image's own pixels (torchvision resizes internally and maps back)."""
+        """Detections in each input image's own pixels (torchvision resizes internally and maps back).
+
+        One image per network call, as torchvision's and detectron2's evaluations do: in a batch, torchvision pads
+        every image to the largest one's size, and the padding changes the features near an image's border (and,
+        with group norm, the whole image's statistics), so an image's detections would depend on which other
+        images share its batch. The evaluation and ``tools/predict.py`` give the same detections for an image
+        whatever the batch size (tests/test_instance.py)."""
         if tta:
             raise ValueError("Mask R-CNN has no test-time augmentation (supports_tta is False)")
-        outputs = model([i.to(self.device, non_blocking=True) for i in images])
+        outputs = [model([image.to(self.device, non_blocking=True)])[0] for image in images]
         return [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
 
     def postprocess(self, outputs: list[dict[str, torch.Tensor]], index: int, size: tuple[int, int],
