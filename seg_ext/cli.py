@@ -101,6 +101,8 @@ def train_tool(args: argparse.Namespace, task: str) -> None:
 
     cfg, output_dir = resolve_run(args, task)
     setup_logging(output_dir)
+    if args.opts and not (args.eval_only or args.resume or args.oracle):
+        warn_ignored_overrides(args, task, cfg)
     command = command_line()
     if args.oracle:
         summary = driver.oracle(cfg, output_dir, command)
@@ -109,6 +111,19 @@ def train_tool(args: argparse.Namespace, task: str) -> None:
     else:
         summary = driver.train(cfg, output_dir, resume=args.resume, command=command)
     print_summary(summary, output_dir, task)
+
+
+def warn_ignored_overrides(args: argparse.Namespace, task: str, cfg: dict[str, Any]) -> None:
+    """Warn, one sentence each, about ``--opts`` that the run's modes ignore (``augment.crop_scale`` with
+    ``data.resize: scale``, ``eval.stride`` without slide prediction, ...). A config file may hold keys for another
+    mode (``--opts data.resize=squash`` then uses them); a key set on the command line is meant to act."""
+    from seg_ext import distributed
+    from seg_ext.methods import method_class, method_config
+
+    before = method_config(cfg["method"], args.config, [], task)
+    if distributed.is_main():
+        for sentence in method_class(cfg["method"]).ignored_settings(cfg, before):
+            logging.getLogger(__name__).warning("%s", sentence)
 
 
 def join_processes(cfg: dict[str, Any], output_dir: Path) -> Path:

@@ -76,6 +76,20 @@ def validate_resize(cfg: dict[str, Any], network_size: tuple[int, int]) -> None:
     window_and_stride(cfg, network_size)
 
 
+def ignored_keys(cfg: dict[str, Any]) -> dict[str, str]:
+    """The keys that ``data.resize`` and ``eval.mode`` as configured leave unused, each with why (a clause)."""
+    out: dict[str, str] = {}
+    resize = cfg["data"].get("resize", "squash")
+    if resize == "squash":
+        for key in ("data.scale", "data.crop_size"):
+            out[key] = "data.resize is 'squash', which resizes every image to the network's size"
+    mode = resolve_eval_mode(cfg)
+    if mode != "slide":
+        for key in ("eval.window", "eval.stride", "eval.window_batch"):
+            out[key] = f"eval.mode is {mode!r}; only slide prediction uses windows"
+    return out
+
+
 def check_crop_fits(crop: tuple[int, int], scale: Scale, sizes: Any, what: str) -> None:
     """Refuse a training crop larger than every scaled image allows (each crop would be mostly padding):
     ``sizes`` are the training images' (H, W)."""
@@ -192,6 +206,6 @@ def predict_dense(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tenso
     return out.div_(total)[:, :h, :w]
 
 
-__all__ = ["DensePlan", "EVAL_MODES", "RESIZE_POLICIES", "crop_size", "dense_plan", "edge_weights",
+__all__ = ["DensePlan", "EVAL_MODES", "RESIZE_POLICIES", "crop_size", "dense_plan", "edge_weights", "ignored_keys",
            "check_crop_fits", "predict_dense", "resolve_eval_mode", "scaled_input", "validate_resize", "window_and_stride",
            "window_starts"]

@@ -59,6 +59,39 @@ def test_unknown_grid_key_stops_the_sweep_before_any_run(tmp_path, capsys):
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").rglob("metrics.json"))
 
 
+@pytest.mark.parametrize("config, grid, key", [
+    ("semantic/pennfudan_unet.yaml", "augment.crop_scale=[0.3,1],[0.6,1],null", "augment.crop_scale"),
+    ("instance/pennfudan_watershed_unet.yaml", "augment.crop_fraction=0,0.1", "augment.crop_fraction"),
+    ("semantic/pennfudan_unet.yaml", "eval.stride=32,64", "eval.stride"),  # whole-image prediction: no windows
+])
+def test_a_sweep_over_a_key_its_mode_ignores_is_refused_before_any_run(config, grid, key, tmp_path, capsys):
+    code = call_tool("sweep", ["--config", ROOT / "configs" / config, "--grid", grid, "--seeds", "0",
+                               "--output-dir", tmp_path / "s"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"the sweep varies '{key}'" in err and "same numbers" in err, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_key_ignored_in_some_runs_of_a_sweep_only_is_swept():
+    from seg_ext.tasks.sweep import check_settings
+
+    runs = plan(parse_grid(["data.resize=squash,scale", "augment.crop_scale=[0.3,1],null"]), [0], Path("out"))
+    check_settings(runs, ROOT / "configs" / "semantic" / "pennfudan_unet.yaml", None, [])  # squash runs use it
+
+
+def test_a_run_warns_about_overrides_its_mode_ignores(scenes_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *TINY,
+                                        "train.epochs=1", "data.resize=scale", "data.crop_size=[48,48]",
+                                        "augment.crop_scale=[0.2,1.0]", "augment.hflip_prob=0"]) == 0
+    err = capsys.readouterr().err
+    assert "config key 'augment.crop_scale' is [0.2, 1.0], but data.resize is 'scale'" in err
+    # the overrides that act (data.crop_size, augment.hflip_prob, ...) are not named
+    assert [line for line in err.splitlines() if "has no effect" in line] == [
+        line for line in err.splitlines() if "'augment.crop_scale'" in line]
+    assert "augment.crop_scale" in (out / "log.txt").read_text()
+
+
 def _command(out: Path) -> list[str]:
     return [sys.executable, str(ROOT / "tools" / "sweep.py"), "--grid", "augment.hflip_prob=0,1", "--seeds", "0",
             "--output-dir", str(out), "--opts", *TINY, "train.epochs=3"]

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seg_ext.config import compile_mode
 from seg_ext.data.scale import Scale
-from seg_ext.dense import DensePlan, crop_size, dense_plan, predict_dense, resolve_eval_mode, window_and_stride
+from seg_ext.dense import DensePlan, crop_size, dense_plan, ignored_keys, predict_dense, resolve_eval_mode, window_and_stride
 from seg_ext.engine import Precision, Trainer, check_compiler
 from seg_ext.evaluation import Evaluator
 from seg_ext.models import build_from_block
@@ -152,6 +152,24 @@ class Method:
         Raises:
             ConfigError: naming the key and what was expected.
         """
+
+    @classmethod
+    def ignored_keys(cls, cfg: dict[str, Any]) -> dict[str, str]:
+        """The keys that the config's modes (``data.resize``, ``eval.mode``, ...) leave unused, each with why."""
+        return ignored_keys(cfg)
+
+    @classmethod
+    def ignored_settings(cls, cfg: dict[str, Any], before: dict[str, Any]) -> list[str]:
+        """One sentence for each key that differs from ``before`` (the config without the command line's
+        overrides) and that the config's modes ignore: a run warns with them (a sweep over such a key is refused
+        in ``tasks.sweep``: every value would give the same numbers)."""
+        out = []
+        for key, why in cls.ignored_keys(cfg).items():
+            block, name = key.split(".", 1)
+            value = cfg.get(block, {}).get(name)
+            if value != before.get(block, {}).get(name):
+                out.append(f"config key '{key}' is {value!r}, but {why}: the setting has no effect")
+        return out
 
     # ---- data ---------------------------------------------------------------------------------------------
 

@@ -142,6 +142,13 @@ class InstanceMethod(Method):
             raise ConfigError(f"config key 'eval.tta' is true, but method {cls.name} has no test-time augmentation "
                               "(its detections of the flipped image would need merging, which seg_ext does not do)")
 
+    @classmethod
+    def ignored_keys(cls, cfg: dict[str, Any]) -> dict[str, str]:
+        out = super().ignored_keys(cfg)
+        if cfg["data"].get("resize", "squash") == "scale":
+            out["augment.crop_fraction"] = "data.resize is 'scale', which trains on random crops of data.crop_size"
+        return out
+
     # ---- data
 
     def dataset(self, base: CocoInstanceDataset, train: bool) -> Dataset:

@@ -216,6 +216,16 @@ class SemanticMethod(Method):
         interval(pair(augment.get("scale_jitter", [1.0, 1.0]), "augment.scale_jitter"), "augment.scale_jitter",
                  lambda lo, hi: 0 < lo <= hi, "0 < low <= high, e.g. [0.8, 1.2]")
 
+    @classmethod
+    def ignored_keys(cls, cfg: dict[str, Any]) -> dict[str, str]:
+        out = super().ignored_keys(cfg)
+        if cfg["data"].get("resize", "squash") == "scale":
+            for key in ("augment.crop_scale", "augment.crop_ratio"):
+                out[key] = "data.resize is 'scale', which trains on random crops of data.crop_size at data.scale"
+        else:
+            out["augment.scale_jitter"] = "data.resize is 'squash', whose crops come from augment.crop_scale"
+        return out
+
     @property
     def network_size(self) -> tuple[int, int]:
         return image_size(self.cfg)

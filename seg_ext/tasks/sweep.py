@@ -112,14 +112,21 @@ def check_settings(runs: Sequence[PlannedRun], config: Path | None, method: str 
     Raises:
         ConfigError: naming the key (from the config loader) and the grid setting.
     """
-    from seg_ext.methods import method_config, resolve_method
+    from seg_ext.methods import method_class, method_config, resolve_method
 
     name = resolve_method(method, config)
+    ignored: dict[str, str] | None = None  # swept keys that every run's config leaves unused, with why
     for run in runs:
         try:
-            method_config(name, config, [*opts, *run.overrides])
+            cfg = method_config(name, config, [*opts, *run.overrides])
         except ConfigError as exc:
             raise ConfigError(f"{exc} (in the sweep's setting {run.name})") from None
+        unused = {k: why for k, why in method_class(name).ignored_keys(cfg).items() if k in run.setting}
+        ignored = unused if ignored is None else {k: why for k, why in ignored.items() if k in unused}
+    if ignored:
+        key, why = next(iter(ignored.items()))
+        raise ConfigError(f"the sweep varies '{key}', but {why}: every value would give the same numbers; "
+                          "expected a key this config uses")
 
 
 def training_tool(method: str | None, config: Path | None) -> Path:
