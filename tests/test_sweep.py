@@ -35,6 +35,17 @@ def test_grid_values_are_yaml_split_outside_brackets():
     assert runs[0].overrides == ["augment.crop_scale=[0.25, 1]", "augment.hflip_prob=0", 'model.name="unet"', "train.seed=0"]
 
 
+def test_folder_names_are_readable_and_distinct():
+    from seg_ext.tasks.sweep import plan_settings
+
+    runs = plan_settings([{"augment.crop_scale": None, "train.lr": 0.0012345678901234567, "train.amp": True},
+                          {"augment.crop_scale": [0.5, 1.0], "train.lr": 0.001, "train.amp": False}], [0], Path("out"))
+    assert [r.folder.parent.name for r in runs] == ["augment.crop_scale=null__train.lr=0.00123457__train.amp=true",
+                                                    "augment.crop_scale=0.5-1.0__train.lr=0.001__train.amp=false"]
+    close = plan_settings([{"train.lr": 0.00123456781}, {"train.lr": 0.00123456789}], [0], Path("out"))
+    assert [r.folder.parent.name for r in close] == ["train.lr=0.0012345678", "train.lr=0.0012345679"]
+
+
 def test_no_grid_is_the_config_itself_over_the_seeds():
     runs = plan(parse_grid([]), [0, 1, 2], Path("out"))
     assert [r.folder for r in runs] == [Path("out/default/seed0"), Path("out/default/seed1"), Path("out/default/seed2")]
@@ -127,6 +138,9 @@ def test_a_sweep_interrupted_then_run_again_skips_finished_runs_and_resumes_the_
     assert numbers["keys"] == ["augment.hflip_prob"]
     assert [s["values"] for s in numbers["settings"]] == [{"augment.hflip_prob": 0}, {"augment.hflip_prob": 1}]
     assert all(s["stats"]["test mIoU"]["n"] == 1 for s in numbers["settings"])
+    assert json.loads((out / "runs.json").read_text()) == [
+        {"folder": "augment.hflip_prob=0/seed0", "setting": {"augment.hflip_prob": 0}, "seed": 0},
+        {"folder": "augment.hflip_prob=1/seed0", "setting": {"augment.hflip_prob": 1}, "seed": 0}]
     assert (out / "comparison.md").is_file() and (out / "comparison_bars.png").is_file() and (out / "comparison_curves.png").is_file()
 
 

@@ -69,8 +69,25 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def _slug(value: Any) -> str:
-    text = json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+def _rounded(value: Any, digits: int) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
+
+
+def _slug(value: Any, digits: int = 6) -> str:
+    """A value as a folder name reads it: YAML's words (``null``, ``true``), floats to ``digits`` significant
+    digits (a search's 0.0012345678901234567 is ``0.00123457``); the full values are in the runs' configs and
+    the sweep's ``runs.json``."""
+    value = _rounded(value, digits)
+    if isinstance(value, (list, dict, bool)) or value is None:
+        text = json.dumps(value, separators=(",", ":"))
+    else:
+        text = str(value)
     return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "x"
 
 
@@ -89,15 +106,26 @@ class PlannedRun:
         return " ".join(f"{k}={_slug(v)}" for k, v in self.setting.items()) + f" seed {self.seed}"
 
 
-def setting_folder(setting: dict[str, Any]) -> str:
-    """A setting's folder name: ``key=value__key=value`` (``default`` for none)."""
-    return "__".join(f"{k}={_slug(v)}" for k, v in setting.items()) or "default"
+def setting_folder(setting: dict[str, Any], digits: int = 6) -> str:
+    """A setting's folder name: ``key=value__key=value`` (``default`` for none; see :func:`_slug`)."""
+    return "__".join(f"{k}={_slug(v, digits)}" for k, v in setting.items()) or "default"
 
 
 def plan_settings(settings: Sequence[dict[str, Any]], seeds: Sequence[int], output_dir: Path) -> list[PlannedRun]:
-    """Every setting for every seed: ``output_dir/<key=value__...>/seed<k>``."""
-    return [PlannedRun(setting, int(seed), output_dir / setting_folder(setting) / f"seed{seed}")
+    """Every setting for every seed: ``output_dir/<key=value__...>/seed<k>``; floats in the names get more
+    digits where two settings would otherwise share a folder."""
+    distinct = [s for i, s in enumerate(settings) if s not in settings[:i]]
+    digits = 6
+    while digits < 17 and len({setting_folder(s, digits) for s in distinct}) < len(distinct):
+        digits += 1
+    return [PlannedRun(setting, int(seed), output_dir / setting_folder(setting, digits) / f"seed{seed}")
             for setting in settings for seed in seeds]
+
+
+def write_plan(runs: Sequence[PlannedRun], output_dir: Path) -> None:
+    """``OUT/runs.json``: each run's folder (relative to OUT), its setting with the values in full, and its seed."""
+    atomic_write_text(json.dumps([{"folder": str(r.folder.relative_to(output_dir)), "setting": r.setting, "seed": r.seed}
+                                  for r in runs], indent=2), output_dir / "runs.json")
 
 
 def plan(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Path) -> list[PlannedRun]:
@@ -240,6 +268,7 @@ def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, con
     check_settings(runs, config, method, opts)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps({**arguments, "engine": engine}, indent=2), marker)
+    write_plan(runs, output_dir)
 
     todo = [r for r in runs if not is_run(r.folder)]
     logger.info("sweep: %d run(s), %d finished before, %d to run, %d at a time", len(runs), len(runs) - len(todo),
@@ -290,6 +319,7 @@ def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Pat
                                  output_dir)
         else:
             runs = plan(grid, seeds, output_dir)
+        write_plan(runs, output_dir)
         todo = [r for r in runs if not is_run(r.folder)]
         logger.info("sweep: %d run(s), %d finished before, %d to run", len(runs), len(runs) - len(todo), len(todo))
         failed = 0
