@@ -61,6 +61,24 @@ def test_one_epoch_run_writes_everything_then_resume_and_eval_only(scenes_root, 
     assert again["test"]["mAP"] == pytest.approx(final["test"]["mAP"])
 
 
+def test_zero_epochs_evaluates_the_initial_weights_and_keeps_them(scenes_root, tmp_path, capsys):
+    import torch
+
+    from seg_ext.models import build_model
+
+    out = tmp_path / "run"
+    assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *FAST,
+                                        "train.epochs=0"]) == 0
+    assert "evaluating best.pt (the initial weights: train.epochs is 0)" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "mIoU" in metrics["test"] and not (out / "metrics.jsonl").exists()
+    weights = torch.load(out / "best.pt", weights_only=True)["model"]
+    assert set(weights) == set(build_model({"name": "unet", "base_width": 4, "depth": 2}, num_classes=9).state_dict())
+    # and the run continues from them
+    assert call_tool("train_semantic", ["--output-dir", out, "--resume", "--opts", "train.epochs=1"]) == 0
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
 def test_baseline_runs_through_the_same_evaluation(scenes_root, tmp_path):
     out = tmp_path / "baseline"
     code = call_tool("train_semantic", ["--config", ROOT / "configs/semantic/baseline.yaml", "--data-root", scenes_root,

@@ -170,7 +170,8 @@ def _improved(trainer: "Trainer") -> bool:
 
 class Checkpoints(Hook):
     """``last.pt`` after every epoch (the one before kept as ``last.prev.pt``) and, with ``every``, every that
-    many iterations inside epochs (with the position); ``best.pt`` when validation improved. All atomic."""
+    many iterations inside epochs (with the position); ``best.pt`` when validation improved; with no epoch to
+    train (``train.epochs: 0``), both hold the initial weights. All atomic."""
 
     def __init__(self, every: int = 0) -> None:
         self.every = max(int(every), 0)
@@ -183,6 +184,12 @@ class Checkpoints(Hook):
         ckpt = trainer.checkpoint()
         trainer.save(ckpt, "last.pt", keep_previous=True)  # last.prev.pt: the one before
         if _improved(trainer):
+            trainer.save(ckpt, "best.pt")
+
+    def after_train(self, trainer: "Trainer") -> None:
+        if trainer.state.epoch == 0:  # train.epochs 0: the initial weights, evaluated and kept as the run's model
+            ckpt = trainer.checkpoint()
+            trainer.save(ckpt, "last.pt")
             trainer.save(ckpt, "best.pt")
 
 

@@ -58,8 +58,9 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
             distributed.barrier()  # process 0 has written the last checkpoints
             best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
             load_weights(model, load_checkpoint(best)["model"], best)
-            logger.info("training took %.1fs; evaluating %s (epoch %s)", time.perf_counter() - start, best.name,
-                        progress["best_epoch"])
+            logger.info("training took %.1fs; evaluating %s (%s)", time.perf_counter() - start, best.name,
+                        "the initial weights: train.epochs is 0" if progress["best_epoch"] is None and not trainer.epochs
+                        else f"epoch {progress['best_epoch']}")
             return _finish(run, progress, trainer.epochs)
 
 
