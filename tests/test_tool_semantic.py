@@ -120,6 +120,7 @@ def _bad_dataset(tmp_path, kind):
         ("unreadable", r"cannot read image file .*im003\.png \(\w+\); expected a PNG or JPEG image"),
         ("config_key", r"unknown config key 'train\.epoch' in --opts; valid keys here are: .*epochs"),
         ("model_key", r"config key 'model\.depht' is not an argument of model 'unet'"),
+        ("smp_crop", r"config key 'data\.crop_size' is \[48, 48\]; the smp UNet needs .* multiples of 32"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(case, pattern, tmp_path, scenes_root, capsys):
@@ -133,6 +134,9 @@ def test_bad_input_is_one_sentence_and_exit_2(case, pattern, tmp_path, scenes_ro
         root, opts = scenes_root, opts + ["train.epoch=3"]
     elif case == "model_key":
         root, opts = scenes_root, opts + ["model.depht=3"]
+    elif case == "smp_crop":  # the network trains at the crop: the crop is what is off the encoder's multiple
+        root, opts = scenes_root, opts + ["model.name=smp_unet", "model.encoder_weights=null", "data.resize=scale",
+                                          "data.crop_size=[48,48]"]
     else:
         root = _bad_dataset(tmp_path, case)
     code = call_tool("train_semantic", ["--data-root", root, "--output-dir", tmp_path / "out", "--opts", *opts])

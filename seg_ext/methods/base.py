@@ -202,7 +202,10 @@ class Method:
         """The network of the config's ``model`` block; ``pretrained`` False leaves out pretrained weights (a
         checkpoint brings the trained ones)."""
         block = self.cfg["model"] if pretrained else without_weights(self.cfg["model"])
-        return build_from_block(self.models, block, self.model_arguments(num_classes), context_keys=self.context_keys)
+        keys = dict(self.context_keys)
+        if self.scale is not None and self.cfg["data"].get("crop_size") is not None:
+            keys["image_size"] = "data.crop_size"  # the size the network trains at is the crop's
+        return build_from_block(self.models, block, self.model_arguments(num_classes), context_keys=keys)
 
     def size_multiple(self, model: nn.Module) -> int | None:
         """The multiple that input height and width must be of (1: any size; None: only the trained size)."""
