@@ -224,3 +224,17 @@ def test_demo_refuses_an_unreadable_checkpoint_and_a_port_in_use(semantic_run, t
         assert call_tool("demo", ["--checkpoint", semantic_run / "best.pt", "--port", port]) == 2
     err = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is in use" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["p" * 5000 + ".jpg", "\u884c\u4eba" * 2000 + ".png", "photo." + "x" * 3000])
+def test_a_long_upload_name_is_shortened_not_a_server_error(name, semantic_run, scenes_root):
+    from seg_ext.tasks.demo import load_models, predict_upload
+
+    model, = load_models([semantic_run / "best.pt"], device="cpu")
+    data = sorted((scenes_root / "images").iterdir())[0].read_bytes()
+    out = predict_upload(model, data, name)
+    assert out["ok"] and len(out["file"]) <= 120 and out["file"][:5] == name[:5]
+    assert len(out["mask_name"].encode()) <= 250 and out["mask_name"].endswith(".png")
+    assert out["mask"].startswith("data:image/png;base64,")
+

@@ -35,6 +35,7 @@ from seg_ext.inference import Predictor
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD = 64 * 1024 * 1024  # bytes
+MAX_NAME, MAX_SUFFIX = 120, 10  # characters of an upload's name kept (said in messages, written as its mask's name)
 
 
 @dataclass
@@ -82,13 +83,18 @@ def predict_upload(model: DemoModel, data: bytes, filename: str) -> dict[str, An
         DemoError: an empty file, or one that is not an image.
     """
     name = Path(filename or "upload").name or "upload"
+    if len(name) > MAX_NAME:  # said and written shortened (a file name has at most 255 bytes)
+        name = name[:MAX_NAME - 1 - len(Path(name).suffix[:MAX_SUFFIX])] + "~" + Path(name).suffix[:MAX_SUFFIX]
     if not data:
         raise DemoError(f"{name} is empty (0 bytes); choose a PNG or JPEG image")
     predictor, method = model.predictor, model.predictor.method
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(name).stem) or "upload"
+    while len(f"{stem}.png".encode()) > 250:  # 120 characters of another script can be 480 bytes
+        stem = stem[:-1]
+    suffix = Path(name).suffix.lower()
     with tempfile.TemporaryDirectory(prefix="seg_ext_demo_") as tmp:
         folder = Path(tmp)
-        source = folder / f"upload{Path(name).suffix.lower() or '.img'}"
+        source = folder / f"upload{suffix if 1 < len(suffix) <= MAX_SUFFIX else '.img'}"
         source.write_bytes(data)
         try:
             image = read_image(source)
@@ -203,9 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.BAD_REQUEST, {"ok": False, "error": str(exc)})
         except SegExtError as exc:
             self._json(HTTPStatus.BAD_REQUEST, {"ok": False, "error": str(exc)})
-        except Exception as exc:  # the page says so; the server goes on (and the log has the traceback)
-            logger.exception("prediction of %s failed", filename)
-            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"ok": False, "error": f"prediction failed: {exc.__class__.__name__}: {exc}"})
+        except Exception as exc:  # the page says so; the server goes on (and the log has the traceback, not the page)
+            logger.exception("prediction of %s failed", filename[:MAX_NAME])
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"ok": False, "error": f"prediction failed ({exc.__class__.__name__}); "
+                                                          "the demo's log in its terminal has the details"})
 
 
 def page(models: Sequence[DemoModel]) -> str:
