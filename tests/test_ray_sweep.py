@@ -171,6 +171,25 @@ def _is_training(pid: int) -> bool:
     return len(args) > 1 and args[1].endswith(b"train_semantic.py")
 
 
+def _left_behind(out: Path, grace: float = 3.0) -> list[str]:
+    """The processes (runs, their loader workers, supervisors) whose command line names the sweep folder ``out``,
+    still there ``grace`` seconds after the sweep ended."""
+    deadline, found = time.time() + grace, []
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z" and any(str(out).encode() in a for a in args):
+                found.append(f"{entry.name}: {b' '.join(args)[:200].decode(errors='replace')}")
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def _lock_free(run: Path) -> bool:
     import fcntl
 
@@ -223,6 +242,7 @@ def test_a_sweep_over_two_nodes_stopped_lost_a_node_and_equals_the_local_runner(
     told = (stopped.parent / f"{stopped.name}.out").read_text()
     assert "stopped by SIGTERM" in told and "training took" not in told, told[-2000:]
     assert (stopped / "last.pt").is_file() and not (stopped / "metrics.json").is_file()
+    assert _left_behind(out) == []  # every trial ended with the stopped sweep
 
     started = time.time()
     proc = _sweep(out, scenes_root, *command)  # the same command continues the sweep
@@ -249,19 +269,23 @@ def test_a_sweep_over_two_nodes_stopped_lost_a_node_and_equals_the_local_runner(
     numbers = _numbers(out)
     assert numbers == _numbers(local_sweep) and len(numbers) == 2  # as if nothing had happened
     assert all(stats["val mIoU"][2] == 2 for stats in numbers.values())
+    assert _left_behind(out) == []
 
 
 @needs_ray
 @pytest.mark.slow
 def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(scenes_root, tmp_path):
     """A learning-rate range with a bad end (1e-6 learns nothing in 4 epochs): ASHA stops at least one trial
-    early, and the best found beats the worse point of a grid at the range's two ends, on val."""
+    early, and the best found beats the worse point of a grid at the range's two ends, on val. With a loader
+    worker per run, as real runs have: when the sweep has ended, no run, worker or supervisor is left (a worker
+    forked during training once outlived its stopped trial for minutes)."""
     out = tmp_path / "search"
     opts = ["--opts", *[o for o in TINY if o != "train.threads=1"], "train.epochs=4"]  # threads: --cpus-per-run 1
     proc = _sweep(out, scenes_root, "--engine", "ray", "--search", "optuna", "--trials", "6", "--space",
-                  "train.lr=loguniform:1e-6:0.3", "--seeds", "0", "--top", "1", *opts)
+                  "train.lr=loguniform:1e-6:0.3", "--seeds", "0", "--top", "1", *opts, "data.num_workers=1")
     log = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, log[-3000:]
+    assert _left_behind(out) == []
     search = json.loads((out / "search.json").read_text())
     assert len(search["trials"]) == 6 and any(t["stopped_early"] for t in search["trials"]), search["trials"]
     grid = tmp_path / "grid"

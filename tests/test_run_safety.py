@@ -104,3 +104,67 @@ def test_two_runs_in_one_folder_and_a_lock_left_by_a_killed_run(scenes_root, tmp
     assert again.returncode == 0, again.stderr
     assert f"locked by pid {first.pid}, which is no longer running" in again.stderr
     assert not (out / ".lock").exists()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state is the parent's pid
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _training_with_workers(scenes_root, out) -> tuple[subprocess.Popen, list[int]]:
+    """A run whose 2 loader workers (forked while the trainer's signal handlers are installed) are up."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train_semantic.py"), "--data-root", str(scenes_root),
+                             "--output-dir", str(out), "--opts", *FAST, "data.num_workers=2", "train.epochs=200"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (out / "metrics.jsonl").is_file():
+        time.sleep(0.1)  # an epoch done: the workers are the training loader's, started inside the trainer
+    workers = _children(proc.pid)
+    assert proc.poll() is None and len(workers) >= 2, proc.stderr.read() if proc.poll() is not None else workers
+    return proc, workers
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads processes from /proc (Linux)")
+def test_loader_workers_end_when_told_and_die_with_their_run(scenes_root, tmp_path):
+    """A worker inherits the main process's Python signal handlers when forked; one forked during training would
+    note a SIGTERM and go on (after a Ray search, such a worker outlived its killed run for minutes). Here: a
+    worker told SIGTERM ends, and when the run is killed outright its workers are gone within a second or two,
+    without waiting for PyTorch's 5-second watch of the parent."""
+    proc, workers = _training_with_workers(scenes_root, tmp_path / "told")
+    try:
+        os.kill(workers[0], signal.SIGTERM)
+        deadline = time.time() + 10
+        while time.time() < deadline and _alive(workers[0]):
+            time.sleep(0.05)
+        assert not _alive(workers[0]), "a loader worker ignored SIGTERM"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    proc, workers = _training_with_workers(scenes_root, tmp_path / "killed")
+    proc.send_signal(signal.SIGKILL)  # the run alone, as a lost supervisor or the OOM killer would
+    proc.wait()
+    deadline = time.time() + 2
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.05)
+    left = [w for w in workers if _alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"loader workers {left} outlived their killed run"

@@ -56,8 +56,13 @@ def seed_worker(_worker_id: int) -> None:
 
     The worker moves to a process group of its own: a signal to the run's group (a terminal's Ctrl-C, a
     scheduler's SIGTERM, torchrun passing one on) reaches the main process only, which stops the run after the
-    current iteration and then ends its workers; a worker whose main process is killed outright exits by itself
-    (PyTorch's workers watch their parent).
+    current iteration and then ends its workers. A worker whose main process is killed outright dies with it (on
+    Linux, the kernel's parent-death signal: PyTorch's own watch of the parent can leave a worker hanging at exit
+    on a full result pipe; after a Ray search such a worker lived on for minutes).
+
+    A forked worker inherits the main process's Python signal handlers, and workers forked during training would
+    take the trainer's SIGTERM handler (which only notes a stop): SIGTERM is set back to its default, so a
+    worker told to end ends (multiprocessing ends daemonic workers so at exit, and so does a person).
     """
     info = torch.utils.data.get_worker_info()
     if info is None:
@@ -66,11 +71,25 @@ def seed_worker(_worker_id: int) -> None:
         os.setpgid(0, 0)
     except OSError:  # not permitted here: Ctrl-C to the group still reaches it, so ignore that at least
         pass
-    # (SIGTERM keeps its default: it is how the main process's multiprocessing ends daemonic workers at exit.)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     seed = info.seed % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the thread that started it ends (Linux ``PR_SET_PDEATHSIG``;
+    nothing elsewhere). Loader workers are started by the thread that iterates the loader, the main thread."""
+    if not os.path.exists("/proc/self"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
