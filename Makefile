@@ -20,7 +20,13 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: venv venv-cluster train train-instance test test-all test-gpu bench clean-runs
 
+# the package itself, editable from this checkout (so `python -m ...` and snippets work from any folder once the
+# environment is activated): reinstalled when the environment's seg_ext is another checkout's (a second clone).
+# From a checkout's root its own seg_ext is imported first either way.
 venv: $(STAMP)
+	@cd / && $(PY) -c "import seg_ext, sys; sys.exit(seg_ext.__file__ != '$(CURDIR)/seg_ext/__init__.py')" 2>/dev/null \
+	|| $(PY) -m pip install --quiet --no-deps --no-build-isolation -e "$(CURDIR)" >/dev/null 2>&1 \
+	|| echo "make: could not install seg_ext into $(VENV) (editable); the tools still run from the checkout"
 
 # the cluster extra (Ray Tune, Optuna) for the Ray sweep tests; the rest of the package does not need it
 venv-cluster: venv $(CLUSTER_STAMP)
