@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import time
@@ -213,7 +214,10 @@ def _run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespac
         print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
         return EXIT_TRAINING_STOPPED
     except SegExtError as exc:
-        print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
+        if _rank_prefix() or os.environ.get("RANK", "0") == "0":
+            print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
+        # else: refused before the process group was joined, by the checks every process makes alike (the
+        # arguments, the folder, the config): process 0 says it once for all of them
         return EXIT_USER_ERROR
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in REQUIRED_MODULES + ("segmentation_models_pytorch", "pycocotools", "cv2", "tqdm", "sklearn", "tensorboard"):

@@ -255,6 +255,14 @@ def test_a_run_of_two_processes_resumes_in_one_at_the_same_sample(semantic_runs,
     # the second epoch's remaining 96 - 4 x position samples in steps of 2, then the third epoch's 48 steps
     assert _state(again / "last.pt")["iteration"] == state["iteration"] + (96 - 4 * state["position"]) // 2 + 48
 
+def test_a_refused_start_under_torchrun_is_said_once(tmp_path):
+    proc = subprocess.run(_torchrun("train_semantic", ["--output-dir", tmp_path / "missing", "--resume"]),
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode != 0
+    sentence = f"error: {tmp_path / 'missing' / 'last.pt'} does not exist; expected the last.pt of the run to continue"
+    assert proc.stderr.count(sentence) == 1, proc.stderr[-3000:]
+
+
 def test_a_failing_process_ends_the_run_instead_of_a_hang(scenes_root, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(scenes_root, data)
