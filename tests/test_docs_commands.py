@@ -200,3 +200,24 @@ def test_a_python_block_compiles_and_its_seg_ext_imports_exist(where, code):
             for alias in node.names:
                 if alias.name.startswith("seg_ext"):
                     importlib.import_module(alias.name)
+
+
+def test_the_checks_catch_what_they_are_for():
+    """The checker itself: commands split as a shell splits them, and each kind of drift fails."""
+    assert commands('PY=x; D=y\n$PY tools/predict.py --checkpoint "a b" \\\n    --input $($PY -c "print(1)")  # note') == [
+        ["PY=x"], ["D=y"], ["$PY", "tools/predict.py", "--checkpoint", "a b", "--input", "SUBSTITUTED"]]
+    fails = pytest.fail.Exception
+    with pytest.raises(AssertionError, match=r"uses \$D"):
+        test_a_command_uses_only_what_its_page_sets("page", ["$PY", "tools/x.py", "$D"], {"PY": "p"})
+    with pytest.raises(AssertionError, match="written bare"):
+        test_a_command_uses_only_what_its_page_sets("page", ["python", "tools/x.py"], {})
+    with pytest.raises(fails, match="unrecognized arguments"):
+        test_a_tool_command_parses_and_builds_its_config("page", "evaluate", ["--gt", "g", "--results", "r", "[--x]"], {})
+    with pytest.raises(fails, match="outside runs/"):
+        test_a_tool_command_parses_and_builds_its_config("page", "export", ["--checkpoint", "c", "--output", "m.onnx"], {})
+    with pytest.raises(fails, match="unknown config key 'train.epoch'"):
+        test_a_tool_command_parses_and_builds_its_config("page", "train_semantic", ["--opts", "train.epoch=3"], {})
+    with pytest.raises(fails, match="the sweep varies 'augment.crop_scale'"):
+        test_a_tool_command_parses_and_builds_its_config(
+            "page", "sweep", ["--config", "configs/semantic/pennfudan_unet.yaml", "--grid", "augment.crop_scale=null,[0.5,1]",
+                              "--output-dir", "runs/s"], {})
