@@ -184,3 +184,23 @@ def test_oracle_mode_reaches_its_ceiling(pennfudan_root, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["segm/AP"] >= 90 and metrics["val"]["segm/AP"] >= 90
     assert (out / "results_test_segm.json").is_file() and (out / "report.md").is_file()
+
+
+def test_area_thresholds_are_in_the_maps_pixels_whatever_the_photos_size():
+    """docs/training.md: the watershed's areas are pixels of the maps it runs on. The same maps of a 20x20 and a
+    6x6 person give the same kept instances for a photo of 60x90 or of 600x900 (10x the side, 100x the area)."""
+    from seg_ext.methods import WatershedMethod, build_method
+
+    h, w = 60, 90
+    yy, xx = np.mgrid[0:h, 0:w]
+    big = (yy >= 10) & (yy < 30) & (xx >= 10) & (xx < 30)  # 400 map pixels
+    small = (yy >= 40) & (yy < 46) & (xx >= 60) & (xx < 66)  # 36 map pixels: under min_instance_area 50
+    fg, energy = _one_hot_outputs(np.stack([big, small]).astype(np.uint8))
+    cfg = WatershedMethod.defaults()
+    cfg["watershed"].update(marker_level=2, min_marker_area=5)
+    method = build_method(cfg)
+    for size in ((h, w), (10 * h, 10 * w)):
+        out = method.instances(fg, energy, size)
+        assert len(out["scores"]) == 1 and out["masks"].shape[-2:] == size  # only the 400-pixel person is kept
+        kept = out["masks"][0].numpy()
+        assert abs(int(kept.sum()) - 400 * (size[0] // h) ** 2) <= 0.05 * 400 * (size[0] // h) ** 2

@@ -37,12 +37,15 @@ WATERSHED_BLOCK: dict[str, Any] = {
     "foreground_loss_weight": 1.0,  # scalar weights of the two losses in the total
     "energy_loss_weight": 1.0,
     "marker_level": 1.0,  # markers: foreground with expected energy at or above this level (DWT cuts at 1-2)
+    # Every length and area of this block (levels, the areas, score_area) is in pixels of the maps the watershed
+    # runs on: input_size with data.resize: squash, the image at data.scale with scale; not the photo's own pixels.
+    # At another data.scale they cover other sizes on the photo: scale areas by the square of the change.
     "min_marker_area": 10,
     "min_instance_area": 50,
     "foreground_threshold": 0.5,
     "split_dynamic": 0.0,  # > 0: split a marker at energy peaks rising this many levels above their saddle
     "score_energy": 0.0,  # score: peak energy (levels) at which the energy factor reaches 1; 0: 2 x marker_level
-    "score_area": 0.0,  # score: area (pixels at input_size) at which sqrt(area / score_area) reaches 1; 0: off
+    "score_area": 0.0,  # score: area (map pixels, above) at which sqrt(area / score_area) reaches 1; 0: off
     "full_resolution": False,  # masks at each image's size from the upsampled foreground (eval.mask_threshold)
 }
 
