@@ -70,7 +70,7 @@ class MaskRCNNMethod(InstanceMethod):
         every image to the largest one's size, and the padding changes the features near an image's border (and,
         with group norm, the whole image's statistics), so an image's detections would depend on which other
         images share its batch. The evaluation and ``tools/predict.py`` give the same detections for an image
-        whatever the batch size (tests/test_instance.py)."""
+        whatever the batch size (tests/test_models.py, tests/test_predict.py)."""
         if tta:
             raise ValueError("Mask R-CNN has no test-time augmentation (supports_tta is False)")
         outputs = [model([image.to(self.device, non_blocking=True)])[0] for image in images]
