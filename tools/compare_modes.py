@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """How much two prediction modes of one checkpoint agree (e.g. eval.mode whole against slide): the share of pixels
-with the same label, per image and over all of them.
+with the same label, per image and over all of them, and what each mode costs (seconds per image, median).
 
 Semantic checkpoints compare class labels; instance checkpoints compare foreground (any instance) against
 background, and count the images whose number of instances differs.
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -44,10 +46,15 @@ def main(args: argparse.Namespace) -> int:
     second = Predictor.from_checkpoint(args.checkpoint, device=args.device, opts=args.b)
     semantic = first.task == "semantic"
     same = total = count_differs = 0
-    rows = []
+    rows, seconds = [], ([], [])
     for path in files:
         image = read_image(path)
-        a, b = first(image), second(image)
+        start = time.perf_counter()
+        a = first(image)
+        middle = time.perf_counter()
+        b = second(image)
+        seconds[0].append(middle - start)
+        seconds[1].append(time.perf_counter() - middle)
         if semantic:
             la, lb = a["labels"], b["labels"]
         else:
@@ -63,9 +70,13 @@ def main(args: argparse.Namespace) -> int:
     print(f"{' '.join(args.a)} vs {' '.join(args.b)}: {share:.3f}% of {total:,} pixels get the same {what} over "
           f"{len(rows)} image(s); lowest {100 * worst['agreement']:.2f}% ({Path(worst['image']).name})"
           + ("" if semantic else f"; {count_differs} image(s) with a different number of instances"))
+    cost = [statistics.median(s) for s in seconds]
+    print(f"seconds per image (median): {cost[0]:.4f} ({' '.join(args.a)}), {cost[1]:.4f} ({' '.join(args.b)}): "
+          f"{cost[1] / max(cost[0], 1e-9):.2f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"a": args.a, "b": args.b, "agreement": share / 100, "images": rows}, indent=1))
+        args.json.write_text(json.dumps({"a": args.a, "b": args.b, "agreement": share / 100, "seconds_per_image": cost,
+                                         "images": rows}, indent=1))
     return 0
 
 
