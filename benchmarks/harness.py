@@ -49,6 +49,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def function(spec: str) -> Any:
+    """The function named ``module:function`` or ``module.function`` (a module of this folder)."""
+    import importlib
+
+    module, _, name = spec.replace(".", ":", 1).partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 _SPAWNED: set[str] = set()
 
 
@@ -57,10 +65,7 @@ def run_worker(name: str, **kwargs: Any) -> dict[str, Any]:
     figures; returns what it printed as JSON. In a smoke run (figures that are not measurements) each worker runs
     in a fresh interpreter once, which checks that path, and then in this one (a process start costs seconds)."""
     if SMOKE and name in _SPAWNED:
-        import importlib
-
-        module, _, function = name.partition(".")
-        return json.loads(json.dumps(getattr(importlib.import_module(module), function)(**kwargs)))
+        return json.loads(json.dumps(function(name)(**kwargs)))  # what the fresh interpreter would print
     _SPAWNED.add(name)
     cmd = [sys.executable, str(Path(__file__).with_name("run.py")), "--worker", name, "--worker-args", json.dumps(kwargs)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)

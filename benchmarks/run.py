@@ -26,7 +26,6 @@ worker process, so they are comparable across dataset sizes. A new benchmark is 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -57,11 +56,6 @@ BENCHMARKS = {
 }
 
 
-def _function(spec: str):
-    module, _, name = spec.replace(".", ":", 1).partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 3 minutes on 2 CPU cores")
@@ -74,7 +68,7 @@ def main() -> int:
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # harness.run_worker: module.function of this folder, in a fresh process
-        print(json.dumps(_function(args.worker)(**json.loads(args.worker_args))))
+        print(json.dumps(harness.function(args.worker)(**json.loads(args.worker_args))))
         return 0
     if args.smoke:  # before the benchmarks' modules read it (and for their worker processes)
         os.environ["SEG_EXT_BENCH_SMOKE"] = "1"
@@ -92,7 +86,7 @@ def main() -> int:
     print(f"{'benchmark':<24}{'ours s':>10}{'ref s':>10}{'ratio':>9}  {'met':<5} note")
     for name in args.only or list(BENCHMARKS):
         t0 = time.perf_counter()
-        res = _function(BENCHMARKS[name])(args.quick, repeat)
+        res = harness.function(BENCHMARKS[name])(args.quick, repeat)
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         results[name] = res
         met = {True: "yes", False: "NO", None: "-"}[res.get("met")]
