@@ -199,6 +199,12 @@ def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace
             sys.modules["seg_ext.distributed"].shutdown()
 
 
+def _another_launched_process() -> bool:
+    """A process other than 0 of a torchrun launch, whether or not it has joined the process group yet: the
+    variables torchrun sets, read as ``distributed.launched`` reads them (without importing torch for an error)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+
+
 def _rank_prefix() -> str:
     dist = sys.modules.get("seg_ext.distributed")
     return f"[rank {dist.rank()}] " if dist is not None and dist.is_distributed() else ""
@@ -214,7 +220,7 @@ def _run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespac
         print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
         return EXIT_TRAINING_STOPPED
     except SegExtError as exc:
-        if _rank_prefix() or os.environ.get("RANK", "0") == "0":
+        if _rank_prefix() or not _another_launched_process():
             print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
         # else: refused before the process group was joined, by the checks every process makes alike (the
         # arguments, the folder, the config): process 0 says it once for all of them
