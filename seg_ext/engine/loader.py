@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -82,7 +83,7 @@ def seed_worker(_worker_id: int) -> None:
 def die_with_parent() -> None:
     """Have the kernel SIGKILL this process when the thread that started it ends (Linux ``PR_SET_PDEATHSIG``;
     nothing elsewhere). Loader workers are started by the thread that iterates the loader, the main thread."""
-    if not os.path.exists("/proc/self"):
+    if not sys.platform.startswith("linux"):
         return
     import ctypes
 

@@ -84,13 +84,13 @@ def predict_upload(model: DemoModel, data: bytes, filename: str) -> dict[str, An
     """
     name = Path(filename or "upload").name or "upload"
     if len(name) > MAX_NAME:  # said and written shortened (a file name has at most 255 bytes)
-        name = name[:MAX_NAME - 1 - len(Path(name).suffix[:MAX_SUFFIX])] + "~" + Path(name).suffix[:MAX_SUFFIX]
+        suffix = Path(name).suffix[:MAX_SUFFIX]
+        name = name[:MAX_NAME - 1 - len(suffix)] + "~" + suffix
     if not data:
         raise DemoError(f"{name} is empty (0 bytes); choose a PNG or JPEG image")
     predictor, method = model.predictor, model.predictor.method
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(name).stem) or "upload"
-    while len(f"{stem}.png".encode()) > 250:  # 120 characters of another script can be 480 bytes
-        stem = stem[:-1]
+    stem = stem.encode()[:246].decode(errors="ignore")  # 120 characters of another script can be 480 bytes
     suffix = Path(name).suffix.lower()
     with tempfile.TemporaryDirectory(prefix="seg_ext_demo_") as tmp:
         folder = Path(tmp)

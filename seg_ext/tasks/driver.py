@@ -59,8 +59,7 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
             best = output_dir / ("best.pt" if (output_dir / "best.pt").is_file() else "last.pt")
             load_weights(model, load_checkpoint(best)["model"], best)
             logger.info("training took %.1fs; evaluating %s (%s)", time.perf_counter() - start, best.name,
-                        "the initial weights: train.epochs is 0" if progress["best_epoch"] is None and not trainer.epochs
-                        else f"epoch {progress['best_epoch']}")
+                        f"epoch {progress['best_epoch']}" if trainer.epochs else "the initial weights: train.epochs is 0")
             return _finish(run, progress, trainer.epochs)
 
 
