@@ -108,6 +108,31 @@ def call_tool(name: str, argv: list[str]) -> int:
     return run_tool(module.main, module.get_args_parser().parse_args([str(a) for a in argv]))
 
 
+def process(pid: int) -> tuple[str, int, str] | None:
+    """A process as Linux's /proc shows it: (state, parent pid, command line with spaces); None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after the command name
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), cmdline
+
+
+def processes() -> dict[int, tuple[str, int, str]]:
+    """Every process of the machine (pid -> :func:`process`)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (info := process(int(entry.name))) is not None:
+            found[int(entry.name)] = info
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent does not)."""
+    info = process(pid)
+    return info is not None and info[0] != "Z"
+
+
 def run_tool_process(name: str, argv: list, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run tools/<name>.py in a process of its own, as a user would; returns the finished process (text output)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, call_tool
+from conftest import ROOT, call_tool, process, processes
 
 try:
     import ray  # noqa: F401
@@ -77,17 +77,8 @@ class Cluster:
         self.node2_id = next(n[0] for n in nodes if n[1] == self.node2_port)
 
     def pids(self, *markers: str) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if any(m in cmdline for m in markers) and int(entry.name) != os.getpid():
-                found.append(int(entry.name))
-        return found
+        return [pid for pid, (_, _, cmdline) in processes().items()
+                if any(m in cmdline for m in markers) and pid != os.getpid()]
 
     def raylet_of_node2(self) -> int:
         pids = [p for p in self.pids(f"--node_manager_port={self.node2_port}") if "raylet" in Path(f"/proc/{p}/comm").read_text()]
@@ -97,12 +88,7 @@ class Cluster:
     def stop(self) -> None:
         """SIGKILL the cluster's processes (those naming its session folder or port) and their descendants."""
         own = set(self.pids(str(self.tmp), f"127.0.0.1:{self.port}", f"--gcs_server_port={self.port}"))
-        parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (ValueError, OSError, IndexError):
-                continue
+        parents = {pid: parent for pid, (_, parent, _) in processes().items()}
         grew = True
         while grew:
             children = {pid for pid, parent in parents.items() if parent in own} - own
@@ -174,17 +160,10 @@ def _is_training(pid: int) -> bool:
 def _left_behind(out: Path, grace: float = 3.0) -> list[str]:
     """The processes (runs, their loader workers, supervisors) whose command line names the sweep folder ``out``,
     still there ``grace`` seconds after the sweep ended."""
-    deadline, found = time.time() + grace, []
+    deadline = time.time() + grace
     while True:
-        found = []
-        for entry in Path("/proc").iterdir():
-            try:
-                args = (entry / "cmdline").read_bytes().split(b"\0")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z" and any(str(out).encode() in a for a in args):
-                found.append(f"{entry.name}: {b' '.join(args)[:200].decode(errors='replace')}")
+        found = [f"{pid}: {cmdline[:200]}" for pid, (state, _, cmdline) in processes().items()
+                 if state != "Z" and str(out) in cmdline]
         if not found or time.time() > deadline:
             return found
         time.sleep(0.2)
@@ -226,7 +205,7 @@ def test_a_sweep_over_two_nodes_stopped_lost_a_node_and_equals_the_local_runner(
                 os.kill(pids[0], signal.SIGCONT)
         time.sleep(0.1)
     assert pid is not None, proc.communicate()[0][-3000:] if proc.poll() is not None else "no run was caught training"
-    supervisor = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    supervisor = process(pid)[1]
     try:
         proc.send_signal(signal.SIGTERM)
         deadline = time.time() + 60

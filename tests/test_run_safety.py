@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, call_tool, run_tool_process
+from conftest import ROOT, alive, call_tool, processes, run_tool_process
 
 pytestmark = pytest.mark.slow  # real processes, signals, locks and a full disk
 
@@ -106,27 +106,6 @@ def test_two_runs_in_one_folder_and_a_lock_left_by_a_killed_run(scenes_root, tmp
     assert not (out / ".lock").exists()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state is the parent's pid
-                out.append(int(entry))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _training_with_workers(scenes_root, out) -> tuple[subprocess.Popen, list[int]]:
     """A run whose 2 loader workers (forked while the trainer's signal handlers are installed) are up."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train_semantic.py"), "--data-root", str(scenes_root),
@@ -136,7 +115,7 @@ def _training_with_workers(scenes_root, out) -> tuple[subprocess.Popen, list[int
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (out / "metrics.jsonl").is_file():
         time.sleep(0.1)  # an epoch done: the workers are the training loader's, started inside the trainer
-    workers = _children(proc.pid)
+    workers = [pid for pid, (_, parent, _) in processes().items() if parent == proc.pid]
     assert proc.poll() is None and len(workers) >= 2, proc.stderr.read() if proc.poll() is not None else workers
     return proc, workers
 
@@ -151,9 +130,9 @@ def test_loader_workers_end_when_told_and_die_with_their_run(scenes_root, tmp_pa
     try:
         os.kill(workers[0], signal.SIGTERM)
         deadline = time.time() + 10
-        while time.time() < deadline and _alive(workers[0]):
+        while time.time() < deadline and alive(workers[0]):
             time.sleep(0.05)
-        assert not _alive(workers[0]), "a loader worker ignored SIGTERM"
+        assert not alive(workers[0]), "a loader worker ignored SIGTERM"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -162,9 +141,9 @@ def test_loader_workers_end_when_told_and_die_with_their_run(scenes_root, tmp_pa
     proc.send_signal(signal.SIGKILL)  # the run alone, as a lost supervisor or the OOM killer would
     proc.wait()
     deadline = time.time() + 2
-    while time.time() < deadline and any(_alive(w) for w in workers):
+    while time.time() < deadline and any(alive(w) for w in workers):
         time.sleep(0.05)
-    left = [w for w in workers if _alive(w)]
+    left = [w for w in workers if alive(w)]
     for w in left:
         os.kill(w, signal.SIGKILL)
     assert not left, f"loader workers {left} outlived their killed run"
