@@ -48,7 +48,8 @@ def set_deterministic(on: bool) -> None:
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.backends.cudnn.deterministic = bool(on)
-    torch.use_deterministic_algorithms(bool(on), warn_only=True)
+    if on or torch.are_deterministic_algorithms_enabled():  # (turning it on imports Inductor: 2 s of every run)
+        torch.use_deterministic_algorithms(bool(on), warn_only=True)
 
 
 def set_cudnn_benchmark(on: bool) -> None:
