@@ -1,0 +1,194 @@
+"""Every shell block of docs/*.md runs as a newcomer types it (the full tier): each page top to bottom, its blocks in
+order as one script, in a fresh folder beside a ``shared/`` folder (so ``../shared/data/...`` resolves as written),
+with one change the test owns (:func:`shortened`): trainings of one epoch, one seed per sweep, and Penn-Fudan on
+12 of its real images. A block marked on its page (``<!-- test: gpu -->``, ``cluster``, ``hours``,
+``your-data``) is not run here; the fast tier (``test_docs_commands.py``) checks its options like every other
+block's. A block marked ``<!-- test: serves URL -->`` runs in the background until URL answers, then gets Ctrl-C.
+The README's block is run by ``test_docs.py``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, alive
+
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+FENCED = re.compile(r"(?:<!-- test: ([^>]*?) -->\s*\n)?^( *)```bash\n(.*?)^\2```", re.S | re.M)
+NOT_RUN = {"gpu": "needs a GPU", "cluster": "needs a cluster", "hours": "takes hours as written",
+           "your-data": "needs the reader's own data"}
+REAL_SHARED = ROOT.parent / "shared"
+PENNFUDAN = REAL_SHARED / "data" / "PennFudanPed"
+# 12 of the real images: the files the pages name (FudanPed00001.png, PennPed0001*.png) among them
+SUBSET = [f"FudanPed0000{i}" for i in range(1, 7)] + [f"PennPed0001{i}" for i in range(6)]
+
+
+def blocks(page: Path) -> list[tuple[str | None, str]]:
+    """The page's shell blocks in order, each with its mark (None: run)."""
+    return [(m.group(1), m.group(3)) for m in FENCED.finditer(page.read_text())]
+
+
+def _comment_start(line: str) -> int:
+    """Where a shell comment starts on the line (outside quotes), or its length."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return i
+    return len(line)
+
+
+def shortened(line: str) -> str:
+    """The one change the test makes to a page's command: a training (``train_semantic``, ``train_instance``,
+    ``sweep``; not ``--eval-only``) runs 1 epoch (a ``--resume`` continues to 2; ``train.epochs=0`` stays), a sweep
+    1 seed and at most 2 trials, a ``benchmarks/run.py`` its ``--smoke`` form (every step once, at the smallest sizes), and a command on ``$D`` (the test's
+    12 Penn-Fudan images) splits them 7 / 2 / 3."""
+    cut = _comment_start(line)
+    command, comment = line[:cut].rstrip(), line[cut:]
+    on_pennfudan = "$D" in command
+    if re.search(r"tools/(train_semantic|train_instance|sweep)\.py", command) and "--eval-only" not in command:
+        resume = "--resume" in command
+        epochs = 2 if resume else 0 if re.search(r"train\.epochs=0\b", command) else 1
+        command = re.sub(r" --opts(?= --|$)", "", re.sub(r" train\.epochs=\S+", "", command))
+        extras = [f"train.epochs={epochs}"] + (["data.val=2", "data.test=3"] if on_pennfudan and not resume else [])
+        if " --opts " in command:
+            command = command.replace(" --opts ", f" --opts {' '.join(extras)} ", 1)
+        else:
+            command += f" --opts {' '.join(extras)}"
+        command = re.sub(r" --seeds( \d+)+", " --seeds 0", command)
+        command = re.sub(r" --trials \d+", " --trials 2", command)
+    elif "tools/convert_pennfudan_to_coco.py" in command and on_pennfudan:
+        command += " --val 2 --test 3"
+    elif "benchmarks/run.py" in command:
+        command += " --smoke"
+    return f"{command} {comment}".rstrip()
+
+
+def script(page: Path, server_check: str) -> str:
+    """The page's blocks that run, in order, shortened, the environment's Python as ``$PY``; a ``serves`` block's
+    last command in the background, then ``server_check URL PID``."""
+    parts = []
+    for mark, text in blocks(page):
+        if mark in NOT_RUN:
+            continue
+        lines = [shortened(line) for line in text.replace("\\\n", " ").splitlines()]
+        if mark is not None:
+            url = re.fullmatch(r"serves (\S+)", mark)
+            assert url, f"{page.name}: unknown mark <!-- test: {mark} -->; expected one of {sorted(NOT_RUN)} or 'serves URL'"
+            # job control on: a background job of a script otherwise ignores Ctrl-C (SIGINT), as bash sets it up
+            lines[-1] = "set -m; " + lines[-1][:_comment_start(lines[-1])].rstrip() + " &"
+            lines.append(f"set +m; {server_check} {url.group(1)} $!; wait $!")  # its exit status after Ctrl-C
+        parts.append("\n".join(lines).replace("PY=~/.cache/seg_ext/venv/bin/python", f"PY={sys.executable}"))
+    return "\n".join(parts) + "\n"
+
+
+def _uses_pennfudan(page: Path) -> bool:
+    return any(mark not in NOT_RUN and "$D" in text for mark, text in blocks(page))
+
+
+RUNNABLE = [page for page in PAGES if any(mark not in NOT_RUN for mark, _ in blocks(page))]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    """A ``shared/`` folder as the pages expect beside the checkout: the annotation samples, and 12 real Penn-Fudan
+    images (their masks and annotation files) linked from the real dataset."""
+    folder = tmp_path_factory.mktemp("pages") / "shared"
+    (folder / "data").mkdir(parents=True)
+    if (REAL_SHARED / "data" / "annotation_samples").is_dir():
+        (folder / "data" / "annotation_samples").symlink_to(REAL_SHARED / "data" / "annotation_samples")
+    if PENNFUDAN.is_dir():
+        subset = folder / "data" / "PennFudanPed"
+        for sub, suffix in (("PNGImages", ".png"), ("PedMasks", "_mask.png"), ("Annotation", ".txt")):
+            (subset / sub).mkdir(parents=True)
+            for stem in SUBSET:
+                (subset / sub / f"{stem}{suffix}").symlink_to(PENNFUDAN / sub / f"{stem}{suffix}")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [pytest.param(p, id=p.name) for p in RUNNABLE])
+def test_a_page_runs_top_to_bottom(page, shared, tmp_path):
+    if _uses_pennfudan(page) and not PENNFUDAN.is_dir():
+        pytest.skip(f"{page.name} runs on Penn-Fudan, which is not at {PENNFUDAN}")
+    if "annotation_samples" in page.read_text() and not (shared / "data" / "annotation_samples").exists():
+        pytest.skip(f"{page.name} runs on the annotation samples, which are not at {REAL_SHARED / 'data'}")
+    checkout = shared.parent / f"checkout_{page.stem}"
+    checkout.mkdir()
+    for name in ("tools", "configs", "benchmarks", "tests"):
+        (checkout / name).symlink_to(ROOT / name)
+    text = script(page, f"{sys.executable} {Path(__file__).resolve()} serves")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEG_EXT_GENERATED_DIR": str(tmp_path / "generated")}
+    text = f"PS4='+ [$SECONDS s] '\n{text}"  # each traced command with the seconds since the page began
+    # Ctrl-C as in a terminal, whatever this process inherited (a shell ignores it in the jobs it backgrounds)
+    out = subprocess.run(["bash", "-e", "-x", "-c", text], cwd=checkout, env=env, capture_output=True, text=True,
+                         timeout=900, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    (tmp_path / "trace.log").write_text(out.stderr)  # the page's commands with their start times, kept for a look
+    assert out.returncode == 0, f"{page.name}, run as:\n{text}\n...\n{out.stderr[-6000:]}"
+    assert not [p for p in checkout.iterdir() if p.name not in ("tools", "configs", "benchmarks", "tests", "runs")], (
+        f"{page.name} wrote outside runs/: {sorted(p.name for p in checkout.iterdir())}")
+
+
+def serves(url: str, pid: int, timeout: float = 180.0) -> int:
+    """Wait until ``url`` answers 200 while ``pid`` lives, then Ctrl-C it and wait for it to end: 0 if it served
+    and ended, 1 otherwise (saying why)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if not alive(pid) or time.monotonic() > deadline:
+            print(f"{url} never answered (server {pid})", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    os.kill(pid, signal.SIGINT)
+    for _ in range(60):
+        if not alive(pid):  # (a zombie until the page's shell reaps it)
+            return 0
+        time.sleep(0.5)
+    print(f"the server {pid} did not end within 30 s of Ctrl-C", file=sys.stderr)
+    os.kill(pid, signal.SIGKILL)
+    return 1
+
+
+def test_each_mark_is_known_and_each_page_sets_up_what_it_runs():
+    """(Fast.) A typo in a mark would leave its block unrun or fail the page; a page whose first run block uses $PY
+    must set it there."""
+    for page in PAGES:
+        for mark, _ in blocks(page):
+            assert mark is None or mark in NOT_RUN or re.fullmatch(r"serves http://\S+", mark), (
+                f"{page.name}: unknown mark <!-- test: {mark} -->")
+        run = [text for mark, text in blocks(page) if mark not in NOT_RUN]
+        assert not run or "$PY" not in run[0] or "PY=" in run[0], f"{page.name}: its first block that runs uses $PY before setting it"
+    assert len(RUNNABLE) >= 6
+
+
+def test_the_shortening_is_what_the_test_says():
+    assert shortened("$PY tools/train_semantic.py --output-dir runs/x  # note") == (
+        "$PY tools/train_semantic.py --output-dir runs/x --opts train.epochs=1 # note")
+    assert shortened("$PY tools/train_semantic.py --output-dir runs/x --resume --opts train.epochs=20") == (
+        "$PY tools/train_semantic.py --output-dir runs/x --resume --opts train.epochs=2")
+    assert shortened("$PY tools/sweep.py --data-root $D --seeds 0 1 2 --opts data.resize=squash train.epochs=50 --output-dir runs/s") == (
+        "$PY tools/sweep.py --data-root $D --seeds 0 --opts train.epochs=1 data.val=2 data.test=3 data.resize=squash --output-dir runs/s")
+    assert shortened("$PY tools/train_semantic.py --output-dir runs/i --opts train.epochs=0").endswith(" --opts train.epochs=0")
+    assert shortened("$PY tools/train_semantic.py --eval-only --checkpoint runs/x/best.pt") == (
+        "$PY tools/train_semantic.py --eval-only --checkpoint runs/x/best.pt")
+    assert shortened('$PY tools/predict.py --input "a #b" # c') == '$PY tools/predict.py --input "a #b" # c'
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serves"]:
+    sys.exit(serves(sys.argv[2], int(sys.argv[3])))
