@@ -15,7 +15,6 @@ REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.requirements-$(REQ_HASH)
 CLUSTER_STAMP := $(VENV)/.cluster-$(shell sha256sum requirements-cluster.txt | cut -c1-16)
 ARGS ?=
-TEST_PROCESSES ?= 2
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
@@ -54,9 +53,8 @@ test: venv
 test-gpu: venv
 	$(PY) -m pytest -q -m cuda $(ARGS)
 
-# two pytest processes (pytest-xdist): the full tier waits on subprocesses, Ray and torchrun much of the time
 test-all: venv-cluster
-	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup $(ARGS)
+	$(PY) -m pytest -q $(ARGS)
 
 bench: venv
 	$(PY) benchmarks/run.py $(ARGS)

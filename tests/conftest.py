@@ -14,21 +14,10 @@ from PIL import Image
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
-# tests that start a Ray of their own: one at a time on a machine (make test-all runs two pytest processes)
-RAY_TESTS = ("test_ray_sweep.py::", "test_benchmarks.py::", "test_docs_pages.py::test_a_page_runs_top_to_bottom[experiments")
-
-
 def pytest_collection_modifyitems(config, items):
-    """The GPU tier (``cuda`` marker) skips, saying why, where no CUDA device is visible. With pytest-xdist's
-    processes (``-n 2``, the full tier): the tests that start a Ray go to one process, and the slow tests are
-    handed out first, so that the short ones fill the end."""
+    """The GPU tier (``cuda`` marker) skips, saying why, where no CUDA device is visible."""
     import torch
 
-    for item in items:
-        if any(f"/{name}" in item.nodeid or item.nodeid.startswith(name) for name in RAY_TESTS):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the order within each kind is kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (the GPU tier, make test-gpu); none is visible here")
