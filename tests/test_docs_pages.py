@@ -49,10 +49,24 @@ def _comment_start(line: str) -> int:
     return len(line)
 
 
+def _first_value(setting: str) -> str:
+    """A grid's ``key=v1,v2,...`` (quoted or not; commas inside [...] belong to a value) as ``key=v1``."""
+    quote = setting[0] if setting[:1] in "'\"" else ""
+    key, values = setting.strip("'\"").split("=", 1)
+    depth = 0
+    for i, char in enumerate(values):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            values = values[:i]
+            break
+    return f"{quote}{key}={values}{quote}"
+
+
 def shortened(line: str) -> str:
     """The one change the test makes to a page's command: a training (``train_semantic``, ``train_instance``,
     ``sweep``; not ``--eval-only``) runs 1 epoch (a ``--resume`` continues to 2; ``train.epochs=0`` stays), a sweep
-    1 seed and at most 2 trials, a ``benchmarks/run.py`` its ``--smoke`` form (every step once, at the smallest sizes), and a command on ``$D`` (the test's
+    1 seed, the first value of each ``--grid`` key (the fast tier checks every value) and at most 2 trials of
+    which the best 1 is rerun, a ``benchmarks/run.py`` its ``--smoke`` form (every step once, at the smallest sizes), and a command on ``$D`` (the test's
     12 Penn-Fudan images) splits them 7 / 2 / 3."""
     cut = _comment_start(line)
     command, comment = line[:cut].rstrip(), line[cut:]
@@ -68,6 +82,9 @@ def shortened(line: str) -> str:
             command += f" --opts {' '.join(extras)}"
         command = re.sub(r" --seeds( \d+)+", " --seeds 0", command)
         command = re.sub(r" --trials \d+", " --trials 2", command)
+        command = re.sub(r" --top \d+", " --top 1", command)
+        command = re.sub(r"(?<= --grid )[^-]+", lambda m: " ".join(_first_value(w) for w in m.group(0).split()) + " ",
+                         command).rstrip()
     elif "tools/convert_pennfudan_to_coco.py" in command and on_pennfudan:
         command += " --val 2 --test 3"
     elif "benchmarks/run.py" in command:
@@ -184,6 +201,10 @@ def test_the_shortening_is_what_the_test_says():
         "$PY tools/train_semantic.py --output-dir runs/x --resume --opts train.epochs=2")
     assert shortened("$PY tools/sweep.py --data-root $D --seeds 0 1 2 --opts data.resize=squash train.epochs=50 --output-dir runs/s") == (
         "$PY tools/sweep.py --data-root $D --seeds 0 --opts train.epochs=1 data.val=2 data.test=3 data.resize=squash --output-dir runs/s")
+    assert shortened('$PY tools/sweep.py --grid a.b=0,0.5 "c.d=null,[0.5,1]" --seeds 0 1 --output-dir o') == (
+        '$PY tools/sweep.py --grid a.b=0 "c.d=null" --seeds 0 --output-dir o --opts train.epochs=1')
+    assert shortened('$PY tools/sweep.py --grid "c.d=[0.5,1],null" --top 2') == (
+        '$PY tools/sweep.py --grid "c.d=[0.5,1]" --top 1 --opts train.epochs=1')
     assert shortened("$PY tools/train_semantic.py --output-dir runs/i --opts train.epochs=0").endswith(" --opts train.epochs=0")
     assert shortened("$PY tools/train_semantic.py --eval-only --checkpoint runs/x/best.pt") == (
         "$PY tools/train_semantic.py --eval-only --checkpoint runs/x/best.pt")
