@@ -1,7 +1,7 @@
 """Every shell block of docs/*.md runs as a newcomer types it (the full tier): each page top to bottom, its blocks in
 order as one script, in a fresh folder beside a ``shared/`` folder (so ``../shared/data/...`` resolves as written),
-with one change the test owns (:func:`shortened`): trainings of one epoch, one seed per sweep, and Penn-Fudan on
-12 of its real images. A block marked on its page (``<!-- test: gpu -->``, ``cluster``, ``hours``,
+with one change the test owns (:func:`shortened`): trainings of one epoch, one seed and the first value of each
+grid key per sweep, and Penn-Fudan on 12 of its real images. A block marked on its page (``<!-- test: gpu -->``, ``cluster``, ``hours``,
 ``your-data``) is not run here; the fast tier (``test_docs_commands.py``) checks its options like every other
 block's. A block marked ``<!-- test: serves URL -->`` runs in the background until URL answers, then gets Ctrl-C.
 The README's block is run by ``test_docs.py``."""
