@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,24 @@ def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie waiting for its parent does not)."""
     info = process(pid)
     return info is not None and info[0] != "Z"
+
+
+# what a docs script run needs of the checkout, linked into its fresh folder (the folders the pages' commands name)
+CHECKOUT_LINKS = ("tools", "configs", "benchmarks", "tests")
+DOCS_PY = "PY=~/.cache/seg_ext/venv/bin/python"  # how the README and docs pages set $PY
+
+
+def run_docs_script(script: str, folder: Path, generated: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run a script of README or docs commands as a newcomer would in a checkout: ``bash -e -x`` in ``folder``
+    (holding links to :data:`CHECKOUT_LINKS`), ``$PY`` this environment's Python, generated datasets in
+    ``generated``, each traced command with the seconds since the start, and Ctrl-C as in a terminal whatever
+    this process inherited."""
+    for name in CHECKOUT_LINKS:
+        (folder / name).symlink_to(ROOT / name)
+    script = "PS4='+ [$SECONDS s] '\n" + script.replace(DOCS_PY, f"PY={sys.executable}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEG_EXT_GENERATED_DIR": str(generated)}
+    return subprocess.run(["bash", "-e", "-x", "-c", script], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run_tool_process(name: str, argv: list, timeout: float = 300) -> subprocess.CompletedProcess:

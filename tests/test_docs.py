@@ -10,12 +10,10 @@ import multiprocessing
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, call_tool
+from conftest import DOCS_PY, ROOT, call_tool, run_docs_script
 
 pytestmark = pytest.mark.slow
 
@@ -69,16 +67,12 @@ SHORTER = {"$PY tools/train_semantic.py --output-dir runs/sem\n": "$PY tools/tra
 
 
 def test_the_readme_commands_run_in_order(tmp_path):
-    (block_name, block), = _blocks("run-in-order", "bash")
-    for name in ("tools", "configs"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    script = re.sub(r"^PY=.*$", f"PY={sys.executable}", block, count=1, flags=re.M)
+    (block_name, script), = _blocks("run-in-order", "bash")
+    assert DOCS_PY in script, f"the README's block no longer sets {DOCS_PY}"
     for written, shorter in SHORTER.items():
         assert script.count(written) == 1, f"the README's block no longer holds {written!r}; update SHORTER"
         script = script.replace(written, shorter)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEG_EXT_GENERATED_DIR": str(tmp_path / "datasets" / "generated")}
-    out = subprocess.run(["bash", "-e", "-x", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=1200)
+    out = run_docs_script(script, tmp_path, tmp_path / "datasets" / "generated", timeout=1200)
     assert out.returncode == 0, out.stderr[-4000:]
     for path in ("runs/sem/metrics.json", "runs/ws/metrics.json", "runs/sem_eval/metrics.json", "runs/oracle/metrics.json",
                  "runs/pred/predictions.json", "runs/ws_pred/metrics.json", "runs/sem.onnx", "runs/pred_onnx/predictions.json",

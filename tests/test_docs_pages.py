@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -19,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, alive
+from conftest import CHECKOUT_LINKS, ROOT, alive, run_docs_script
 
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 FENCED = re.compile(r"(?:<!-- test: ([^>]*?) -->\s*\n)?^( *)```bash\n(.*?)^\2```", re.S | re.M)
-NOT_RUN = {"gpu": "needs a GPU", "cluster": "needs a cluster", "hours": "takes hours as written",
-           "your-data": "needs the reader's own data"}
+NOT_RUN = ("gpu", "cluster", "hours", "your-data")  # needs a GPU, a cluster, hours, or the reader's own data
+SERVES = re.compile(r"serves (http://\S+)")
 REAL_SHARED = ROOT.parent / "shared"
 PENNFUDAN = REAL_SHARED / "data" / "PennFudanPed"
 # 12 of the real images: the files the pages name (FudanPed00001.png, PennPed0001*.png) among them
@@ -83,8 +82,8 @@ def shortened(line: str) -> str:
         command = re.sub(r" --seeds( \d+)+", " --seeds 0", command)
         command = re.sub(r" --trials \d+", " --trials 2", command)
         command = re.sub(r" --top \d+", " --top 1", command)
-        command = re.sub(r"(?<= --grid )[^-]+", lambda m: " ".join(_first_value(w) for w in m.group(0).split()) + " ",
-                         command).rstrip()
+        command = re.sub(r"(?<= --grid ).*?(?= --|$)", lambda m: " ".join(_first_value(w) for w in m.group(0).split()),
+                         command)
     elif "tools/convert_pennfudan_to_coco.py" in command and on_pennfudan:
         command += " --val 2 --test 3"
     elif "benchmarks/run.py" in command:
@@ -101,12 +100,12 @@ def script(page: Path, server_check: str) -> str:
             continue
         lines = [shortened(line) for line in text.replace("\\\n", " ").splitlines()]
         if mark is not None:
-            url = re.fullmatch(r"serves (\S+)", mark)
-            assert url, f"{page.name}: unknown mark <!-- test: {mark} -->; expected one of {sorted(NOT_RUN)} or 'serves URL'"
+            url = SERVES.fullmatch(mark)
+            assert url, f"{page.name}: unknown mark <!-- test: {mark} -->; expected one of {NOT_RUN} or 'serves URL'"
             # job control on: a background job of a script otherwise ignores Ctrl-C (SIGINT), as bash sets it up
             lines[-1] = "set -m; " + lines[-1][:_comment_start(lines[-1])].rstrip() + " &"
             lines.append(f"set +m; {server_check} {url.group(1)} $!; wait $!")  # its exit status after Ctrl-C
-        parts.append("\n".join(lines).replace("PY=~/.cache/seg_ext/venv/bin/python", f"PY={sys.executable}"))
+        parts.append("\n".join(lines))
     return "\n".join(parts) + "\n"
 
 
@@ -143,17 +142,11 @@ def test_a_page_runs_top_to_bottom(page, shared, tmp_path):
         pytest.skip(f"{page.name} runs on the annotation samples, which are not at {REAL_SHARED / 'data'}")
     checkout = shared.parent / f"checkout_{page.stem}"
     checkout.mkdir()
-    for name in ("tools", "configs", "benchmarks", "tests"):
-        (checkout / name).symlink_to(ROOT / name)
     text = script(page, f"{sys.executable} {Path(__file__).resolve()} serves")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEG_EXT_GENERATED_DIR": str(tmp_path / "generated")}
-    text = f"PS4='+ [$SECONDS s] '\n{text}"  # each traced command with the seconds since the page began
-    # Ctrl-C as in a terminal, whatever this process inherited (a shell ignores it in the jobs it backgrounds)
-    out = subprocess.run(["bash", "-e", "-x", "-c", text], cwd=checkout, env=env, capture_output=True, text=True,
-                         timeout=900, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out = run_docs_script(text, checkout, tmp_path / "generated", timeout=900)
     (tmp_path / "trace.log").write_text(out.stderr)  # the page's commands with their start times, kept for a look
     assert out.returncode == 0, f"{page.name}, run as:\n{text}\n...\n{out.stderr[-6000:]}"
-    assert not [p for p in checkout.iterdir() if p.name not in ("tools", "configs", "benchmarks", "tests", "runs")], (
+    assert not [p for p in checkout.iterdir() if p.name not in (*CHECKOUT_LINKS, "runs")], (
         f"{page.name} wrote outside runs/: {sorted(p.name for p in checkout.iterdir())}")
 
 
@@ -187,7 +180,7 @@ def test_each_mark_is_known_and_each_page_sets_up_what_it_runs():
     must set it there."""
     for page in PAGES:
         for mark, _ in blocks(page):
-            assert mark is None or mark in NOT_RUN or re.fullmatch(r"serves http://\S+", mark), (
+            assert mark is None or mark in NOT_RUN or SERVES.fullmatch(mark), (
                 f"{page.name}: unknown mark <!-- test: {mark} -->")
         run = [text for mark, text in blocks(page) if mark not in NOT_RUN]
         assert not run or "$PY" not in run[0] or "PY=" in run[0], f"{page.name}: its first block that runs uses $PY before setting it"
