@@ -291,6 +291,9 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
             raise ConfigError(f"config key 'data.num_workers' is {workers!r}; expected auto or a number of loader "
                               "processes, 0 or more")
+    if data.get("max_images") is not None and not (type(data["max_images"]) is int and data["max_images"] >= 1):
+        raise ConfigError(f"config key 'data.max_images' is {data['max_images']!r}; expected null (every image) or a "
+                          "number of images per split, at least 1")
     if "hflip_prob" in augment:
         interval(float(augment["hflip_prob"]), "augment.hflip_prob", lambda p: 0 <= p <= 1, "a probability in [0, 1]")
     if train:

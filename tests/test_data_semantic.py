@@ -173,3 +173,36 @@ def test_synthetic_data_generated_by_several_processes_at_once_is_whole_for_each
         counts = list(pool.map(_generate_and_count, [str(tmp_path / "ds")] * 4))
     assert counts == [16, 16, 16, 16]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]  # no temporary folder left
+
+
+def test_max_images_cuts_each_split_to_its_first_images_for_both_tasks(scenes_root, pennfudan_root, tmp_path):
+    import json
+
+    from seg_ext.data.base import SPLITS, SplitRequest
+    from seg_ext.data.formats import get_format
+    from seg_ext.data.semantic import build_semantic_datasets
+    from seg_ext.methods import method_config
+
+    full = resolve_splits(open_semantic_source(scenes_root))
+    datasets, cut = build_semantic_datasets(scenes_root, {}, max_images=3)
+    assert cut == {s: ids[:3] for s, ids in full.items()} and [len(datasets[s]) for s in SPLITS] == [3, 3, 3]
+    # instances: the COCO files a run trains and scores on hold each split's first images and only their instances
+    pennfudan = get_format("pennfudan", "instance")
+    whole, _ = pennfudan.coco_splits(pennfudan_root, tmp_path / "whole", SplitRequest(2, 3))
+    first, _ = pennfudan.coco_splits(pennfudan_root, tmp_path / "first", SplitRequest(2, 3, max_images=2))
+    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    for split in SPLITS:
+        kept = read(whole[split])["images"][:2]
+        assert read(first[split])["images"] == kept
+        assert read(first[split])["annotations"] and {a["image_id"] for a in read(first[split])["annotations"]} == {
+            i["id"] for i in kept}
+    # COCO files named in the config: cut copies in the run's coco/ folder, the files themselves untouched
+    files = {"train": str(whole["train"]), "val": str(whole["val"]), "test": None}
+    given, _ = get_format("coco", "instance").coco_splits(pennfudan_root, tmp_path / "run", SplitRequest(
+        files=files, max_images=1))
+    assert given["train"] == tmp_path / "run" / "coco" / "instances_train.json" and given["test"] is None
+    assert [len(read(given[s])["images"]) for s in ("train", "val")] == [1, 1]
+    assert len(read(whole["train"])["images"]) == 7
+    for bad in ("0", "2.5", "all"):
+        with pytest.raises(ConfigError, match=r"config key 'data\.max_images' is .*; expected null"):
+            method_config("semantic", overrides=[f"data.max_images={bad}"])

@@ -73,6 +73,7 @@ class SplitRequest:
     test: float | None = None
     seed: int = 0
     files: dict[str, str | None] | None = None
+    max_images: int | None = None  # data.max_images: each split cut to its first images
 
 
 class Format:
@@ -131,10 +132,12 @@ class Format:
             params = {"root": params["root"], "format": self.name, "splits": "the dataset's own"}
         elif request.val is None and request.test is None:
             val, test = small_split(len(source.items), val, test, str(root))
+        if request.max_images is not None:
+            params["max_images"] = request.max_images
         marker = coco_dir / "conversion.json"
         paths = {s: coco_dir / f"instances_{s}.json" for s in SPLITS}
         if not (marker.is_file() and json.loads(marker.read_text()) == params and all(p.is_file() for p in paths.values())):
-            write_coco_splits(source, coco_dir, request.seed, val, test, splits=own)
+            write_coco_splits(source, coco_dir, request.seed, val, test, splits=own, max_images=request.max_images)
             marker.write_text(json.dumps(params))
         return dict(paths), Path(source.root)
 
@@ -170,6 +173,18 @@ def make_splits(ids: Sequence[str], val: float, test: float, seed: int) -> dict[
         "val": sorted(shuffled[n_test : n_test + n_val]),
         "train": sorted(shuffled[n_test + n_val :]),
     }
+
+
+def first_images(splits: dict[str, list[str]], max_images: int | None) -> dict[str, list[str]]:
+    """``data.max_images``: each split cut to its first ``max_images`` ids (in the split's order; None: all), for a
+    quick try of a pipeline on a few images. Said in the log when it cuts."""
+    if max_images is None:
+        return splits
+    cut = {s: ids[:max_images] for s, ids in splits.items()}
+    if cut != splits:
+        logger.info("data.max_images %d: %s", max_images,
+                    ", ".join(f"{s} {len(cut[s])} of {len(ids)}" for s, ids in splits.items()))
+    return cut
 
 
 def small_split(total: int, val: float, test: float, what: str) -> tuple[float, float]:
@@ -242,9 +257,10 @@ def tight_bbox(mask: np.ndarray) -> list[float]:
 
 
 def instances_to_coco(source: InstanceSource, seed: int = 0, val: float = 0.1, test: float = 0.1,
-                      splits: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+                      splits: dict[str, list[str]] | None = None, max_images: int | None = None) -> dict[str, dict[str, Any]]:
     """COCO instance dicts of the train/val/test splits of an instance source: ``splits`` (the dataset's own), or
-    a seeded split with ``val`` and ``test`` images.
+    a seeded split with ``val`` and ``test`` images; with ``max_images``, each split's first images only
+    (:func:`first_images`).
 
     Image ids are the 1-based position of the image in the source's order, the same in every split file; each
     instance is an annotation with an RLE ``segmentation``, ``area`` = its pixels, a tight ``bbox`` and
@@ -252,7 +268,7 @@ def instances_to_coco(source: InstanceSource, seed: int = 0, val: float = 0.1, t
     """
     if splits is None:
         splits = make_splits(list(source.items), val, test, seed)
-    splits = {s: list(splits.get(s, [])) for s in SPLITS}
+    splits = first_images({s: list(splits.get(s, [])) for s in SPLITS}, max_images)
     split_of = {image_id: split for split, ids in splits.items() for image_id in ids}
     out = {
         split: {
@@ -291,13 +307,14 @@ def instances_to_coco(source: InstanceSource, seed: int = 0, val: float = 0.1, t
 
 
 def write_coco_splits(source: InstanceSource, output_dir: str | Path, seed: int = 0, val: float = 0.1,
-                      test: float = 0.1, splits: dict[str, list[str]] | None = None) -> dict[str, Path]:
+                      test: float = 0.1, splits: dict[str, list[str]] | None = None,
+                      max_images: int | None = None) -> dict[str, Path]:
     """Write ``instances_{train,val,test}.json`` of an instance source (``splits``: the dataset's own, else a
     seeded split); return their paths by split."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for split, coco in instances_to_coco(source, seed, val, test, splits).items():
+    for split, coco in instances_to_coco(source, seed, val, test, splits, max_images).items():
         path = output_dir / f"instances_{split}.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(coco))

@@ -22,6 +22,7 @@ from seg_ext.data.annotations import BACKGROUND_NAMES, AnnotatedFormat, Annotati
 from seg_ext.data.base import SPLITS, SplitRequest, masks_to_rles  # noqa: F401  (re-exported)
 from seg_ext.data.files import read_image, read_json
 from seg_ext.errors import ConfigError, DatasetError
+from seg_ext.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +245,18 @@ class CocoFormat(AnnotatedFormat):
         for split in ("train", "val"):
             if not files.get(split):
                 raise ConfigError(f"config key 'data.{split}_json' is empty; COCO data needs the instance files of train and val")
-        return {s: Path(files[s]).expanduser() if files.get(s) else None for s in SPLITS}, root
+        paths = {s: Path(files[s]).expanduser() if files.get(s) else None for s in SPLITS}
+        if request.max_images is not None:  # the given files' first images, as copies in the run's coco/ folder
+            for split, path in paths.items():
+                coco = load_coco_json(path) if path else None
+                if coco is not None and len(coco["images"]) > request.max_images:
+                    coco["images"] = coco["images"][:request.max_images]
+                    kept = {image["id"] for image in coco["images"]}
+                    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
+                    paths[split] = Path(output_dir) / "coco" / f"instances_{split}.json"
+                    paths[split].parent.mkdir(parents=True, exist_ok=True)
+                    write_json(coco, paths[split])
+        return paths, root
 
     def read(self, root: Path) -> AnnotationSet:
         paths = _coco_files(root)

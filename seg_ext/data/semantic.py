@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from seg_ext.data.base import (  # noqa: F401  (re-exported: the split helpers and the source live in data.base)
-    IMAGE_EXTENSIONS, SPLITS, SemanticSource, make_splits, resolve_splits,
+    IMAGE_EXTENSIONS, SPLITS, SemanticSource, first_images, make_splits, resolve_splits,
 )
 from seg_ext.data.files import image_size, read_image
 from seg_ext.errors import DatasetError
@@ -127,11 +127,12 @@ def build_semantic_datasets(
     test: float | None = None,
     split_seed: int = 0,
     splits_file: str | Path | None = None,
+    max_images: int | None = None,
 ) -> tuple[dict[str, SemanticSegDataset], dict[str, list[str]]]:
-    """Datasets for each split (see :func:`resolve_splits`), each with its transform; also returns the split ids.
-    ``root`` None: the built-in synthetic scenes."""
+    """Datasets for each split (see :func:`resolve_splits`; ``max_images``: each split's first images only), each
+    with its transform; also returns the split ids. ``root`` None: the built-in synthetic scenes."""
     source = open_semantic_source(root, format)
-    splits = resolve_splits(source, val, test, split_seed, splits_file)
+    splits = first_images(resolve_splits(source, val, test, split_seed, splits_file), max_images)
     logger.info(
         "dataset %s (%s): %d classes, %s",
         source.root,

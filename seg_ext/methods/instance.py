@@ -57,6 +57,7 @@ FAMILY_DEFAULTS: dict[str, Any] = {
         "val": None,  # val/test images of a drawn split (null: the format's default, e.g. 15 and 50 for Penn-Fudan)
         "test": None,
         "split_seed": 0,
+        "max_images": None,  # a quick try: each split cut to its first N images (null: all)
         "batch_size": 2,
         "num_workers": "auto",  # auto: min(8, CPUs this process may use / processes on the machine)
         "min_box_size": 1.0,  # annotations with a narrower or lower box are dropped (with a warning)
@@ -175,7 +176,7 @@ class InstanceMethod(Method):
         root = Path(data["root"]).expanduser() if data["root"] is not None else None
         files = {s: data.get(f"{s}_json") for s in SPLITS}
         fmt = find_format(root, data["format"], self.task, files)
-        request = SplitRequest(data["val"], data["test"], data["split_seed"], files)
+        request = SplitRequest(data["val"], data["test"], data["split_seed"], files, data["max_images"])
         paths, image_root = fmt.coco_splits(root, Path(output_dir), request)
         return paths, image_root, fmt.describe(root, self.task)
 

@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "test": None,  # size of the test split, likewise
         "split_seed": 0,
         "splits_file": None,  # a splits.json from an earlier run, to reuse its split exactly
+        "max_images": None,  # a quick try: each split cut to its first N images (null: all)
         "batch_size": 8,
         "num_workers": "auto",  # auto: min(8, CPUs this process may use / processes on the machine)
     },
@@ -246,7 +247,8 @@ class SemanticMethod(Method):
     def _datasets(self, transforms: dict[str, Any]) -> tuple[dict[str, SemanticSegDataset], dict[str, list[str]]]:
         data = self.cfg["data"]
         return build_semantic_datasets(data["root"], transforms, format=data["format"], val=data["val"], test=data["test"],
-                                       split_seed=data["split_seed"], splits_file=data["splits_file"])
+                                       split_seed=data["split_seed"], splits_file=data["splits_file"],
+                                       max_images=data["max_images"])
 
     def datasets(self, output_dir: Path) -> RunData:
         transforms = {"train": self.transforms(True), "val": self.transforms(False), "test": self.transforms(False)}
