@@ -1,10 +1,10 @@
 """Every shell block of docs/*.md runs as a newcomer types it (the full tier): each page top to bottom, its blocks in
 order as one script, in a fresh folder beside a ``shared/`` folder (so ``../shared/data/...`` resolves as written),
-with one change the test owns (:func:`shortened`): trainings of one epoch, one seed and the first value of each
-grid key per sweep, and Penn-Fudan on 12 of its real images. A block marked on its page (``<!-- test: gpu -->``, ``cluster``, ``hours``,
-``your-data``) is not run here; the fast tier (``test_docs_commands.py``) checks its options like every other
-block's. A block marked ``<!-- test: serves URL -->`` runs in the background until URL answers, then gets Ctrl-C.
-The README's block is run by ``test_docs.py``."""
+with one change the test owns (:func:`shortened`): trainings of one epoch on the first 4 images of each split, one
+seed and the first value of each grid key per sweep, and Penn-Fudan on 12 of its real images. A block marked on its
+page (``<!-- test: gpu -->``, ``cluster``, ``hours``, ``your-data``) is not run here; the fast tier
+(``test_docs_commands.py``) checks its options like every other block's. A block marked ``<!-- test: serves URL -->``
+runs in the background until URL answers, then gets Ctrl-C. The README's block is run by ``test_docs.py``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ REAL_SHARED = ROOT.parent / "shared"
 PENNFUDAN = REAL_SHARED / "data" / "PennFudanPed"
 # 12 of the real images: the files the pages name (FudanPed00001.png, PennPed0001*.png) among them
 SUBSET = [f"FudanPed0000{i}" for i in range(1, 7)] + [f"PennPed0001{i}" for i in range(6)]
+MAX_IMAGES = 4  # a training's splits cut to their first 4 images (data.max_images; a resume keeps its run's)
 
 
 def blocks(page: Path) -> list[tuple[str | None, str]]:
@@ -63,10 +64,11 @@ def _first_value(setting: str) -> str:
 
 def shortened(line: str) -> str:
     """The one change the test makes to a page's command: a training (``train_semantic``, ``train_instance``,
-    ``sweep``; not ``--eval-only``) runs 1 epoch (a ``--resume`` continues to 2; ``train.epochs=0`` stays), a sweep
-    1 seed, the first value of each ``--grid`` key (the fast tier checks every value) and at most 2 trials of
-    which the best 1 is rerun, a ``benchmarks/run.py`` its ``--smoke`` form (every step once, at the smallest sizes), and a command on ``$D`` (the test's
-    12 Penn-Fudan images) splits them 7 / 2 / 3."""
+    ``sweep``; not ``--eval-only``) runs 1 epoch on the first 4 images of each split (``data.max_images``; a
+    ``--resume`` continues its run to 2; ``train.epochs=0`` stays), a sweep 1 seed, the first value of each
+    ``--grid`` key (the fast tier checks every value) and at most 2 trials of which the best 1 is rerun, a
+    ``benchmarks/run.py`` its ``--smoke`` form (every step once, at the smallest sizes), and a command on ``$D`` (the
+    test's 12 Penn-Fudan images) splits them 7 / 2 / 3."""
     cut = _comment_start(line)
     command, comment = line[:cut].rstrip(), line[cut:]
     on_pennfudan = "$D" in command
@@ -74,7 +76,8 @@ def shortened(line: str) -> str:
         resume = "--resume" in command
         epochs = 2 if resume else 0 if re.search(r"train\.epochs=0\b", command) else 1
         command = re.sub(r" --opts(?= --|$)", "", re.sub(r" train\.epochs=\S+", "", command))
-        extras = [f"train.epochs={epochs}"] + (["data.val=2", "data.test=3"] if on_pennfudan and not resume else [])
+        extras = [f"train.epochs={epochs}"] + ([] if resume else [f"data.max_images={MAX_IMAGES}"]) + (
+            ["data.val=2", "data.test=3"] if on_pennfudan and not resume else [])
         if " --opts " in command:
             command = command.replace(" --opts ", f" --opts {' '.join(extras)} ", 1)
         else:
@@ -189,16 +192,18 @@ def test_each_mark_is_known_and_each_page_sets_up_what_it_runs():
 
 def test_the_shortening_is_what_the_test_says():
     assert shortened("$PY tools/train_semantic.py --output-dir runs/x  # note") == (
-        "$PY tools/train_semantic.py --output-dir runs/x --opts train.epochs=1 # note")
+        "$PY tools/train_semantic.py --output-dir runs/x --opts train.epochs=1 data.max_images=4 # note")
     assert shortened("$PY tools/train_semantic.py --output-dir runs/x --resume --opts train.epochs=20") == (
         "$PY tools/train_semantic.py --output-dir runs/x --resume --opts train.epochs=2")
     assert shortened("$PY tools/sweep.py --data-root $D --seeds 0 1 2 --opts data.resize=squash train.epochs=50 --output-dir runs/s") == (
-        "$PY tools/sweep.py --data-root $D --seeds 0 --opts train.epochs=1 data.val=2 data.test=3 data.resize=squash --output-dir runs/s")
+        "$PY tools/sweep.py --data-root $D --seeds 0 --opts train.epochs=1 data.max_images=4 data.val=2 data.test=3 data.resize=squash "
+        "--output-dir runs/s")
     assert shortened('$PY tools/sweep.py --grid a.b=0,0.5 "c.d=null,[0.5,1]" --seeds 0 1 --output-dir o') == (
-        '$PY tools/sweep.py --grid a.b=0 "c.d=null" --seeds 0 --output-dir o --opts train.epochs=1')
+        '$PY tools/sweep.py --grid a.b=0 "c.d=null" --seeds 0 --output-dir o --opts train.epochs=1 data.max_images=4')
     assert shortened('$PY tools/sweep.py --grid "c.d=[0.5,1],null" --top 2') == (
-        '$PY tools/sweep.py --grid "c.d=[0.5,1]" --top 1 --opts train.epochs=1')
-    assert shortened("$PY tools/train_semantic.py --output-dir runs/i --opts train.epochs=0").endswith(" --opts train.epochs=0")
+        '$PY tools/sweep.py --grid "c.d=[0.5,1]" --top 1 --opts train.epochs=1 data.max_images=4')
+    assert shortened("$PY tools/train_semantic.py --output-dir runs/i --opts train.epochs=0").endswith(
+        " --opts train.epochs=0 data.max_images=4")
     assert shortened("$PY tools/train_semantic.py --eval-only --checkpoint runs/x/best.pt") == (
         "$PY tools/train_semantic.py --eval-only --checkpoint runs/x/best.pt")
     assert shortened('$PY tools/predict.py --input "a #b" # c') == '$PY tools/predict.py --input "a #b" # c'
