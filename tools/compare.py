@@ -5,7 +5,7 @@ mean per column in bold; validation curves of every run overlaid and a bar chart
 
 Examples:
     python tools/compare.py runs/sweeps/aug --output runs/sweeps/aug/comparison.md
-    python tools/compare.py runs/semantic/a runs/semantic/b --output compare.md
+    python tools/compare.py runs/semantic/a runs/semantic/b --output runs/compare.md
 """
 
 from __future__ import annotations

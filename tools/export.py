@@ -9,8 +9,8 @@ multiples of 32 for models with a ResNet encoder). Mask R-CNN: torchvision's pat
 size); when it fails or does not match, the tool says so and writes nothing.
 
 Examples:
-    python tools/export.py --checkpoint runs/x/best.pt --output model.onnx
-    python tools/export.py --checkpoint runs/x/best.pt --output model.onnx --dynamic --image photo.jpg
+    python tools/export.py --checkpoint runs/x/best.pt --output runs/x.onnx
+    python tools/export.py --checkpoint runs/x/best.pt --output runs/x.onnx --dynamic --image photo.jpg
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ Outputs in --output-dir:
                confusion matrix and calibration plots
 
 Examples:
-    python tools/predict.py --checkpoint runs/x/best.pt --input photo.jpg --output-dir out
-    python tools/predict.py --checkpoint runs/x/best.pt --input ../shared/data/PennFudanPed/PNGImages --output-dir out --tta
-    python tools/predict.py --checkpoint runs/y/best.pt --input 'pics/*.png' --output-dir out --coco-gt runs/y/coco/instances_test.json
-    python tools/predict.py --checkpoint runs/x/best.pt --input imgs --gt masks --output-dir out
-    python tools/predict.py --checkpoint runs/x/best.pt --onnx model.onnx --input pics --output-dir out
-    python tools/predict.py --checkpoint runs/x/best.pt --input big_photo.jpg --output-dir out --opts eval.mode=slide
+    python tools/predict.py --checkpoint runs/x/best.pt --input photo.jpg --output-dir runs/x_pred
+    python tools/predict.py --checkpoint runs/x/best.pt --input ../shared/data/PennFudanPed/PNGImages --output-dir runs/x_pred --tta
+    python tools/predict.py --checkpoint runs/y/best.pt --input 'pics/*.png' --output-dir runs/y_pred --coco-gt runs/y/coco/instances_test.json
+    python tools/predict.py --checkpoint runs/x/best.pt --input imgs --gt masks --output-dir runs/x_scored
+    python tools/predict.py --checkpoint runs/x/best.pt --onnx runs/x.onnx --input pics --output-dir runs/x_onnx_pred
+    python tools/predict.py --checkpoint runs/x/best.pt --input big_photo.jpg --output-dir runs/x_slide --opts eval.mode=slide
 
 Exit codes: 0 done; 1 done, but some images could not be read (each named in a warning); 2 bad input.
 """
