@@ -98,6 +98,37 @@ def test_cvat_project_export():
 
 
 @needs_samples
+def test_cvat_files_named_otherwise_are_found_by_their_content(tmp_path):
+    """The project export renamed (one file: the whole set), and split into one file per subset as Datumaro writes
+    them (``Train.xml``, ...: the subsets named by the stems) read as the original: same images, shapes, splits."""
+    import xml.etree.ElementTree as ET
+
+    def shapes(data):
+        return {i: [(s.label, s.kind, s.points) for s in a.shapes] for i, a in data.images.items()}
+
+    original = FORMATS["cvat"]().read(SAMPLES / "cvat_images_xml")
+    renamed, per_subset = tmp_path / "renamed", tmp_path / "per_subset"
+    for folder in (renamed, per_subset):
+        folder.mkdir()
+        (folder / "images").symlink_to(SAMPLES / "cvat_images_xml" / "images")
+    shutil.copy(SAMPLES / "cvat_images_xml" / "annotations.xml", renamed / "task_7_export.xml")
+    for subset in ("Train", "Validation", "Test"):
+        tree = ET.parse(SAMPLES / "cvat_images_xml" / "annotations.xml")
+        for image in list(tree.getroot().iter("image")):
+            if image.attrib.pop("subset") != subset:
+                tree.getroot().remove(image)
+        tree.write(per_subset / f"{subset}.xml")
+    (per_subset / "notes.xml").write_text("<notes>not an annotation file</notes>")
+    for folder in (renamed, per_subset):
+        assert find_format(folder, "auto", "instance").name == "cvat"
+        data = FORMATS["cvat"]().read(folder)
+        assert data.classes == original.classes and data.splits == original.splits
+        assert shapes(data) == shapes(original) and data.skipped == original.skipped
+        assert {i: a.image.resolve() for i, a in data.images.items()} == {
+            i: a.image.resolve() for i, a in original.images.items()}
+
+
+@needs_samples
 def test_yolo_polygons_are_denormalised_and_named():
     source = FORMATS["yolo"]().instance_source(SAMPLES / "yolo_seg")
     (image_id,) = source.items

@@ -1,5 +1,7 @@
 """CVAT for images 1.1 XML: ``annotations.xml`` (a task or a project export) and the images under
-``images/<subset>/<name>`` (a project) or ``images/<name>``.
+``images/<subset>/<name>`` (a project) or ``images/<name>``; without ``annotations.xml``, the folder's CVAT XML
+files whatever their names, found by their content (Datumaro writes one per subset, ``train.xml``, ``test.xml``:
+several files are the subsets named by their stems, one file is the whole set).
 
 * Shapes: ``polygon``, ``box``, ``ellipse`` and ``mask`` (CVAT's run-length encoding over the mask's own box,
   row by row, starting with background) are read; ``polyline``, ``points``, ``skeleton``, ``tag`` and tracks
@@ -55,38 +57,60 @@ def _rle_mask(element: ET.Element, where: str):
     return draw
 
 
+def _is_cvat(path: Path) -> bool:
+    """A CVAT for images XML file, by its start (``<annotations>``; VOC's files start ``<annotation>``)."""
+    try:
+        with open(path, "rb") as fh:
+            return b"<annotations" in fh.read(2048)
+    except OSError:
+        return False
+
+
+def cvat_files(root: Path) -> list[Path]:
+    """``annotations.xml``, else the folder's other CVAT XML files (sorted)."""
+    if (root / "annotations.xml").is_file():
+        return [root / "annotations.xml"]
+    return [p for p in sorted(root.glob("*.xml")) if p.is_file() and _is_cvat(p)]
+
+
 class CvatFormat(AnnotatedFormat):
     name = "cvat"
-    layout = "annotations.xml (CVAT for images 1.1) + images/"
+    layout = "annotations.xml or other CVAT for images 1.1 XML files + images/"
     default_split = (0.1, 0.1)
 
     @classmethod
     def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
-        path = root / "annotations.xml"
-        if not path.is_file():
-            return 0
-        with open(path, "rb") as fh:
-            head = fh.read(2048)
-        return 2 if b"<annotations" in head else 0
+        return 2 if any(_is_cvat(p) for p in cvat_files(root)) else 0
 
     def read(self, root: Path) -> AnnotationSet:
-        path = root / "annotations.xml"
+        paths = cvat_files(root)
+        if not paths:
+            raise DatasetError(f"dataset folder {root} holds no CVAT XML file; expected annotations.xml (CVAT for "
+                               "images 1.1) there")
+        classes: list[str] = []
+        skipped = Counter()
+        images: dict[str, ImageAnnotation] = {}
+        subsets: dict[str, str] = {}
+        for path in paths:  # several files: each a subset, named by its stem
+            self._read_file(root, path, path.stem if len(paths) > 1 else None, classes, images, subsets, skipped)
+        where = str(paths[0]) if len(paths) == 1 else f"the CVAT files of {root}"
+        splits = subset_splits(subsets, where) if subsets else None
+        return AnnotationSet(root, "CVAT annotations", classes, images, splits, "background", skipped)
+
+    def _read_file(self, root: Path, path: Path, file_subset: str | None, classes: list[str],
+                   images: dict[str, ImageAnnotation], subsets: dict[str, str], skipped: Counter) -> None:
         try:
             tree = ET.parse(path)
         except (ET.ParseError, OSError):
             raise DatasetError(f"CVAT file {path} is not valid XML; expected a CVAT for images 1.1 export") from None
         top = tree.getroot()
-        classes: list[str] = []
         for label in top.iter("label"):
             name = label.findtext("name")
             if name is not None and name not in classes:
                 classes.append(name)
-        skipped = Counter()
         skipped.update("track(s) skipped (video annotations)" for _ in top.iter("track"))
-        images: dict[str, ImageAnnotation] = {}
-        subsets: dict[str, str] = {}
         for element in top.iter("image"):
-            name, subset = element.get("name", ""), element.get("subset")
+            name, subset = element.get("name", ""), element.get("subset") or file_subset
             where = f"CVAT file {path}, image {name!r}" + (f" of subset {subset}" if subset else "")
             candidates = ([root / "images" / subset / name] if subset else []) + [root / "images" / name, root / name]
             image = next((c for c in candidates if c.is_file()), candidates[0])
@@ -125,5 +149,3 @@ class CvatFormat(AnnotatedFormat):
             images[image_id] = ImageAnnotation(image, shapes, size, where=where)
             if subset:
                 subsets[image_id] = subset
-        splits = subset_splits(subsets, str(path)) if subsets else None
-        return AnnotationSet(root, "CVAT annotations", classes, images, splits, "background", skipped)
