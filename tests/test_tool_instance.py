@@ -50,6 +50,34 @@ def test_one_iteration_run_and_eval_only(method, opts, pennfudan_root, tmp_path,
     assert again["test"]["bbox/AP"] == pytest.approx(metrics["test"]["bbox/AP"])
 
 
+def test_the_gallery_draws_the_final_evaluations_detections_without_predicting_again(pennfudan_root, tmp_path,
+                                                                                      monkeypatch):
+    """The worst images' pictures come from ``results_test_segm.json`` (the detections the analysis scored, here
+    with test-time augmentation): the network is not run again while they are drawn."""
+    from seg_ext.methods.base import Method
+    from seg_ext.methods.watershed import WatershedMethod
+
+    drawing, draw_worst, forward = [], Method.draw_worst, WatershedMethod.forward
+
+    def counted_draw_worst(self, *args, **kwargs):
+        drawing.append(True)
+        try:
+            return draw_worst(self, *args, **kwargs)
+        finally:
+            drawing.pop()
+
+    def checked_forward(self, *args, **kwargs):
+        assert not drawing, "the gallery ran the network again"
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Method, "draw_worst", counted_draw_worst)
+    monkeypatch.setattr(WatershedMethod, "forward", checked_forward)
+    out = tmp_path / "ws"
+    assert call_tool("train_instance", ["--method", "watershed", "--data-root", pennfudan_root, "--output-dir", out,
+                                        "--opts", *WATERSHED, "eval.tta=true"]) == 0
+    assert len(list((out / "worst_test").glob("*.jpg"))) == 3
+
+
 @pytest.mark.parametrize(
     "argv, pattern",
     [

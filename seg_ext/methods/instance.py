@@ -14,6 +14,8 @@ or (N, 1, H, W), probabilities or 0/1) and :meth:`InstanceMethod.extra_panel`.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +45,19 @@ from seg_ext.visualize import instance_error_picture, instance_overlay_picture, 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+
+
+@functools.lru_cache(maxsize=2)
+def _read_results(path: str, mtime_ns: int) -> dict[int, list[dict[str, Any]]]:
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for result in json.loads(Path(path).read_text()):
+        by_image.setdefault(int(result["image_id"]), []).append(result)
+    return by_image
+
+
+def _results_of(path: Path) -> dict[int, list[dict[str, Any]]]:
+    """A COCO results file's detections by image id, read once per version of the file."""
+    return _read_results(str(path), path.stat().st_mtime_ns)
 
 FAMILY_DEFAULTS: dict[str, Any] = {
     "method": "",
@@ -327,16 +342,15 @@ class InstanceMethod(Method):
 
     def error_picture(self, run: RunLike, model: nn.Module, split: str, row: dict[str, Any]) -> np.ndarray | None:
         """The objects of the image of ``row`` (found, missed) and its detections above ``eval.score_threshold``
-        marked with TIDE's error types, from the same matching as the analysis."""
+        marked with TIDE's error types, from the same matching as the analysis: its detections are those of the
+        final evaluation (``results_<split>_segm.json``, with its test-time augmentation if any), not predicted
+        again."""
         dataset = run.data.datasets[split]
         index = {int(dataset.image_info(i)["id"]): i for i in range(len(dataset))}.get(int(row["image_id"]))
         if index is None:
             return None
         image = dataset.raw(index)[0]
-        with torch.no_grad(), run.precision.autocast():
-            outputs = self.forward(model, [self.prepare(image)])
-        output = self.postprocess(outputs, 0, tuple(image.shape[:2]))
-        _, segm = detections_to_results(output, int(row["image_id"]), dataset.category_of, self.mask_threshold)
+        segm = _results_of(Path(run.output_dir) / f"results_{split}_segm.json").get(int(row["image_id"]), [])
         detected = image_detections(dataset.coco, segm, "segm", [int(row["image_id"])])[0]
         labels = error_labels(detected)
         threshold = float(run.cfg["eval"]["score_threshold"])
