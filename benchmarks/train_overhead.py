@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 
-from harness import median_time, semantic_config, semantic_run
+from harness import median_time, semantic_config, semantic_run, sized
 
 
 def bench(quick: bool, repeat: int) -> dict[str, Any]:
     from seg_ext.engine import Precision, Trainer
     from seg_ext.losses import weighted_cross_entropy
 
-    n_batches = 6 if quick else 12
-    epochs = 2 if quick else 3
+    n_batches = sized(12, 6, 2, quick)
+    epochs = sized(3, 2, 1, quick)
     cfg = semantic_config(opts=[f"train.epochs={epochs}"])
     fp32 = Precision(torch.device("cpu"))
 
