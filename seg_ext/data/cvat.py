@@ -68,7 +68,7 @@ def _is_cvat(path: Path) -> bool:
 
 def cvat_files(root: Path) -> list[Path]:
     """``annotations.xml``, else the folder's other CVAT XML files (sorted)."""
-    if (root / "annotations.xml").is_file():
+    if _is_cvat(root / "annotations.xml"):
         return [root / "annotations.xml"]
     return [p for p in sorted(root.glob("*.xml")) if p.is_file() and _is_cvat(p)]
 
@@ -80,7 +80,7 @@ class CvatFormat(AnnotatedFormat):
 
     @classmethod
     def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
-        return 2 if any(_is_cvat(p) for p in cvat_files(root)) else 0
+        return 2 if cvat_files(root) else 0
 
     def read(self, root: Path) -> AnnotationSet:
         paths = cvat_files(root)
