@@ -74,8 +74,11 @@ def test_the_gallery_draws_the_final_evaluations_detections_without_predicting_a
     monkeypatch.setattr(WatershedMethod, "forward", checked_forward)
     out = tmp_path / "ws"
     assert call_tool("train_instance", ["--method", "watershed", "--data-root", pennfudan_root, "--output-dir", out,
-                                        "--opts", *WATERSHED, "eval.tta=true"]) == 0
+                                        "--opts", *WATERSHED, "eval.tta=true", "data.max_images=3"]) == 0
     assert len(list((out / "worst_test").glob("*.jpg"))) == 3
+    # (data.max_images: 3 training images of 7; the report says the split was cut)
+    assert json.loads((out / "metrics.json").read_text())["splits"] == {"train": 3, "val": 2, "test": 3}
+    assert "`data.max_images=3`: each split cut" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

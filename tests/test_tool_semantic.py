@@ -89,6 +89,16 @@ def test_baseline_runs_through_the_same_evaluation(scenes_root, tmp_path):
     assert "fitted by counting" in (out / "report.md").read_text()
 
 
+def test_max_images_trains_and_scores_the_first_images_and_the_report_says_so(scenes_root, tmp_path):
+    out = tmp_path / "quick"
+    assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *FAST,
+                                        "data.max_images=2"]) == 0
+    splits = json.loads((out / "splits.json").read_text())
+    assert {s: len(ids) for s, ids in splits.items()} == {"train": 2, "val": 2, "test": 2}
+    assert json.loads((out / "metrics.json").read_text())["splits"] == {"train": 2, "val": 2, "test": 2}
+    assert "`data.max_images=2`: each split cut to its first 2 images" in (out / "report.md").read_text()
+
+
 # ---- bad input: one line on stderr naming the file or key, exit code 2, no traceback ----
 
 

@@ -240,6 +240,12 @@ class Method:
             return None
         return dense_plan(self.cfg, self.network_size, self.size_multiple(model))
 
+    def data_notes(self) -> list[str]:
+        """Report lines on what the run's data leaves out (``data.max_images``), said beside its numbers."""
+        cut = self.cfg["data"].get("max_images")
+        return [f"`data.max_images={cut}`: each split cut to its first {cut} images, a quick try of the pipeline; "
+                "these numbers measure no model"] if cut is not None else []
+
     def size_description(self) -> str | None:
         """How images meet the network, for the report (None: each image as it is, e.g. Mask R-CNN)."""
         if self.network_size is None:

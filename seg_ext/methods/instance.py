@@ -374,6 +374,7 @@ class InstanceMethod(Method):
         report.bullets([
             f"command: `{run.command}`" if run.command else "command: (library call)",
             f"dataset: {run.data.description}; split sizes (images): " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
+            *self.data_notes(),
             f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
             *filter(None, [self.size_description()]),
             f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
@@ -410,6 +411,7 @@ class InstanceMethod(Method):
         report.bullets([
             f"command: `{command}`" if command else "command: (library call)",
             f"dataset: {description}; split sizes (images): " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
+            *self.data_notes(),
             *(f"{k}: {v}" for k, v in self.oracle_facts().items()),
             "targets computed from the ground-truth masks, as the training targets are, then the same "
             "post-processing and COCO evaluation as a trained model: the AP a perfect network would reach",

@@ -421,6 +421,7 @@ class SemanticMethod(Method):
             f"command: `{run.command}`" if run.command else "command: (library call)",
             f"dataset: `{cfg['data']['root'] or run.data.description}` ({len(class_names)} classes: {', '.join(class_names)})",
             "split sizes: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + " (ids in `splits.json`)",
+            *self.data_notes(),
             f"{self.size_description()}; " + ("final evaluation with horizontal-flip test-time augmentation; "
                                                           if cfg["eval"]["tta"] else "") + ("the final val and test metrics score each image at its own size "
             "(probabilities upsampled, masks untouched)" + ("" if self.scale else "; per-epoch validation at the network's size")
