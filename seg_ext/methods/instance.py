@@ -14,8 +14,6 @@ or (N, 1, H, W), probabilities or 0/1) and :meth:`InstanceMethod.extra_panel`.
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +29,7 @@ from seg_ext import distributed
 from seg_ext.config import TRAIN_DEFAULTS, choice, interval, pair
 from seg_ext.data.base import SplitRequest
 from seg_ext.data.coco import CocoInstanceDataset, collate_instances, image_tensor
+from seg_ext.data.files import read_json
 from seg_ext.data.formats import find_format, get_format
 from seg_ext.data.transforms import build_instance_transforms, build_scaled_transforms
 from seg_ext.dense import check_crop_fits
@@ -45,19 +44,6 @@ from seg_ext.visualize import instance_error_picture, instance_overlay_picture, 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-@functools.lru_cache(maxsize=2)
-def _read_results(path: str, mtime_ns: int) -> dict[int, list[dict[str, Any]]]:
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for result in json.loads(Path(path).read_text()):
-        by_image.setdefault(int(result["image_id"]), []).append(result)
-    return by_image
-
-
-def _results_of(path: Path) -> dict[int, list[dict[str, Any]]]:
-    """A COCO results file's detections by image id, read once per version of the file."""
-    return _read_results(str(path), path.stat().st_mtime_ns)
 
 FAMILY_DEFAULTS: dict[str, Any] = {
     "method": "",
@@ -350,7 +336,8 @@ class InstanceMethod(Method):
         if index is None:
             return None
         image = dataset.raw(index)[0]
-        segm = _results_of(Path(run.output_dir) / f"results_{split}_segm.json").get(int(row["image_id"]), [])
+        segm = read_json(Path(run.output_dir) / f"results_{split}_segm.json", "results file",
+                         "the final evaluation's COCO results", list)  # image_detections keeps this image's
         detected = image_detections(dataset.coco, segm, "segm", [int(row["image_id"])])[0]
         labels = error_labels(detected)
         threshold = float(run.cfg["eval"]["score_threshold"])
