@@ -76,8 +76,8 @@ def shortened(line: str) -> str:
         resume = "--resume" in command
         epochs = 2 if resume else 0 if re.search(r"train\.epochs=0\b", command) else 1
         command = re.sub(r" --opts(?= --|$)", "", re.sub(r" train\.epochs=\S+", "", command))
-        extras = [f"train.epochs={epochs}"] + ([] if resume else [f"data.max_images={MAX_IMAGES}"]) + (
-            ["data.val=2", "data.test=3"] if on_pennfudan and not resume else [])
+        data = [f"data.max_images={MAX_IMAGES}"] + (["data.val=2", "data.test=3"] if on_pennfudan else [])
+        extras = [f"train.epochs={epochs}"] + ([] if resume else data)  # a resume keeps its run's data
         if " --opts " in command:
             command = command.replace(" --opts ", f" --opts {' '.join(extras)} ", 1)
         else:
