@@ -89,6 +89,7 @@ def test_baseline_runs_through_the_same_evaluation(scenes_root, tmp_path):
     assert "fitted by counting" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # three tool runs (the cut itself: test_data_semantic.py, fast)
 def test_max_images_trains_and_scores_the_first_images_and_the_report_says_so(scenes_root, tmp_path):
     out = tmp_path / "quick"
     assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *FAST,
@@ -97,6 +98,12 @@ def test_max_images_trains_and_scores_the_first_images_and_the_report_says_so(sc
     assert {s: len(ids) for s, ids in splits.items()} == {"train": 2, "val": 2, "test": 2}
     assert json.loads((out / "metrics.json").read_text())["splits"] == {"train": 2, "val": 2, "test": 2}
     assert "`data.max_images=2`: each split cut to its first 2 images" in (out / "report.md").read_text()
+    # a resume and an evaluation of the checkpoint keep the run's cut (the docs' tests shorten trainings so)
+    assert call_tool("train_semantic", ["--resume", "--output-dir", out, "--opts", "train.epochs=2"]) == 0
+    ev = tmp_path / "eval"
+    assert call_tool("train_semantic", ["--eval-only", "--checkpoint", out / "best.pt", "--output-dir", ev]) == 0
+    for run in (out, ev):
+        assert json.loads((run / "metrics.json").read_text())["splits"] == {"train": 2, "val": 2, "test": 2}, run
 
 
 # ---- bad input: one line on stderr naming the file or key, exit code 2, no traceback ----
