@@ -110,12 +110,16 @@ class YoloFormat(AnnotatedFormat):
                 skipped["YOLO shape(s) with coordinates outside [0, 1] (drawn clipped)"] += 1
             if len(coords) == 4:  # the detection format: a box
                 cx, cy, bw, bh = coords
-                points = [((cx - bw / 2) * w, (cy - bh / 2) * h), ((cx + bw / 2) * w, (cy + bh / 2) * h)]
+                points = [(round((cx - bw / 2) * w, 3), round((cy - bh / 2) * h, 3)),
+                          (round((cx + bw / 2) * w, 3), round((cy + bh / 2) * h, 3))]
                 shapes.append(Shape(classes[cls], "rectangle", points, where=where))
                 continue
             if len(coords) < 6:
                 raise DatasetError(f"{where} is a polygon with {len(coords) // 2} point(s); expected at least 3")
-            points = [(coords[i] * w, coords[i + 1] * h) for i in range(0, len(coords), 2)]
+            # back to pixels, rounded to a thousandth: 6 decimals of a fraction are a few 1e-5 px off, and a vertex just
+            # under a pixel's centre would draw the edge a pixel over (PIL truncates), so a file written from pixel
+            # coordinates would not draw back to its pixels
+            points = [(round(coords[i] * w, 3), round(coords[i + 1] * h, 3)) for i in range(0, len(coords), 2)]
             shapes.append(Shape(classes[cls], "polygon", points, where=where))
         return shapes
 
