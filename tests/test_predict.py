@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, call_tool, run_tool_process
+from seg_ext.data.preannotate import SAVE_FORMATS
 
 SEMANTIC = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "train.epochs=2",
             "model.base_width=4", "model.depth=2", "report.num_overlays=1"]
@@ -303,6 +304,9 @@ def test_bad_input_is_one_sentence(semantic_run, watershed_run, scenes_root, tmp
         (["--checkpoint", best, "--input", str(tmp_path / "empty" / "*.png")], "matches no image"),
         (["--checkpoint", watershed_run / "best.pt", "--input", image, "--onnx", semantic_onnx], "expected an export of this checkpoint"),
         (["--checkpoint", best, "--input", image, "--onnx", not_ours], "cannot load ONNX file"),
+        (["--checkpoint", best, "--input", image, "--save-format", "masks", "labelmee"],
+         "--save-format 'labelmee' is not a format predictions are written in; expected one or more of: masks, labelme"),
+        (["--checkpoint", best, "--input", image, "--save-format", "coco", "--tolerance", "-1"], "--tolerance is -1"),
     ]
     for argv, message in cases:
         capsys.readouterr()
@@ -326,7 +330,8 @@ def test_reading_and_writing_threads_write_the_serial_files_byte_for_byte(which,
     files = _test_images(run, scenes_root) if which == "semantic" else _coco_images(run, pennfudan_root)
     predictor = Predictor.from_checkpoint(run / "best.pt", device="cpu")
     for name, workers in (("serial", 0), ("overlap", 3)):
-        predict_files(predictor, files, tmp_path / name, batch_size=3, num_workers=workers, writers=workers, progress=False)
+        predict_files(predictor, files, tmp_path / name, batch_size=3, num_workers=workers, writers=workers, progress=False,
+                      save_formats=SAVE_FORMATS)
     serial = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
     overlap = sorted(p.relative_to(tmp_path / "overlap") for p in (tmp_path / "overlap").rglob("*") if p.is_file())
     assert serial == overlap and len(serial) > 2 * len(files)
@@ -335,8 +340,45 @@ def test_reading_and_writing_threads_write_the_serial_files_byte_for_byte(which,
         if path.name == "predictions.json":  # the same entries, in the input order, but for the times
             strip = lambda d: [{k: v for k, v in e.items() if k != "seconds"} for e in json.loads(d)["images"]]  # noqa: E731
             assert strip(a) == strip(b)
+            assert json.loads(a)["pre_annotations"] == json.loads(b)["pre_annotations"]
         else:
             assert a == b, path
+
+
+@pytest.mark.parametrize("which", ["semantic", "watershed"])
+def test_pre_annotations_read_back_give_the_predicted_masks(which, semantic_run, watershed_run, scenes_root, pennfudan_root,
+                                                             tmp_path, capsys):
+    """tools/predict.py --save-format with every format: each folder, found by the importers' own detection, reads
+    back as the masks/ (or instances/) predict wrote, per image mean IoU >= 0.98, the classes in the model's order."""
+    from test_preannotate import instance_agreement, read_instances, read_semantic, semantic_agreement
+
+    run = semantic_run if which == "semantic" else watershed_run
+    files = _test_images(run, scenes_root) if which == "semantic" else _coco_images(run, pennfudan_root)
+    out = tmp_path / "pred"
+    assert call_tool("predict", ["--checkpoint", run / "best.pt", "--input", *files, "--output-dir", out, "--save-format",
+                                 *SAVE_FORMATS]) == 0
+    printed = capsys.readouterr().out
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert predictions["pre_annotations"]["formats"] == list(SAVE_FORMATS[1:])
+    shapes = sum(e["shapes"] for e in predictions["images"])
+    assert f"pre-annotations: {shapes} shape(s) in" in printed and shapes > 0
+    classes = predictions["classes"]
+    for name in SAVE_FORMATS[1:]:
+        if which == "semantic":
+            found, names, maps = read_semantic(out / name)
+            # the scenes' class 0 (sky) is no background: every class gets shapes, read back after a background
+            assert found == name and names[1:] == classes, (name, names)
+            for path in files:
+                predicted = np.asarray(Image.open(out / "masks" / f"{path.stem}.png")).astype(np.int64) + 1
+                assert semantic_agreement(maps[path.stem], predicted, len(names)) >= 0.98, (name, path.name)
+        else:
+            found, names, read = read_instances(out / name)
+            assert found == name and names == classes, (name, names)
+            for entry in predictions["images"]:
+                ids = np.asarray(Image.open(out / "instances" / f"{entry['name']}.png"))
+                labels = np.array([classes.index(i["category"]) + 1 for i in entry["instances"]])
+                masks, categories = read[entry["name"]]
+                assert instance_agreement(masks, categories, ids, labels) >= 0.98, (name, entry["name"])
 
 
 @pytest.mark.slow

@@ -12,6 +12,11 @@ Outputs in --output-dir:
                image scored in per_image.csv, the error breakdown errors.png and the score calibration
     semantic with --gt MASK_FOLDER: IoU and pixel AP printed and written to metrics.json, per_image.csv, the
                confusion matrix and calibration plots
+    --save-format labelme cvat coco yolo voc (any of them; masks/ and instances/ are always written): the
+               predictions as pre-annotations a labelling tool opens, each in <format>/ laid out as the tool's own
+               export (docs/labelling.md): labelme/<stem>.json + labels.txt; cvat/annotations.xml + images/;
+               coco/annotations/instances_default.json + images/; yolo/images/ + labels/ + classes.txt;
+               voc/JPEGImages/ + SegmentationClass/ (+ SegmentationObject/) + class_names.txt
 
 Examples:
     python tools/predict.py --checkpoint runs/x/best.pt --input photo.jpg --output-dir runs/x_pred
@@ -20,6 +25,7 @@ Examples:
     python tools/predict.py --checkpoint runs/x/best.pt --input imgs --gt masks --output-dir runs/x_scored
     python tools/predict.py --checkpoint runs/x/best.pt --onnx runs/x.onnx --input pics --output-dir runs/x_onnx_pred
     python tools/predict.py --checkpoint runs/x/best.pt --input big_photo.jpg --output-dir runs/x_slide --opts eval.mode=slide
+    python tools/predict.py --checkpoint runs/x/best.pt --input new_photos --output-dir runs/x_pre --save-format labelme cvat
 
 Exit codes: 0 done; 1 done, but some images could not be read (each named in a warning); 2 bad input.
 """
@@ -37,6 +43,8 @@ from seg_ext.cli import run_tool, setup_logging  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from seg_ext.data.preannotate import DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, SAVE_FORMATS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt of a training run")
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
@@ -58,6 +66,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="instances: the lowest score kept in instance maps, overlays and predictions.json "
                              "(default: the checkpoint's eval.score_threshold; COCO results keep every detection)")
     parser.add_argument("--no-overlays", action="store_true", help="do not write overlays/")
+    parser.add_argument("--save-format", nargs="+", default=["masks"], metavar="FORMAT",
+                        help=f"masks (default: the label maps or instance maps, always written) and any of "
+                             f"{', '.join(SAVE_FORMATS[1:])}: the predictions as pre-annotations for a labelling tool, in "
+                             "<output-dir>/<format>/")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="PIXELS",
+                        help=f"pre-annotations: polygons simplified to this many pixels (default {DEFAULT_TOLERANCE:g}; 0: every corner)")
+    parser.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA, metavar="PIXELS",
+                        help=f"pre-annotations: pieces smaller than this are left out (default {DEFAULT_MIN_AREA})")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the checkpoint's config that leave the network as it is (post-processing, evaluation), "
                              "e.g. eval.mask_threshold=0.4")
@@ -67,6 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from seg_ext.errors import SegExtError
     from seg_ext.inference import Predictor
+    from seg_ext.data.preannotate import check_formats
     from seg_ext.tasks.predict import collect_inputs, predict_files
 
     setup_logging()
@@ -74,6 +91,7 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < (1 if name == "batch_size" else 0):
             raise SegExtError(f"--{name.replace('_', '-')} is {value}; expected {'1' if name == 'batch_size' else '0'} or more")
+    formats = check_formats(args.save_format)
     files = collect_inputs(args.input)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, onnx=args.onnx, tta=args.tta,
                                           score_threshold=args.score_threshold, opts=args.opts)
@@ -81,7 +99,8 @@ def main(args: argparse.Namespace) -> int:
     summary = predict_files(
         predictor, files, args.output_dir, batch_size=args.batch_size or data["batch_size"],
         num_workers="auto" if args.num_workers is None else args.num_workers, coco_gt=args.coco_gt,
-        overlays=not args.no_overlays, gt=args.gt,
+        overlays=not args.no_overlays, gt=args.gt, save_formats=formats,
+        tolerance=args.tolerance, min_area=args.min_area,
     )
     print(f"{summary.images} image(s) in {summary.seconds:.1f}s ({summary.images / max(summary.seconds, 1e-9):.1f} images/s) "
           f"-> {args.output_dir}")

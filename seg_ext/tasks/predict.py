@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from seg_ext.data.base import IMAGE_EXTENSIONS, check_mask_values
 from seg_ext.data.coco import coco_from_dict, load_coco_json
 from seg_ext.data.files import read_image, read_label_png
+from seg_ext.data.preannotate import DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, PreAnnotator, check_formats
 from seg_ext.engine import resolve_workers, usable_cpus
 from seg_ext.errors import DatasetError, SegExtError
 from seg_ext.evaluation.coco import COCOEvaluator, save_analysis
@@ -197,13 +198,19 @@ def predict_files(
     progress: bool = True,
     gt: Path | None = None,
     writers: int | None = None,
+    save_formats: Sequence[str] = ("masks",),
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_area: int = DEFAULT_MIN_AREA,
 ) -> PredictSummary:
     """Predict every file and write the outputs into ``output_dir`` (see the module docstring).
 
     ``num_workers``: threads that read and prepare images (``auto``: ``engine.resolve_workers``; 0: in the main
     thread, each batch when the network wants it);
     ``writers``: threads that post-process and write (None: one per usable CPU, at least 2; 0: in the main
-    thread, one image after the other: the serial reference of ``benchmarks/run.py --only predict_throughput``).
+    thread, one image after the other: the serial reference of ``benchmarks/run.py --only predict_throughput``);
+    ``save_formats``: besides the method's own files (``masks``), the labelling tools' formats the predictions are
+    written in as pre-annotations (``seg_ext.data.preannotate``: ``<output_dir>/<format>/``), their polygons
+    simplified to ``tolerance`` pixels, pieces under ``min_area`` pixels dropped.
 
     Returns:
         How many images were written, the files that could not be read, the time, and the metrics against
@@ -242,6 +249,8 @@ def predict_files(
     else:
         image_ids = list(range(1, len(files) + 1))
         category_of = {k + 1: int(c) for k, c in enumerate(predictor.categories)}
+    preannotator = PreAnnotator(output_dir, predictor.task, list(predictor.class_names), check_formats(save_formats),
+                          tolerance, min_area)
     folders = list(method.prediction_folders) + (["overlays"] if overlays else [])
     for folder in folders:
         (output_dir / folder).mkdir(parents=True, exist_ok=True)
@@ -275,7 +284,7 @@ def predict_files(
                     k = item["index"]
                     pending.append(pool.submit(
                         _finish, k, predictor, outputs, i, item["image"], files[k], names[k], image_ids[k],
-                        category_of, output_dir, overlays, network_seconds, masks))
+                        category_of, output_dir, overlays, network_seconds, masks, preannotator))
             # collect what is done, keeping memory bounded and errors prompt
             pending = _collect(pending, entries, results, keep=4 * batch_size)
             bar.update(len(batch))
@@ -283,8 +292,15 @@ def predict_files(
     bar.close()
     seconds = time.perf_counter() - start
     written = [e for e in entries if e is not None]
+    pre_annotations = preannotator.close() if preannotator.writers else None
     write_json({"checkpoint_task": predictor.task, "method": method.name, "classes": predictor.class_names,
-                "images": written, "failed": failed, "seconds": round(seconds, 3)}, output_dir / "predictions.json")
+                "images": written, "failed": failed, "seconds": round(seconds, 3),
+                **({"pre_annotations": pre_annotations} if pre_annotations else {})}, output_dir / "predictions.json")
+    if pre_annotations:
+        shapes = sum(e.get("shapes", 0) for e in written)
+        print(f"pre-annotations: {shapes} shape(s) in {', '.join(f'{output_dir / f}/' for f in pre_annotations['formats'])} "
+              f"(polygons simplified to {tolerance:g} px; " +
+              (", ".join(f"{n} {k}" for k, n in pre_annotations["dropped"].items()) or "nothing dropped") + ")")
     metrics = None
     if method.coco_results:
         for iou_type in ("segm", "bbox"):
@@ -352,7 +368,7 @@ def _collect(pending: list[Future], entries: list, results: dict[str, list], kee
 
 def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.ndarray, path: Path, name: str, image_id: int | None,
             category_of: dict[int, int], output_dir: Path, overlays: bool, network_seconds: float,
-            masks: MaskTarget | None = None) -> tuple:
+            masks: MaskTarget | None = None, preannotator: PreAnnotator | None = None) -> tuple:
     """Post-process image ``i`` of a batch, write its files and score it against its mask (``masks``); returns
     its predictions.json entry and results."""
     t0 = time.perf_counter()
@@ -367,6 +383,8 @@ def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.nd
     bbox: list[dict[str, Any]] = []
     segm: list[dict[str, Any]] = []
     entry.update(method.write_prediction(raw, result, image, name, output_dir, predictor.class_names, overlays))
+    if preannotator is not None and preannotator.writers:
+        entry.update(preannotator.add(path, name, result))
     if method.coco_results:
         if image_id is not None:  # None: not in --coco-gt
             bbox, segm = method.coco_results_of(raw, image_id, category_of)
