@@ -38,6 +38,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.Ar
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last.pt")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint on val and test")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint to evaluate with --eval-only")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                        help="start a new run from this checkpoint's weights (a best.pt or last.pt of the same task and "
+                             "classes): its config is the base (--config, --opts and --data-root on top; the network must "
+                             "stay), the optimiser and schedule start anew")
     parser.add_argument("--oracle", action="store_true",
                         help="methods with an oracle: no training; run the post-processing on outputs made from the "
                              "ground truth and report the AP it reaches (the method's ceiling)")
@@ -56,6 +60,12 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise SegExtError("--resume needs --output-dir, the folder of the run to continue")
     if getattr(args, "oracle", False) and (args.resume or args.eval_only):
         raise SegExtError("--oracle trains nothing; it does not go with --resume or --eval-only")
+    init_from = getattr(args, "init_from", None)
+    if init_from is not None and (args.resume or args.eval_only or getattr(args, "oracle", False)):
+        raise SegExtError("--init-from starts a new run from a checkpoint's weights; it does not go with --resume, "
+                          "--eval-only or --oracle")
+    if init_from is not None and not Path(init_from).is_file():
+        raise SegExtError(f"--init-from {init_from} does not exist; expected a best.pt or last.pt of an earlier run")
 
 
 def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Path]:
@@ -65,13 +75,16 @@ def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Pa
       <- ``--config`` <- ``--opts`` <- ``--data-root``; folder ``--output-dir`` or
       ``runs/<task>/<config name>-<time>``;
     * ``--resume``: the config saved in ``<output-dir>/last.pt`` <- ``--opts`` <- ``--data-root``;
-    * ``--eval-only``: the config saved in ``--checkpoint``, likewise.
+    * ``--eval-only``: the config saved in ``--checkpoint``, likewise;
+    * ``--init-from``: a new run whose config is the checkpoint's <- ``--config`` <- ``--opts`` <- ``--data-root``,
+      refused where that changes the network.
 
     The checkpoint goes through the checkpoint boundary (``seg_ext.methods.checkpoints``): another task or
     method, or overrides that change the network, are refused in one sentence.
     """
-    from seg_ext.methods import merge_checked, method_config, resolve_method
-    from seg_ext.methods.checkpoints import open_checkpoint, with_overrides
+    from seg_ext.config import load_config
+    from seg_ext.methods import check_config, merge_checked, method_config, resolve_method
+    from seg_ext.methods.checkpoints import check_same_network, open_checkpoint, with_overrides
 
     check_run_arguments(args)
     check_output_folder(args.output_dir, "a folder (new, or the run's own)")
@@ -87,6 +100,13 @@ def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Pa
             logging.getLogger(__name__).warning("--config is ignored: the run keeps the config saved in %s", ckpt.path)
         cfg = with_overrides(ckpt, args.opts, resume=args.resume)
         output_dir = args.output_dir or default_output_dir(task, "eval")
+    elif getattr(args, "init_from", None) is not None:
+        ckpt = open_checkpoint(args.init_from, task=task)
+        if args.method is not None and args.method != ckpt.method.name:
+            raise ConfigError(f"--init-from {ckpt.path} is of method {ckpt.method.name!r} but --method is {args.method!r}")
+        cfg = check_config(load_config(args.config, args.opts, defaults=ckpt.cfg))
+        check_same_network(ckpt, cfg, "--config and --opts" if args.config else "--opts")
+        output_dir = args.output_dir or default_output_dir(task, Path(args.init_from).parent.name + "-on")
     else:
         cfg = method_config(resolve_method(args.method, args.config, task), args.config, args.opts, task)
         output_dir = args.output_dir or default_output_dir(task, args.config.stem if args.config else "default")
@@ -110,7 +130,8 @@ def train_tool(args: argparse.Namespace, task: str) -> None:
     elif args.eval_only:
         summary = driver.evaluate(cfg, args.checkpoint, output_dir, command)
     else:
-        summary = driver.train(cfg, output_dir, resume=args.resume, command=command)
+        summary = driver.train(cfg, output_dir, resume=args.resume, command=command,
+                               init_from=getattr(args, "init_from", None))
     print_summary(summary, output_dir, task)
 
 

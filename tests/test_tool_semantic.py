@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -77,6 +78,35 @@ def test_zero_epochs_evaluates_the_initial_weights_and_keeps_them(scenes_root, t
     # and the run continues from them
     assert call_tool("train_semantic", ["--output-dir", out, "--resume", "--opts", "train.epochs=1"]) == 0
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_init_from_starts_a_new_run_from_the_weights_and_refuses_another_network(scenes_root, pennfudan_root, tmp_path,
+                                                                                   capsys):
+    """Run B from run A's best.pt with 0 epochs scores exactly A's test mIoU (the weights were loaded, the config
+    and split are A's); with training it records where it started; another network, task or class list is refused."""
+    first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", first, "--opts", *FAST]) == 0
+    best = first / "best.pt"
+    assert call_tool("train_semantic", ["--init-from", best, "--output-dir", second, "--opts", "train.epochs=0"]) == 0
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (first, second))
+    assert b["test"]["mIoU"] == pytest.approx(a["test"]["mIoU"], abs=1e-9) and b["init_from"] == str(best)
+    assert call_tool("train_semantic", ["--init-from", best, "--output-dir", third, "--opts", "train.epochs=1",
+                                        "train.lr=0.002"]) == 0
+    c = json.loads((third / "metrics.json").read_text())
+    assert c["init_from"] == str(best) and c["epochs"] == 1
+    assert f"started from the weights of `{best}` (--init-from)" in (third / "report.md").read_text()
+    capsys.readouterr()
+    cases = [
+        (["--opts", "model.base_width=8"], "was trained with model.base_width = 4, but --opts sets 8"),
+        (["--resume"], "--init-from starts a new run .* does not go with --resume"),
+        (["--data-root", pennfudan_root], r"was trained on classes \['sky'"),
+    ]
+    for argv, message in cases:
+        assert call_tool("train_semantic", ["--init-from", best, "--output-dir", tmp_path / "d", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error:") and re.search(message, err), (message, err)
+    assert call_tool("train_instance", ["--init-from", best, "--output-dir", tmp_path / "e"]) == 2
+    assert re.search("is from a semantic run .* expected one of the instance task", capsys.readouterr().err)
 
 
 def test_baseline_runs_through_the_same_evaluation(scenes_root, tmp_path):

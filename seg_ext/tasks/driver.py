@@ -29,9 +29,11 @@ from seg_ext.tasks.run import EVAL_SPLITS, Run, RunLock, build_run, join_process
 logger = logging.getLogger(__name__)
 
 
-def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: str = "") -> dict[str, Any]:
-    """Train the configured method (continuing ``last.pt`` with ``resume``), evaluate its best checkpoint on val
-    and test, write ``metrics.json`` and the report.
+def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: str = "",
+          init_from: Path | None = None) -> dict[str, Any]:
+    """Train the configured method (continuing ``last.pt`` with ``resume``; from the weights of the checkpoint
+    ``init_from``, with a new optimiser and schedule), evaluate its best checkpoint on val and test, write
+    ``metrics.json`` and the report.
 
     Returns:
         The content of ``metrics.json``.
@@ -42,6 +44,13 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
         with build_run(cfg, output_dir, command) as run:
             method, model = run.method, run.model
             meta = {"config": cfg, "class_names": run.data.class_names, "task": method.task, **run.data.checkpoint_facts}
+            extra = {}
+            if init_from is not None and not resume:  # a resume continues its own weights
+                ckpt = open_checkpoint(init_from, method.task)
+                check_same_network(ckpt, cfg, "this run's config")
+                check_classes(ckpt, run.data.class_names)
+                load_weights(model, ckpt.content["model"], ckpt.path)
+                extra["init_from"] = meta["init_from"] = str(ckpt.path)
             start = time.perf_counter()
             trainer = method.trainer(run, model, run.loss, meta)
             if cfg["train"]["tensorboard"]:
@@ -60,7 +69,7 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
             load_weights(model, load_checkpoint(best)["model"], best)
             logger.info("training took %.1fs; evaluating %s (%s)", time.perf_counter() - start, best.name,
                         f"epoch {progress['best_epoch']}" if trainer.epochs else "the initial weights: train.epochs is 0")
-            return _finish(run, progress, trainer.epochs)
+            return _finish(run, progress, trainer.epochs, **extra)
 
 
 def evaluate(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:
