@@ -307,6 +307,7 @@ def test_bad_input_is_one_sentence(semantic_run, watershed_run, scenes_root, tmp
         (["--checkpoint", best, "--input", image, "--save-format", "masks", "labelmee"],
          "--save-format 'labelmee' is not a format predictions are written in; expected one or more of: masks, labelme"),
         (["--checkpoint", best, "--input", image, "--save-format", "coco", "--tolerance", "-1"], "--tolerance is -1"),
+        (["--checkpoint", best, "--input", image, "--top", "0"], "--top is 0; expected 1 or more images"),
     ]
     for argv, message in cases:
         capsys.readouterr()
@@ -379,6 +380,52 @@ def test_pre_annotations_read_back_give_the_predicted_masks(which, semantic_run,
                 labels = np.array([classes.index(i["category"]) + 1 for i in entry["instances"]])
                 masks, categories = read[entry["name"]]
                 assert instance_agreement(masks, categories, ids, labels) >= 0.98, (name, entry["name"])
+
+
+def test_uncertainty_measures():
+    from seg_ext.evaluation.uncertainty import instance_uncertainty, semantic_uncertainty
+
+    sure = torch.zeros(3, 4, 5)
+    sure[1] = 1
+    assert semantic_uncertainty(sure)["uncertainty"] == pytest.approx(0, abs=1e-5)
+    uniform = semantic_uncertainty(torch.full((3, 4, 5), 1 / 3))
+    assert uniform["mean_entropy"] == pytest.approx(1, abs=1e-5) and uniform["low_margin_share"] == 1
+    close = torch.zeros(2, 2, 2)
+    close[0], close[1] = 0.55, 0.45
+    close[:, 0, 0] = torch.tensor([1.0, 0.0])
+    assert semantic_uncertainty(close)["low_margin_share"] == 0.75
+    masks = torch.zeros(3, 1, 6, 6)
+    masks[0, 0, :3] = 0.95  # a sure mask
+    masks[1, 0, 3:] = 0.6  # a soft one
+    raw = {"scores": torch.tensor([0.97, 0.55, 0.4]), "masks": masks}
+    got = instance_uncertainty(raw, score_threshold=0.5)
+    assert got["near_threshold"] == 2 and got["soft_masks"] == 1  # 0.55 and 0.4 lie within 0.15 of 0.5
+    assert got["uncertainty"] == pytest.approx(3 + (0.03 + 0.45) / 2, abs=1e-5)
+    binary = instance_uncertainty({"scores": torch.tensor([0.9]), "masks": torch.ones(1, 6, 6, dtype=torch.uint8)}, 0.5)
+    assert "soft_masks" not in binary and binary["uncertainty"] == pytest.approx(0.1, abs=1e-5)
+
+
+@pytest.mark.parametrize("which", ["semantic", "watershed"])
+def test_rank_lists_every_image_most_uncertain_first_and_top_writes_those_with_pre_annotations(
+        which, semantic_run, watershed_run, scenes_root, pennfudan_root, tmp_path, capsys):
+    run = semantic_run if which == "semantic" else watershed_run
+    files = _test_images(run, scenes_root) if which == "semantic" else _coco_images(run, pennfudan_root)
+    out = tmp_path / "next"
+    assert call_tool("predict", ["--checkpoint", run / "best.pt", "--input", *files, "--output-dir", out, "--top", "2",
+                                 "--save-format", "labelme"]) == 0
+    assert f"the 2 most uncertain image(s) of {len(files)} (to_label_next.csv) -> {out / 'to_label_next'}" in capsys.readouterr().out
+    rows = (out / "to_label_next.csv").read_text().splitlines()
+    assert rows[0] == "rank,image,uncertainty,reasons" and len(rows) == 1 + len(files)
+    values = [float(row.split(",")[2]) for row in rows[1:]]
+    assert values == sorted(values, reverse=True)
+    entries = {e["file"]: e for e in json.loads((out / "predictions.json").read_text())["images"]}
+    top = [row.split(",")[1] for row in rows[1:3]]
+    assert [entries[f]["uncertainty"]["uncertainty"] for f in top] == values[:2]
+    chosen = json.loads((out / "to_label_next" / "predictions.json").read_text())["images"]
+    assert [e["file"] for e in chosen] == top
+    assert sorted(p.stem for p in (out / "to_label_next" / "labelme").glob("*.json")) == sorted(Path(f).stem for f in top)
+    reason = "mean pixel entropy" if which == "semantic" else "detection(s) with a score within 0.15 of the threshold"
+    assert reason in rows[1]
 
 
 @pytest.mark.slow

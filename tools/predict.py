@@ -17,6 +17,9 @@ Outputs in --output-dir:
                export (docs/labelling.md): labelme/<stem>.json + labels.txt; cvat/annotations.xml + images/;
                coco/annotations/instances_default.json + images/; yolo/images/ + labels/ + classes.txt;
                voc/JPEGImages/ + SegmentationClass/ (+ SegmentationObject/) + class_names.txt
+    --rank: to_label_next.csv, the images by how unsure the model is of them (the reasons beside), most unsure first;
+    --top N: also to_label_next/: those N images predicted again into a folder of their own, with the --save-format
+               pre-annotations, to hand to the labelling tool
 
 Examples:
     python tools/predict.py --checkpoint runs/x/best.pt --input photo.jpg --output-dir runs/x_pred
@@ -26,6 +29,7 @@ Examples:
     python tools/predict.py --checkpoint runs/x/best.pt --onnx runs/x.onnx --input pics --output-dir runs/x_onnx_pred
     python tools/predict.py --checkpoint runs/x/best.pt --input big_photo.jpg --output-dir runs/x_slide --opts eval.mode=slide
     python tools/predict.py --checkpoint runs/x/best.pt --input new_photos --output-dir runs/x_pre --save-format labelme cvat
+    python tools/predict.py --checkpoint runs/x/best.pt --input unlabelled --output-dir runs/x_next --top 20 --save-format labelme
 
 Exit codes: 0 done; 1 done, but some images could not be read (each named in a warning); 2 bad input.
 """
@@ -74,6 +78,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"pre-annotations: polygons simplified to this many pixels (default {DEFAULT_TOLERANCE:g}; 0: every corner)")
     parser.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA, metavar="PIXELS",
                         help=f"pre-annotations: pieces smaller than this are left out (default {DEFAULT_MIN_AREA})")
+    parser.add_argument("--rank", action="store_true",
+                        help="write to_label_next.csv: the images by the model's uncertainty, most uncertain first, with reasons")
+    parser.add_argument("--top", type=int, default=None, metavar="N",
+                        help="with --rank (implied): the N most uncertain images again into <output-dir>/to_label_next/, "
+                             "with their --save-format pre-annotations")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the checkpoint's config that leave the network as it is (post-processing, evaluation), "
                              "e.g. eval.mask_threshold=0.4")
@@ -87,6 +96,8 @@ def main(args: argparse.Namespace) -> int:
     from seg_ext.tasks.predict import collect_inputs, predict_files
 
     setup_logging()
+    if args.top is not None and args.top < 1:
+        raise SegExtError(f"--top is {args.top}; expected 1 or more images")
     for name in ("batch_size", "num_workers"):
         value = getattr(args, name)
         if value is not None and value < (1 if name == "batch_size" else 0):
@@ -100,10 +111,17 @@ def main(args: argparse.Namespace) -> int:
         predictor, files, args.output_dir, batch_size=args.batch_size or data["batch_size"],
         num_workers="auto" if args.num_workers is None else args.num_workers, coco_gt=args.coco_gt,
         overlays=not args.no_overlays, gt=args.gt, save_formats=formats,
-        tolerance=args.tolerance, min_area=args.min_area,
+        tolerance=args.tolerance, min_area=args.min_area, rank=args.rank or args.top is not None,
     )
     print(f"{summary.images} image(s) in {summary.seconds:.1f}s ({summary.images / max(summary.seconds, 1e-9):.1f} images/s) "
           f"-> {args.output_dir}")
+    if args.top is not None:
+        chosen = summary.ranked[:args.top]
+        predict_files(predictor, chosen, args.output_dir / "to_label_next", batch_size=args.batch_size or data["batch_size"],
+                      num_workers="auto" if args.num_workers is None else args.num_workers, overlays=not args.no_overlays,
+                      save_formats=formats, tolerance=args.tolerance, min_area=args.min_area, progress=False)
+        print(f"the {len(chosen)} most uncertain image(s) of {summary.images} (to_label_next.csv) -> "
+              f"{args.output_dir / 'to_label_next'}")
     if summary.failed:
         logging.getLogger(__name__).error("%d of %d image(s) could not be read (named above); the others were written",
                                           len(summary.failed), len(files))

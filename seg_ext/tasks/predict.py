@@ -38,6 +38,7 @@ from seg_ext.engine import resolve_workers, usable_cpus
 from seg_ext.errors import DatasetError, SegExtError
 from seg_ext.evaluation.coco import COCOEvaluator, save_analysis
 from seg_ext.evaluation.semantic import SUMMARY_KEYS, SemSegEvaluator
+from seg_ext.evaluation.uncertainty import instance_uncertainty, semantic_uncertainty
 from seg_ext.inference import Predictor
 from seg_ext.io import check_output_folder, write_json
 
@@ -185,6 +186,7 @@ class PredictSummary:
     failed: list[str]
     seconds: float
     metrics: dict[str, float] | None = None
+    ranked: list[Path] | None = None  # with ``rank``: the images, most uncertain first
 
 
 def predict_files(
@@ -201,6 +203,7 @@ def predict_files(
     save_formats: Sequence[str] = ("masks",),
     tolerance: float = DEFAULT_TOLERANCE,
     min_area: int = DEFAULT_MIN_AREA,
+    rank: bool = False,
 ) -> PredictSummary:
     """Predict every file and write the outputs into ``output_dir`` (see the module docstring).
 
@@ -210,7 +213,9 @@ def predict_files(
     thread, one image after the other: the serial reference of ``benchmarks/run.py --only predict_throughput``);
     ``save_formats``: besides the method's own files (``masks``), the labelling tools' formats the predictions are
     written in as pre-annotations (``seg_ext.data.preannotate``: ``<output_dir>/<format>/``), their polygons
-    simplified to ``tolerance`` pixels, pieces under ``min_area`` pixels dropped.
+    simplified to ``tolerance`` pixels, pieces under ``min_area`` pixels dropped;
+    ``rank``: each image's uncertainty (``seg_ext.evaluation.uncertainty``) in its entry and ``to_label_next.csv``,
+    the most uncertain first.
 
     Returns:
         How many images were written, the files that could not be read, the time, and the metrics against
@@ -284,7 +289,7 @@ def predict_files(
                     k = item["index"]
                     pending.append(pool.submit(
                         _finish, k, predictor, outputs, i, item["image"], files[k], names[k], image_ids[k],
-                        category_of, output_dir, overlays, network_seconds, masks, preannotator))
+                        category_of, output_dir, overlays, network_seconds, masks, preannotator, rank))
             # collect what is done, keeping memory bounded and errors prompt
             pending = _collect(pending, entries, results, keep=4 * batch_size)
             bar.update(len(batch))
@@ -296,6 +301,7 @@ def predict_files(
     write_json({"checkpoint_task": predictor.task, "method": method.name, "classes": predictor.class_names,
                 "images": written, "failed": failed, "seconds": round(seconds, 3),
                 **({"pre_annotations": pre_annotations} if pre_annotations else {})}, output_dir / "predictions.json")
+    ranked = [Path(e["file"]) for e in write_ranking(written, output_dir / "to_label_next.csv")] if rank else None
     if pre_annotations:
         shapes = sum(e.get("shapes", 0) for e in written)
         print(f"pre-annotations: {shapes} shape(s) in {', '.join(f'{output_dir / f}/' for f in pre_annotations['formats'])} "
@@ -322,7 +328,7 @@ def predict_files(
         print(f"{len(masks.evaluator.image_rows())} image(s) scored against {gt}: " +
               "  ".join(f"{k} {metrics[k]:.2f}" for k in SUMMARY_KEYS))
         write_json(metrics, output_dir / "metrics.json")
-    return PredictSummary(len(written), failed, seconds, metrics)
+    return PredictSummary(len(written), failed, seconds, metrics, ranked)
 
 
 def _threads(count: int, name: str) -> Any:
@@ -368,16 +374,20 @@ def _collect(pending: list[Future], entries: list, results: dict[str, list], kee
 
 def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.ndarray, path: Path, name: str, image_id: int | None,
             category_of: dict[int, int], output_dir: Path, overlays: bool, network_seconds: float,
-            masks: MaskTarget | None = None, preannotator: PreAnnotator | None = None) -> tuple:
+            masks: MaskTarget | None = None, preannotator: PreAnnotator | None = None, rank: bool = False) -> tuple:
     """Post-process image ``i`` of a batch, write its files and score it against its mask (``masks``); returns
     its predictions.json entry and results."""
     t0 = time.perf_counter()
     method = predictor.method
     size = image.shape[:2]
     scored = masks is not None and masks.mask_of(path) is not None
-    raw = predictor.postprocess(outputs, i, size, probs=scored)
+    raw = predictor.postprocess(outputs, i, size, probs=scored or (rank and predictor.task == "semantic"))
     if scored:
         masks.score(raw["probs"], path, size, name)
+    uncertainty = None
+    if rank:
+        uncertainty = (semantic_uncertainty(raw["probs"]) if predictor.task == "semantic" else
+                       instance_uncertainty(raw, predictor.score_threshold, method.mask_threshold))
     result = predictor.result(raw)
     entry: dict[str, Any] = {"file": str(path), "name": name, "size": [int(size[0]), int(size[1])]}
     bbox: list[dict[str, Any]] = []
@@ -390,5 +400,21 @@ def _finish(index: int, predictor: Predictor, outputs: Any, i: int, image: np.nd
             bbox, segm = method.coco_results_of(raw, image_id, category_of)
         entry["image_id"] = None if image_id is None else int(image_id)
         entry["score_threshold"] = predictor.score_threshold
+    if uncertainty is not None:
+        entry["uncertainty"] = uncertainty
     entry["seconds"] = round(network_seconds + time.perf_counter() - t0, 4)
     return index, entry, bbox, segm
+
+
+def write_ranking(entries: Sequence[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """``to_label_next.csv``: the images by decreasing uncertainty (ties in input order), with the reasons;
+    returns the entries in that order."""
+    import csv
+
+    ranked = sorted(entries, key=lambda e: -e["uncertainty"]["uncertainty"])
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["rank", "image", "uncertainty", "reasons"])
+        for k, entry in enumerate(ranked, start=1):
+            out.writerow([k, entry["file"], entry["uncertainty"]["uncertainty"], entry["uncertainty"]["reasons"]])
+    return ranked
