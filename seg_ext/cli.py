@@ -76,8 +76,9 @@ def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Pa
       ``runs/<task>/<config name>-<time>``;
     * ``--resume``: the config saved in ``<output-dir>/last.pt`` <- ``--opts`` <- ``--data-root``;
     * ``--eval-only``: the config saved in ``--checkpoint``, likewise;
-    * ``--init-from``: a new run whose config is the checkpoint's <- ``--config`` <- ``--opts`` <- ``--data-root``,
-      refused where that changes the network.
+    * ``--init-from``: a new run whose config is the checkpoint's <- ``--config`` <- ``--opts`` <- ``--data-root``
+      (whose layout is recognised anew: ``data.format`` auto unless ``--opts`` sets it), refused where that changes
+      the network.
 
     The checkpoint goes through the checkpoint boundary (``seg_ext.methods.checkpoints``): another task or
     method, or overrides that change the network, are refused in one sentence.
@@ -104,7 +105,10 @@ def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Pa
         ckpt = open_checkpoint(args.init_from, task=task)
         if args.method is not None and args.method != ckpt.method.name:
             raise ConfigError(f"--init-from {ckpt.path} is of method {ckpt.method.name!r} but --method is {args.method!r}")
-        cfg = check_config(load_config(args.config, args.opts, defaults=ckpt.cfg))
+        base = ckpt.cfg
+        if args.data_root is not None and not any(o.split("=", 1)[0].strip() == "data.format" for o in args.opts):
+            base = merge_checked(base, {"data": {"format": "auto"}}, source="--data-root")  # new data: its own layout
+        cfg = check_config(load_config(args.config, args.opts, defaults=base))
         check_same_network(ckpt, cfg, "--config and --opts" if args.config else "--opts")
         output_dir = args.output_dir or default_output_dir(task, Path(args.init_from).parent.name + "-on")
     else:
