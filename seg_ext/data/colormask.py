@@ -87,6 +87,8 @@ class ColorMaskFormat(Format):
     def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
         if _folder(root, MASK_FOLDERS) is None or _folder(root, IMAGE_FOLDERS) is None:
             return 0
+        if (root / "class_names.txt").is_file() and (root / "SegmentationClass").is_dir():
+            return 1  # labelme's VOC export (and predict's voc/): masks of class indices, VOC's own layout
         return 2 if _colour_table(root) is not None else 0
 
     def semantic_source(self, root: Path, ignore_index: int = 255) -> SemanticSource:

@@ -48,7 +48,7 @@ from seg_ext.data.voc import voc_colormap
 from seg_ext.errors import SegExtError
 from seg_ext.io import write_json
 
-DEFAULT_TOLERANCE = 1.0
+DEFAULT_TOLERANCE = 2.0
 DEFAULT_MIN_AREA = 16
 MASK_FORMAT = "masks"  # the label maps / instance maps of the method itself (``masks/``, ``instances/``)
 
@@ -83,7 +83,7 @@ class Region:
     def bridged(self, tolerance: float) -> np.ndarray:
         """One polygon through every outline and hole (simplified to ``tolerance``), joined by zero-width bridges:
         for a format with one polygon per shape and no holes (YOLO)."""
-        contours, _ = cv2.findContours(self.mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+        contours, _ = cv2.findContours(self.mask.astype(np.uint8), cv2.RETR_CCOMP, _chain(tolerance))
         parts = sorted((simplified(c.reshape(-1, 2), tolerance, _centre_raster, self.mask.shape) for c in contours),
                        key=lambda p: -len(p))
         return joined_polygon(parts)
@@ -127,8 +127,13 @@ def object_classes(task: str, class_names: Sequence[str]) -> list[str]:
 def outlines_of(mask: np.ndarray, tolerance: float) -> list[np.ndarray]:
     """The outer contours of ``mask`` through boundary pixels' centres, simplified (:func:`simplified`). Each at
     least 3 points (a one- or two-pixel piece repeats its points)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, _chain(tolerance))
     return [simplified(c.reshape(-1, 2), tolerance, _centre_raster, mask.shape) for c in contours]
+
+
+def _chain(tolerance: float) -> int:
+    """Every boundary pixel for Douglas-Peucker to choose from; with no simplification only the corners (lossless)."""
+    return cv2.CHAIN_APPROX_NONE if tolerance > 0 else cv2.CHAIN_APPROX_SIMPLE
 
 
 def edge_polygon(points: np.ndarray) -> np.ndarray:
@@ -155,7 +160,7 @@ def edge_polygon(points: np.ndarray) -> np.ndarray:
     return p + 0.5 * mitre / cos_half
 
 
-FIT = 0.99  # the least IoU of a simplified outline with the outline it simplifies
+FIT = 0.98  # the least IoU of a simplified outline with the outline it simplifies
 
 
 def simplified(points: np.ndarray, tolerance: float, raster: Any, shape: tuple[int, int]) -> np.ndarray:
@@ -441,7 +446,7 @@ class CocoWriter(LabelWriter):
 class YoloWriter(LabelWriter):
     """``yolo/images/`` (linked), ``yolo/labels/<stem>.txt`` (``class x1 y1 x2 y2 ...`` normalised to [0, 1]; a
     region with holes or several pieces as one polygon bridged through them, as Ultralytics' converters join
-    them) and ``yolo/classes.txt``."""
+    them), the names as ``yolo/classes.txt`` (X-AnyLabeling's) and ``yolo/data.yaml`` (Ultralytics')."""
 
     name = "yolo"
 
@@ -462,6 +467,10 @@ class YoloWriter(LabelWriter):
 
     def finish(self) -> None:
         (self.root / "classes.txt").write_text("".join(f"{name}\n" for name in self.classes))
+        # the names for readers that take them from data.yaml (Ultralytics' layout); no train/val folders: the
+        # images are one set, split as the reader splits unsplit data
+        names = "".join(f"  {k}: {json.dumps(name)}\n" for k, name in enumerate(self.classes))
+        (self.root / "data.yaml").write_text(f"path: .\nnc: {len(self.classes)}\nnames:\n{names}")
 
 
 def joined_polygon(polygons: list[np.ndarray]) -> np.ndarray:
@@ -477,8 +486,9 @@ def joined_polygon(polygons: list[np.ndarray]) -> np.ndarray:
 
 class VocWriter(LabelWriter):
     """``voc/JPEGImages/`` (linked), ``voc/SegmentationClass/<stem>.png`` (palette PNGs of class indices, VOC's
-    colours), for instances ``voc/SegmentationObject/<stem>.png`` (1..N, at most 254 objects), ``class_names.txt``
-    (the background first) and ``ImageSets/Segmentation/default.txt``. Written from the label maps, not the
+    colours), for instances ``voc/SegmentationObject/<stem>.png`` (1..N, at most 254 objects), the classes (the
+    background first) as ``class_names.txt`` (labelme's VOC export) and ``labelmap.txt`` (CVAT's and Datumaro's),
+    and ``ImageSets/Segmentation/default.txt``. Written from the label maps, not the
     polygons: VOC's masks are pixels."""
 
     name = "voc"
@@ -508,6 +518,9 @@ class VocWriter(LabelWriter):
     def finish(self) -> None:
         names = [self.background("background"), *self.classes]
         (self.root / "class_names.txt").write_text("".join(f"{n}\n" for n in names))
+        colours = voc_colormap(len(names))  # the same names for readers of CVAT's and Datumaro's VOC (name:r,g,b::)
+        (self.root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\n" + "".join(
+            f"{n}:{','.join(str(int(v)) for v in c)}::\n" for n, c in zip(names, colours)))
         lists = self.root / "ImageSets" / "Segmentation"
         lists.mkdir(parents=True, exist_ok=True)
         (lists / "default.txt").write_text("".join(f"{item.name}\n" for item, _ in self.items))

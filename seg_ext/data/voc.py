@@ -109,7 +109,8 @@ class VocFormat(Format):
     def detect(cls, root: Path, files: dict[str, Any] | None = None) -> int:
         if not ((root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir()):
             return 0
-        return 1 if (root / "labelmap.txt").is_file() else 2  # CVAT's segmentation-mask export: colour masks
+        # CVAT's segmentation-mask export (colour masks) has labelmap.txt and no class_names.txt (labelme's VOC export's)
+        return 1 if (root / "labelmap.txt").is_file() and not (root / "class_names.txt").is_file() else 2
 
     def _classes(self, root: Path) -> list[str]:
         path = root / "class_names.txt"
