@@ -14,7 +14,7 @@ Per image and tolerance:
   match no true one (to delete, one action each), against the vertices to draw from scratch.
 
 Penn-Fudan only (its ``PedMasks``: semantic = person vs background, instances = the pedestrians); the images of
-the split come from the run's ``splits.json``.
+the split come from the run's ``splits.json`` (semantic) or ``coco/instances_<split>.json`` (instances).
 
     python benchmarks/preannotation_effort.py --checkpoint runs/pf/unet/best.pt --data-root ../shared/data/PennFudanPed --split val
     python benchmarks/preannotation_effort.py --checkpoint runs/results/watershed/best.pt --data-root ../shared/data/PennFudanPed --split val
@@ -102,8 +102,12 @@ def main() -> int:
     from seg_ext.inference import Predictor
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
-    ids = json.loads((args.checkpoint.parent / "splits.json").read_text())[args.split]
-    names = [Path(str(i)).stem for i in ids]
+    run = args.checkpoint.parent
+    if (run / "splits.json").is_file():  # a semantic run's split
+        names = [Path(str(i)).stem for i in json.loads((run / "splits.json").read_text())[args.split]]
+    else:  # an instance run's: its COCO file of the split
+        images = json.loads((run / "coco" / f"instances_{args.split}.json").read_text())["images"]
+        names = [Path(str(image["file_name"])).stem for image in images]
     rows = {t: [] for t in args.tolerance}
     for name in names:
         image = args.data_root / "PNGImages" / f"{name}.png"
