@@ -80,6 +80,7 @@ def test_zero_epochs_evaluates_the_initial_weights_and_keeps_them(scenes_root, t
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_the_weights_and_refuses_another_network(scenes_root, pennfudan_root, tmp_path,
                                                                                    capsys):
     """Run B from run A's best.pt with 0 epochs scores exactly A's test mIoU (the weights were loaded, the config
