@@ -281,7 +281,6 @@ class LabelWriter:
     """Writes pre-annotations of one format into ``<output>/<name>/``."""
 
     name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
 
     def __init__(self, output_dir: Path, task: str, class_names: Sequence[str], tolerance: float) -> None:
         self.root = Path(output_dir) / self.name

@@ -97,12 +97,12 @@ class RunLike(Protocol):
 LossStep = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
 
-
 def init_note(summary: dict[str, Any]) -> list[str]:
     """The report's line on a run started from another run's weights (``--init-from``), if it was."""
     if not summary.get("init_from"):
         return []
     return [f"started from the weights of `{summary['init_from']}` (--init-from), with a new optimiser and schedule"]
+
 
 class Method:
     """Base class of the methods (see the module docstring).
