@@ -39,7 +39,7 @@ from seg_ext.data.preannotate import Region, instance_regions, outlines_of, sema
 def drawn(region: Region, shape: tuple[int, int]) -> np.ndarray:
     """The region's shapes as LabelMe draws them (its mask where it keeps holes)."""
     if region.holes:
-        return region.mask
+        return region.full()
     out = np.zeros(shape, bool)
     for polygon in region.outlines:
         out |= Shape("x", "polygon", [tuple(p) for p in polygon]).draw(*shape)
@@ -64,7 +64,7 @@ def truth_shapes(mask: np.ndarray, task: str) -> list[np.ndarray]:
 def effort(regions: list[Region], truths: list[np.ndarray], tolerance: float, near: float) -> dict[str, float]:
     import cv2
 
-    shape = truths[0].shape if truths else regions[0].mask.shape
+    shape = truths[0].shape if truths else regions[0].size
     truth_vertices = [sum(len(p) for p in outlines_of(t, tolerance)) for t in truths]
     boundary = np.ones(shape, np.uint8)
     for t in truths:
@@ -73,7 +73,7 @@ def effort(regions: list[Region], truths: list[np.ndarray], tolerance: float, ne
     distance = cv2.distanceTransform(boundary, cv2.DIST_L2, 5)  # to the nearest true outline pixel
     matched_truth, move, delete = set(), 0, 0
     for region in regions:
-        scores = [iou(region.mask, t) for t in truths]
+        scores = [iou(region.full(), t) for t in truths]
         best = int(np.argmax(scores)) if scores else -1
         if best < 0 or scores[best] < 0.5:
             delete += 1
@@ -129,7 +129,7 @@ def main() -> int:
                 regions = instance_regions(result["instance_map"], result["labels"], result["scores"],
                                            predictor.class_names, tolerance)
                 seconds = time.perf_counter() - start
-                fidelity = float(np.mean([iou(drawn(r, r.mask.shape), r.mask) for r in regions])) if regions else 1.0
+                fidelity = float(np.mean([iou(drawn(r, r.size), r.full()) for r in regions])) if regions else 1.0
             rows[tolerance].append({"image": name, "round_trip_iou": fidelity, "seconds": seconds,
                                     **effort(regions, truths, tolerance, args.near)})
     print(f"{predictor.task} checkpoint {args.checkpoint}, {len(names)} {args.split} images, a vertex within "

@@ -37,7 +37,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -59,22 +59,34 @@ class Region:
 
     Attributes:
         label: its class name.
-        mask: its pixels, (H, W) bool.
-        outlines: its outer polygons, each (N, 2) float (x, y) through boundary pixels' centres, simplified.
+        mask: its pixels inside its box (the tightest around them), (h, w) bool: a region costs its box's bytes,
+            not the image's.
+        origin: (left, top) of that box in the image.
+        size: the image's (height, width).
+        outlines: its outer polygons in image coordinates, each (N, 2) float (x, y) through boundary pixels'
+            centres, simplified.
         holes: the outlines alone would fill pixels nobody draws later: write the mask (or bridge the holes).
         score: the instance's score (instances), else None.
     """
 
     label: str
     mask: np.ndarray
+    origin: tuple[int, int]
+    size: tuple[int, int]
     outlines: list[np.ndarray]
     holes: bool = False
     score: float | None = None
 
     def box(self) -> tuple[int, int, int, int]:
         """(left, top, width, height) of the pixels."""
-        ys, xs = np.nonzero(self.mask)
-        return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+        return self.origin[0], self.origin[1], self.mask.shape[1], self.mask.shape[0]
+
+    def full(self) -> np.ndarray:
+        """The pixels as an image-sized (H, W) bool mask."""
+        out = np.zeros(self.size, bool)
+        left, top, width, height = self.box()
+        out[top:top + height, left:left + width] = self.mask
+        return out
 
     def coco_polygons(self) -> list[list[float]]:
         """The outer polygons along the pixels' edges, in COCO's coordinates (x0, y0, x1, y1, ...)."""
@@ -84,8 +96,7 @@ class Region:
         """One polygon through every outline and hole (simplified to ``tolerance``), joined by zero-width bridges:
         for a format with one polygon per shape and no holes (YOLO)."""
         contours, _ = cv2.findContours(self.mask.astype(np.uint8), cv2.RETR_CCOMP, _chain(tolerance))
-        parts = sorted((simplified(c.reshape(-1, 2), tolerance, _centre_raster, self.mask.shape) for c in contours),
-                       key=lambda p: -len(p))
+        parts = sorted((simplified(c.reshape(-1, 2), tolerance) + self.origin for c in contours), key=lambda p: -len(p))
         return joined_polygon(parts)
 
 
@@ -128,7 +139,7 @@ def outlines_of(mask: np.ndarray, tolerance: float) -> list[np.ndarray]:
     """The outer contours of ``mask`` through boundary pixels' centres, simplified (:func:`simplified`). Each at
     least 3 points (a one- or two-pixel piece repeats its points)."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, _chain(tolerance))
-    return [simplified(c.reshape(-1, 2), tolerance, _centre_raster, mask.shape) for c in contours]
+    return [simplified(c.reshape(-1, 2), tolerance) for c in contours]
 
 
 def _chain(tolerance: float) -> int:
@@ -163,19 +174,22 @@ def edge_polygon(points: np.ndarray) -> np.ndarray:
 FIT = 0.98  # the least IoU of a simplified outline with the outline it simplifies
 
 
-def simplified(points: np.ndarray, tolerance: float, raster: Any, shape: tuple[int, int]) -> np.ndarray:
-    """``points`` (a closed contour) simplified with Douglas-Peucker to ``tolerance`` pixels, or to half of that,
-    a quarter, ... where the simplified polygon, drawn by ``raster``, would overlap the contour's own pixels with
-    an IoU under ``FIT`` (a small region keeps more of its corners); 0: unsimplified."""
+def simplified(points: np.ndarray, tolerance: float) -> np.ndarray:
+    """``points`` (a closed contour through pixel centres) simplified with Douglas-Peucker to ``tolerance`` pixels,
+    or to half of that, a quarter, ... where the simplified polygon, drawn as LabelMe draws it, would overlap the
+    contour's own pixels with an IoU under ``FIT`` (a small region keeps more of its corners); 0: unsimplified.
+    Both are drawn on the contour's own box (the simplified polygon's vertices are some of the contour's)."""
     points = _at_least_3(points.astype(float))
     if tolerance <= 0 or len(points) <= 4:
         return points
+    origin = points.min(0)
+    shape = tuple(int(v) for v in (points.max(0) - origin)[::-1] + 1)
     exact = None
     while tolerance >= 0.25:
         approx = cv2.approxPolyDP(points.astype(np.float32).reshape(-1, 1, 2), float(tolerance), True).reshape(-1, 2)
         if len(approx) >= 3:
-            exact = raster(points, shape) if exact is None else exact
-            drawn = raster(approx, shape)
+            exact = _centre_raster(points - origin, shape) if exact is None else exact
+            drawn = _centre_raster(approx - origin, shape)
             if (drawn & exact).sum() >= FIT * (drawn | exact).sum():
                 return approx.astype(float)
         tolerance /= 2
@@ -208,28 +222,36 @@ def _keeps_holes(mask: np.ndarray, filled: np.ndarray, covered: np.ndarray, min_
     return int((filled & ~mask & ~covered).sum()) >= max(int(min_area), 1)
 
 
+def _region(label: str, mask: np.ndarray, origin: tuple[int, int], size: tuple[int, int], tolerance: float,
+            holes: bool, score: float | None = None) -> Region:
+    return Region(label, mask, origin, size, [p + origin for p in outlines_of(mask, tolerance)], holes, score)
+
+
 def semantic_regions(labels: np.ndarray, class_names: Sequence[str], tolerance: float = DEFAULT_TOLERANCE,
                      min_area: int = DEFAULT_MIN_AREA, dropped: Counter | None = None) -> list[Region]:
     """The regions of a class map (see the module docstring), largest first."""
     first = 1 if has_background(class_names) else 0
-    pieces: list[tuple[int, str, np.ndarray, list[np.ndarray]]] = []
+    pieces: list[tuple[int, str, np.ndarray, np.ndarray, tuple[slice, slice]]] = []
     for c in range(first, len(class_names)):
         count, components, stats, _ = cv2.connectedComponentsWithStats((labels == c).astype(np.uint8), connectivity=8)
         for k in range(1, count):
-            if stats[k, cv2.CC_STAT_AREA] < min_area:
+            left, top, width, height, area = (int(v) for v in stats[k])
+            if area < min_area:
                 if dropped is not None:
                     dropped[f"semantic piece(s) under {min_area} pixels (specks)"] += 1
                 continue
-            piece = components == k
-            filled = _filled(piece)
-            pieces.append((int(filled.sum()), class_names[c], piece, filled))
+            box = (slice(top, top + height), slice(left, left + width))
+            piece = components[box] == k
+            filled = _filled(piece)  # its holes lie inside its box
+            pieces.append((int(filled.sum()), class_names[c], piece, filled, box))
     pieces.sort(key=lambda p: -p[0])
     regions = []
     later = np.zeros(labels.shape, bool)  # what the regions after this one draw
-    for _, name, piece, filled in reversed(pieces):
-        regions.append(Region(name, piece, outlines_of(piece, tolerance),
-                              holes=_keeps_holes(piece, filled, later, min_area)))
-        later |= piece
+    for _, name, piece, filled, box in reversed(pieces):
+        origin = (box[1].start, box[0].start)
+        regions.append(_region(name, piece, origin, labels.shape, tolerance,
+                               _keeps_holes(piece, filled, later[box], min_area)))
+        later[box] |= piece
     return regions[::-1]
 
 
@@ -237,10 +259,17 @@ def instance_regions(instance_map: np.ndarray, labels: np.ndarray, scores: np.nd
                      tolerance: float = DEFAULT_TOLERANCE, min_area: int = DEFAULT_MIN_AREA,
                      dropped: Counter | None = None) -> list[Region]:
     """The regions of an instance map (ids 1..N; ``labels`` and ``scores`` per id), in id order."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(instance_map, max_label=len(scores))  # each id's box, in one pass
     regions = []
-    nothing = np.zeros(instance_map.shape, bool)
     for k, (label, score) in enumerate(zip(labels, scores), start=1):
-        mask = instance_map == k
+        box = boxes[k - 1]
+        if box is None:  # no pixel of its own in the map (covered by higher-scored instances)
+            if dropped is not None:
+                dropped["instance(s) with no piece left"] += 1
+            continue
+        mask = instance_map[box] == k
         count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         small = [j for j in range(1, count) if stats[j, cv2.CC_STAT_AREA] < min_area]
         if small:
@@ -251,9 +280,13 @@ def instance_regions(instance_map: np.ndarray, labels: np.ndarray, scores: np.nd
             if dropped is not None:
                 dropped["instance(s) with no piece left"] += 1
             continue
+        ys, xs = np.nonzero(mask)  # the box again, tight around what is left
+        mask = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        origin = (box[1].start + int(xs.min()), box[0].start + int(ys.min()))
         name = class_names[int(label) - 1] if 0 < int(label) <= len(class_names) else str(int(label))
-        regions.append(Region(name, mask, outlines_of(mask, tolerance),
-                              holes=_keeps_holes(mask, _filled(mask), nothing, min_area), score=round(float(score), 5)))
+        nothing = np.zeros(mask.shape, bool)
+        regions.append(_region(name, mask, origin, instance_map.shape, tolerance,
+                               _keeps_holes(mask, _filled(mask), nothing, min_area), round(float(score), 5)))
     return regions
 
 
@@ -277,6 +310,15 @@ def _mask_png(mask: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+class Written(NamedTuple):
+    """What a writer keeps of an image for its closing files."""
+
+    name: str
+    file_name: str
+    size: tuple[int, int]
+    kept: Any
+
+
 class LabelWriter:
     """Writes pre-annotations of one format into ``<output>/<name>/``."""
 
@@ -288,20 +330,21 @@ class LabelWriter:
         self.task, self.class_names, self.tolerance = task, list(class_names), tolerance
         self.classes = object_classes(task, class_names)
         self.lock = threading.Lock()
-        self.items: list[tuple[PreAnnotation, Any]] = []
+        self.items: list[Written] = []
 
     def add(self, item: PreAnnotation) -> None:
-        """Write what belongs to this image alone; keep what the closing files need."""
+        """Write what belongs to this image alone; keep what the closing files need (not its masks: memory stays
+        flat in the number of images)."""
         kept = self.write_image(item)
         with self.lock:
-            self.items.append((item, kept))
+            self.items.append(Written(item.name, self.image_name(item), item.size, kept))
 
     def write_image(self, item: PreAnnotation) -> Any:
         return None
 
     def close(self) -> None:
         """Write the files that cover every image (in the order of the names)."""
-        self.items.sort(key=lambda pair: pair[0].name)
+        self.items.sort(key=lambda written: written.name)
         self.finish()
 
     def finish(self) -> None:
@@ -329,9 +372,8 @@ class LabelMeWriter(LabelWriter):
                     "description": "" if region.score is None else f"score={region.score:.3f}", "flags": {}}
             if region.holes:
                 left, top, width, height = region.box()
-                patch = region.mask[top:top + height, left:left + width]
                 shapes.append({**base, "points": [[left, top], [left + width - 1, top + height - 1]],
-                               "shape_type": "mask", "mask": _mask_png(patch)})
+                               "shape_type": "mask", "mask": _mask_png(region.mask)})
             else:
                 shapes.extend({**base, "points": [[float(x), float(y)] for x, y in polygon], "shape_type": "polygon",
                                "mask": None} for polygon in region.outlines)
@@ -351,8 +393,24 @@ class CvatWriter(LabelWriter):
 
     name = "cvat"
 
-    def write_image(self, item: PreAnnotation) -> None:
+    def write_image(self, item: PreAnnotation) -> ET.Element:
         link_image(item.image, self.root / "images" / self.image_name(item))
+        image = ET.Element("image", id="", name=self.image_name(item), width=str(item.size[1]), height=str(item.size[0]))
+        for k, region in enumerate(item.regions):
+            common = {"label": region.label, "source": "auto", "occluded": "0", "z_order": "0"}
+            if self.task == "instance":
+                common["group_id"] = str(k + 1)
+            if region.holes:
+                left, top, width, height = region.box()
+                shapes = [ET.SubElement(image, "mask", **common, rle=_cvat_rle(region.mask), left=str(left), top=str(top),
+                                        width=str(width), height=str(height))]
+            else:
+                shapes = [ET.SubElement(image, "polygon", **common, points=";".join(f"{x:.2f},{y:.2f}" for x, y in polygon))
+                          for polygon in region.outlines]
+            if region.score is not None:
+                for shape in shapes:
+                    ET.SubElement(shape, "attribute", name="score").text = f"{region.score:.4f}"
+        return image
 
     def finish(self) -> None:
         top = ET.Element("annotations")
@@ -374,24 +432,9 @@ class CvatWriter(LabelWriter):
                 for key, value in (("name", "score"), ("mutable", "False"), ("input_type", "text"),
                                    ("default_value", ""), ("values", "")):
                     ET.SubElement(attributes, key).text = value
-        for index, (item, _) in enumerate(self.items):
-            image = ET.SubElement(top, "image", id=str(index), name=self.image_name(item),
-                                  width=str(item.size[1]), height=str(item.size[0]))
-            for k, region in enumerate(item.regions):
-                common = {"label": region.label, "source": "auto", "occluded": "0", "z_order": "0"}
-                if self.task == "instance":
-                    common["group_id"] = str(k + 1)
-                if region.holes:
-                    left, top_, width, height = region.box()
-                    shapes = [ET.SubElement(image, "mask", **common, rle=_cvat_rle(region.mask[top_:top_ + height, left:left + width]),
-                                            left=str(left), top=str(top_), width=str(width), height=str(height))]
-                else:
-                    shapes = [ET.SubElement(image, "polygon", **common,
-                                            points=";".join(f"{x:.2f},{y:.2f}" for x, y in polygon))
-                              for polygon in region.outlines]
-                if region.score is not None:
-                    for shape in shapes:
-                        ET.SubElement(shape, "attribute", name="score").text = f"{region.score:.4f}"
+        for index, written in enumerate(self.items):
+            written.kept.set("id", str(index))
+            top.append(written.kept)
         ET.indent(top, "  ")
         ET.ElementTree(top).write(self.root / "annotations.xml", encoding="utf-8", xml_declaration=True)
 
@@ -420,7 +463,7 @@ class CocoWriter(LabelWriter):
         annotations = []
         for region in item.regions:
             if region.holes:
-                rle = mask_utils.encode(np.asfortranarray(region.mask.astype(np.uint8)))
+                rle = mask_utils.encode(np.asfortranarray(region.full().astype(np.uint8)))
                 segmentation: Any = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
             else:
                 segmentation = region.coco_polygons()
@@ -431,10 +474,10 @@ class CocoWriter(LabelWriter):
 
     def finish(self) -> None:
         images, annotations = [], []
-        for index, (item, kept) in enumerate(self.items, start=1):
-            images.append({"id": index, "file_name": self.image_name(item), "height": int(item.size[0]),
-                           "width": int(item.size[1])})
-            for annotation in kept:
+        for index, written in enumerate(self.items, start=1):
+            images.append({"id": index, "file_name": written.file_name, "height": int(written.size[0]),
+                           "width": int(written.size[1])})
+            for annotation in written.kept:
                 annotations.append({"id": len(annotations) + 1, "image_id": index, **annotation})
         categories = [{"id": k + 1, "name": name, "supercategory": ""} for k, name in enumerate(self.classes)]
         write_json({"info": {"description": "seg_ext predictions (pre-annotations)"}, "licenses": [],
@@ -522,7 +565,7 @@ class VocWriter(LabelWriter):
             f"{n}:{','.join(str(int(v)) for v in c)}::\n" for n, c in zip(names, colours)))
         lists = self.root / "ImageSets" / "Segmentation"
         lists.mkdir(parents=True, exist_ok=True)
-        (lists / "default.txt").write_text("".join(f"{item.name}\n" for item, _ in self.items))
+        (lists / "default.txt").write_text("".join(f"{written.name}\n" for written in self.items))
 
 
 WRITERS: dict[str, type[LabelWriter]] = {w.name: w for w in (LabelMeWriter, CvatWriter, CocoWriter, YoloWriter, VocWriter)}
