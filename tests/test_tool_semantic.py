@@ -86,7 +86,10 @@ def test_init_from_starts_a_new_run_from_the_weights_and_refuses_another_network
     """Run B from run A's best.pt with 0 epochs scores exactly A's test mIoU (the weights were loaded, the config
     and split are A's); with training it records where it started; another network, task or class list is refused."""
     first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", first, "--opts", *FAST]) == 0
+    # deterministic kernels (the runs after inherit the config): with CUDA visible the two evaluations of the same
+    # weights would otherwise be free to pick different cuDNN algorithms, and the exact comparison to differ
+    assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", first, "--opts", *FAST,
+                                        "train.deterministic=true"]) == 0
     best = first / "best.pt"
     assert call_tool("train_semantic", ["--init-from", best, "--output-dir", second, "--opts", "train.epochs=0"]) == 0
     a, b = (json.loads((run / "metrics.json").read_text()) for run in (first, second))
