@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""The labelling loop measured (semantic): does labelling the images the model is least sure of (``tools/predict.py
---rank``) teach it more than labelling images chosen at random?
+"""The labelling loop measured: does labelling the images the model is least sure of (``tools/predict.py --rank``)
+teach it more than labelling images chosen at random? For either task: the config's method says which.
 
 Per seed: a first model trained on ``--k`` images drawn from the train split of a reference split (val and test
 stay fixed: the reference run's ``splits.json``), then ``--m`` more images from the rest of the train split, chosen
 by the first model's ranking or at random, and a model trained on from the first one's weights (``--init-from``)
 on the ``k + m``; both arms scored on the same test images. The labels of the chosen images are the dataset's own
-(a person's corrections, perfectly made). Prints the test mIoU and person IoU of the first model and of each arm,
-per seed and as mean ± std.
+(a person's corrections, perfectly made). Prints the test metrics of the first model and of each arm (semantic:
+mIoU and person IoU; instance: mask AP and AP50), per seed and as mean ± std.
 
     python benchmarks/labelling_loop.py --data-root ../shared/data/PennFudanPed --splits runs/pf/unet/splits.json \
         --config configs/semantic/pennfudan_unet.yaml --k 20 --m 20 --seeds 0 1 2 --output-dir runs/loop
+    python benchmarks/labelling_loop.py --data-root ../shared/data/PennFudanPed --splits runs/pfi/watershed/splits.json \
+        --config configs/instance/pennfudan_watershed_unet.yaml --k 20 --m 20 --seeds 0 1 2 --output-dir runs/loop_ws
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+METRICS = {"semantic": ("mIoU", "IoU/person"), "instance": ("segm/AP", "segm/AP50")}
 
 
 def tool(name: str, *args: object) -> None:
@@ -39,7 +43,7 @@ def train(output: Path, splits: dict, args: argparse.Namespace, epochs: int, ini
     split_file = output.parent / f"{output.name}_splits.json"
     split_file.write_text(json.dumps(splits))
     start = ["--init-from", init_from] if init_from else ["--config", args.config]
-    tool("train_semantic", *start, "--data-root", args.data_root, "--output-dir", output, "--opts",
+    tool(f"train_{args.task}", *start, "--data-root", args.data_root, "--output-dir", output, "--opts",
          f"data.splits_file={split_file}", f"train.epochs={epochs}", f"train.seed={args.train_seed}", *args.opts)
     return json.loads((output / "metrics.json").read_text())["test"]
 
@@ -58,6 +62,10 @@ def main() -> int:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--opts", nargs="*", default=[], help="more config overrides for every training")
     args = parser.parse_args()
+    from seg_ext.methods import method_class, resolve_method
+
+    args.task = method_class(resolve_method(config=args.config)).task
+    metrics = METRICS[args.task]
 
     reference = json.loads(args.splits.read_text())
     pool = sorted(reference["train"])
@@ -82,16 +90,16 @@ def main() -> int:
             row[arm] = train(out / arm, {**reference, "train": first_ids + extra}, args, args.epochs_on,
                              init_from=out / "first" / "best.pt")
         rows.append(row)
-        print(json.dumps({"seed": seed, **{k: {m: round(v[m], 2) for m in ("mIoU", "IoU/person")}
+        print(json.dumps({"seed": seed, **{k: {m: round(v[m], 2) for m in metrics}
                                           for k, v in row.items() if k != "seed"}}), flush=True)
     (args.output_dir / "loop.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{args.k} labelled, then {args.m} more; test over seeds {args.seeds} (mean ± std)")
-    print("| model | test mIoU | test person IoU |\n|---|---|---|")
+    print(f"| model | {' | '.join(f'test {m}' for m in metrics)} |\n|---|---|---|")
     for arm, name in (("first", f"first model ({args.k} images, {args.epochs} epochs)"),
                       ("ranked", f"+ {args.m} chosen by --rank, trained on {args.epochs_on} epochs"),
                       ("random", f"+ {args.m} chosen at random, trained on {args.epochs_on} epochs")):
         cells = []
-        for metric in ("mIoU", "IoU/person"):
+        for metric in metrics:
             values = np.array([r[arm][metric] for r in rows])
             cells.append(f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0:.2f}")
         print(f"| {name} | {' | '.join(cells)} |")

@@ -206,3 +206,29 @@ def test_max_images_cuts_each_split_to_its_first_images_for_both_tasks(scenes_ro
     for bad in ("0", "2.5", "all"):
         with pytest.raises(ConfigError, match=r"config key 'data\.max_images' is .*; expected null"):
             method_config("semantic", overrides=[f"data.max_images={bad}"])
+
+
+def test_an_instance_split_is_written_as_ids_and_a_splits_file_reuses_it_exactly(pennfudan_root, tmp_path):
+    """The labelling loop's instance arm: a run's ``splits.json`` (ids) fed back as ``data.splits_file`` gives the
+    same COCO files; a subset of its train ids trains on those only; a file naming an unknown image is one sentence."""
+    import json
+
+    from seg_ext.data.base import SPLITS, SplitRequest
+    from seg_ext.data.formats import get_format
+
+    pennfudan = get_format("pennfudan", "instance")
+    drawn, _ = pennfudan.coco_splits(pennfudan_root, tmp_path / "drawn", SplitRequest(2, 3, seed=5))
+    ids = json.loads((tmp_path / "drawn" / "coco" / "splits.json").read_text())
+    assert [len(ids[s]) for s in SPLITS] == [7, 2, 3] and sorted(sum(ids.values(), [])) == sorted(
+        p.stem for p in (pennfudan_root / "PNGImages").iterdir())
+    read = lambda path: {k: v for k, v in json.loads(path.read_text()).items() if k != "info"}  # noqa: E731
+    again, _ = pennfudan.coco_splits(pennfudan_root, tmp_path / "again", SplitRequest(splits_file=tmp_path / "drawn" / "coco" / "splits.json"))
+    assert all(read(again[s]) == read(drawn[s]) for s in SPLITS)
+    fewer = {**ids, "train": ids["train"][:3]}
+    (tmp_path / "fewer.json").write_text(json.dumps(fewer))
+    subset, _ = pennfudan.coco_splits(pennfudan_root, tmp_path / "fewer", SplitRequest(splits_file=tmp_path / "fewer.json"))
+    assert [Path(i["file_name"]).stem for i in read(subset["train"])["images"]] == sorted(fewer["train"])
+    assert read(subset["test"]) == read(drawn["test"])
+    (tmp_path / "bad.json").write_text(json.dumps({**ids, "val": ["NoSuchImage"]}))
+    with pytest.raises(DatasetError, match=r"splits file .*bad\.json names image id 'NoSuchImage', which is not in "):
+        pennfudan.coco_splits(pennfudan_root, tmp_path / "bad", SplitRequest(splits_file=tmp_path / "bad.json"))

@@ -89,6 +89,9 @@ def test_the_gallery_draws_the_final_evaluations_detections_without_predicting_a
         (["--method", "maskrcnn", "--opts", "model.weights=coco", "model.backbone=resnet18_fpn"], r"no COCO Mask R-CNN with resnet18_fpn"),
         (["--method", "watershed", "--opts", "watershed.input_size=[100,100]"], r"watershed\.input_size.*multiples of 16"),
         (["--method", "maskrcnn", "--opts", "data.format=coco"], r"holds no COCO instance file; expected annotations/\*\.json there, or the files named by data\.train_json"),
+        (["--method", "watershed", "--opts", "data.format=coco", "data.train_json=t.json", "data.val_json=v.json",
+          "data.splits_file=s.json"], r"'data\.splits_file' and 'data\.train_json' both give the split; expected one"),
+        (["--method", "watershed", "--opts", "data.splits_file=/no/such/splits.json"], r"splits file /no/such/splits\.json does not exist"),
     ],
 )
 def test_bad_options_are_one_sentence(argv, pattern, pennfudan_root, tmp_path, capsys):

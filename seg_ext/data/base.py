@@ -17,12 +17,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from seg_ext.data.files import image_size, read_json
 from seg_ext.errors import ConfigError, DatasetError
+from seg_ext.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class SplitRequest:
     seed: int = 0
     files: dict[str, str | None] | None = None
     max_images: int | None = None  # data.max_images: each split cut to its first images
+    splits_file: str | Path | None = None  # data.splits_file: a run's splits.json, its ids reused exactly
 
 
 class Format:
@@ -123,12 +125,16 @@ class Format:
         parameters is there)."""
         source = self.instance_source(root)
         own = source.splits if request.val is None and request.test is None else None
+        if request.splits_file:
+            own = read_splits_file(request.splits_file, source.items, source.root)
         default_val, default_test = source.default_split
         val = request.val if request.val is not None else default_val
         test = request.test if request.test is not None else default_test
         coco_dir = Path(output_dir) / "coco"
         params = {"root": str(Path(source.root).resolve()), "seed": request.seed, "val": val, "test": test}
-        if own is not None:
+        if request.splits_file:
+            params = {"root": params["root"], "format": self.name, "splits": own}
+        elif own is not None:
             params = {"root": params["root"], "format": self.name, "splits": "the dataset's own"}
         elif request.val is None and request.test is None:
             val, test = small_split(len(source.items), val, test, str(root))
@@ -136,8 +142,13 @@ class Format:
             params["max_images"] = request.max_images
         marker = coco_dir / "conversion.json"
         paths = {s: coco_dir / f"instances_{s}.json" for s in SPLITS}
-        if not (marker.is_file() and json.loads(marker.read_text()) == params and all(p.is_file() for p in paths.values())):
-            write_coco_splits(source, coco_dir, request.seed, val, test, splits=own, max_images=request.max_images)
+        ids = coco_dir / "splits.json"
+        if not (marker.is_file() and json.loads(marker.read_text()) == params
+                and all(p.is_file() for p in (*paths.values(), ids))):
+            splits = own if own is not None else make_splits(list(source.items), val, test, request.seed)
+            splits = first_images({s: list(splits.get(s, [])) for s in SPLITS}, request.max_images)
+            write_coco_splits(source, coco_dir, request.seed, val, test, splits=splits)
+            write_json(splits, ids)
             marker.write_text(json.dumps(params))
         return dict(paths), Path(source.root)
 
@@ -209,6 +220,20 @@ def small_split(total: int, val: float, test: float, what: str) -> tuple[float, 
     return (val, test) if fits else (n_val, n_test)
 
 
+def read_splits_file(splits_file: str | Path, items: Mapping[str, Any], root: str | Path) -> dict[str, list[str]]:
+    """``data.splits_file``: a run's ``splits.json`` (train, val and test, each a list of image ids), every id one
+    of ``items`` (the dataset at ``root``); otherwise one sentence."""
+    path = Path(splits_file).expanduser()
+    splits = read_json(path, "splits file", "a splits.json from a run", dict)
+    if not all(isinstance(splits.get(s), list) for s in SPLITS):
+        raise DatasetError(f"splits file {path} must map train, val and test to lists of image ids")
+    for split in SPLITS:
+        for image_id in splits[split]:
+            if image_id not in items:
+                raise DatasetError(f"splits file {path} names image id '{image_id}', which is not in {root}")
+    return {s: list(splits[s]) for s in SPLITS}
+
+
 def resolve_splits(
     source: SemanticSource, val: float | None = None, test: float | None = None, split_seed: int = 0,
     splits_file: str | Path | None = None,
@@ -216,15 +241,7 @@ def resolve_splits(
     """The train/val/test ids: from ``splits_file``, else the dataset's own split files, else seeded from
     ``split_seed`` with ``val`` and ``test`` images (counts or fractions; None: the format's default)."""
     if splits_file:
-        path = Path(splits_file)
-        splits = read_json(path, "splits file", "a splits.json from a run", dict)
-        if not all(isinstance(splits.get(s), list) for s in SPLITS):
-            raise DatasetError(f"splits file {path} must map train, val and test to lists of image ids")
-        for split in SPLITS:
-            for image_id in splits[split]:
-                if image_id not in source.items:
-                    raise DatasetError(f"splits file {path} names image id '{image_id}', which is not in {source.root}")
-        return {s: list(splits[s]) for s in SPLITS}
+        return read_splits_file(splits_file, source.items, source.root)
     if source.splits is not None and val is None and test is None:
         return {s: [i for i in source.splits.get(s, []) if i in source.items] for s in SPLITS}
     default_val, default_test = source.default_split

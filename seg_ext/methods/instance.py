@@ -58,6 +58,7 @@ FAMILY_DEFAULTS: dict[str, Any] = {
         "val": None,  # val/test images of a drawn split (null: the format's default, e.g. 15 and 50 for Penn-Fudan)
         "test": None,
         "split_seed": 0,
+        "splits_file": None,  # a run's splits.json (its coco/splits.json too), to reuse its split exactly
         "max_images": None,  # a quick try: each split cut to its first N images (null: all)
         "batch_size": 2,
         "num_workers": "auto",  # auto: min(8, CPUs this process may use / processes on the machine)
@@ -177,7 +178,9 @@ class InstanceMethod(Method):
         root = Path(data["root"]).expanduser() if data["root"] is not None else None
         files = {s: data.get(f"{s}_json") for s in SPLITS}
         fmt = find_format(root, data["format"], self.task, files)
-        request = SplitRequest(data["val"], data["test"], data["split_seed"], files, data["max_images"])
+        if data["splits_file"] and any(files.values()):
+            raise ConfigError("config keys 'data.splits_file' and 'data.train_json' both give the split; expected one")
+        request = SplitRequest(data["val"], data["test"], data["split_seed"], files, data["max_images"], data["splits_file"])
         paths, image_root = fmt.coco_splits(root, Path(output_dir), request)
         return paths, image_root, fmt.describe(root, self.task)
 
@@ -200,8 +203,10 @@ class InstanceMethod(Method):
         names = train.class_names
         categories = [{"id": int(train.category_of[k]), "name": names[k - 1] if k - 1 < len(names) else str(k)}
                       for k in sorted(train.category_of)]
+        ids = Path(output_dir) / "coco" / "splits.json"  # the image ids of each split, where the run converted them
         return RunData(datasets, list(names), train.num_classes, what,
                        {s: len(d) for s, d in datasets.items() if d is not None},
+                       files={"splits.json": read_json(ids, "splits file", "a splits.json", dict)} if ids.is_file() else {},
                        checkpoint_facts={"categories": categories})
 
     # ---- training
