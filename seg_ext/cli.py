@@ -64,8 +64,9 @@ def check_run_arguments(args: argparse.Namespace) -> None:
     if init_from is not None and (args.resume or args.eval_only or getattr(args, "oracle", False)):
         raise SegExtError("--init-from starts a new run from a checkpoint's weights; it does not go with --resume, "
                           "--eval-only or --oracle")
-    if init_from is not None and not Path(init_from).is_file():
-        raise SegExtError(f"--init-from {init_from} does not exist; expected a best.pt or last.pt of an earlier run")
+    if init_from is not None and not Path(init_from).exists():
+        raise SegExtError(f"--init-from {init_from} does not exist; expected a best.pt or last.pt of an earlier run, "
+                          "or a model folder")
 
 
 def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Path]:
@@ -91,7 +92,8 @@ def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Pa
     check_output_folder(args.output_dir, "a folder (new, or the run's own)")
     if args.eval_only or args.resume:
         ckpt_path = args.checkpoint if args.eval_only else args.output_dir / "last.pt"
-        if not ckpt_path.is_file() and not (args.resume and (args.output_dir / "last.prev.pt").is_file()):
+        found = ckpt_path.is_file() or (args.eval_only and ckpt_path.is_dir())  # (a model folder evaluates too)
+        if not found and not (args.resume and (args.output_dir / "last.prev.pt").is_file()):
             what = "the checkpoint to evaluate" if args.eval_only else "the last.pt of the run to continue"
             raise SegExtError(f"{ckpt_path} does not exist; expected {what}")
         ckpt = open_checkpoint(ckpt_path, task=task, resume=args.resume)

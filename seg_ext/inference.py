@@ -183,6 +183,17 @@ class Predictor:
             model, precision = onnx_model, Precision(device)
         return cls(model, method, ckpt.class_names, precision, ckpt.categories, tta, score_threshold)
 
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **kwargs: Any) -> "Predictor":
+        """A predictor for a model folder (``tools/export.py --format folder``, or a local snapshot of a Hub
+        repository holding one); ``kwargs`` as :meth:`from_checkpoint` (``onnx=folder / "model.onnx"`` runs the
+        folder's ONNX export). Reads only safetensors and JSON."""
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise SegExtError(f"model folder {folder} does not exist or is not a folder; expected a folder written "
+                              "by tools/export.py --format folder")
+        return cls.from_checkpoint(folder, **kwargs)
+
     # ---- the pipeline ----------------------------------------------------------------------------------
 
     def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> Any:

@@ -2,7 +2,7 @@
 order as one script, in a fresh folder beside a ``shared/`` folder (so ``../shared/data/...`` resolves as written),
 with one change the test owns (:func:`shortened`): trainings of one epoch on the first 4 images of each split, one
 seed and the first value of each grid key per sweep, and Penn-Fudan on 12 of its real images. A block marked on its
-page (``<!-- test: gpu -->``, ``cluster``, ``hours``, ``your-data``) is not run here; the fast tier
+page (``<!-- test: gpu -->``, ``cluster``, ``hours``, ``your-data``, ``network``) is not run here; the fast tier
 (``test_docs_commands.py``) checks its options like every other block's. A block marked ``<!-- test: serves URL -->``
 runs in the background until URL answers, then gets Ctrl-C. The README's block is run by ``test_docs.py``."""
 
@@ -22,7 +22,7 @@ from conftest import CHECKOUT_LINKS, ROOT, alive, run_docs_script
 
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 FENCED = re.compile(r"(?:<!-- test: ([^>]*?) -->\s*\n)?^( *)```bash\n(.*?)^\2```", re.S | re.M)
-NOT_RUN = ("gpu", "cluster", "hours", "your-data")  # needs a GPU, a cluster, hours, or the reader's own data
+NOT_RUN = ("gpu", "cluster", "hours", "your-data", "network")  # a GPU, a cluster, hours, the reader's data or account
 SERVES = re.compile(r"serves (http://\S+)")
 REAL_SHARED = ROOT.parent / "shared"
 PENNFUDAN = REAL_SHARED / "data" / "PennFudanPed"

@@ -100,6 +100,10 @@ def test_a_cuda_checkpoint_predicts_evaluates_and_exports_without_a_gpu(cuda_run
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["device"] == "cpu"
     tool("export", "--checkpoint", cuda_run / "best.pt", "--output", tmp_path / "m.onnx", "--dynamic")
     assert (tmp_path / "m.onnx").stat().st_size > 0
+    tool("export", "--checkpoint", cuda_run / "best.pt", "--format", "folder", "--output", tmp_path / "model")
+    tool("predict", "--model", tmp_path / "model", "--input", scenes_root / "images", "--output-dir", tmp_path / "pred_m")
+    for mask in sorted((tmp_path / "pred" / "masks").glob("*.png")):  # the folder predicts as the checkpoint did
+        assert mask.read_bytes() == (tmp_path / "pred_m" / "masks" / mask.name).read_bytes(), mask.name
 
 
 def test_killed_on_cuda_and_resumed_deterministic_equals_the_uninterrupted_run(scenes_root, tmp_path):

@@ -125,6 +125,7 @@ def test_predict_gt_scores_like_the_final_evaluation_and_names_images_without_ma
     assert "is not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 5-9 s: left to the full tier so that the fast one keeps to 90 s
 def test_full_resolution_evaluation_scores_the_untouched_masks(semantic_run, tmp_path):
     """eval.full_resolution=false scores at the network's size (masks resized): a different number."""
     ev = tmp_path / "eval"
@@ -238,6 +239,7 @@ def test_maskrcnn_outputs_and_refused_tta(pennfudan_root, tmp_path, capsys):
     assert err.startswith("error:") and "images only" in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.slow  # 5-9 s: left to the full tier so that the fast one keeps to 90 s
 def test_the_baseline_exports_at_its_training_size_only(scenes_root, tmp_path, capsys):
     run = tmp_path / "baseline"
     assert call_tool("train_semantic", ["--config", ROOT / "configs/semantic/baseline.yaml", "--data-root", scenes_root,
@@ -251,6 +253,7 @@ def test_the_baseline_exports_at_its_training_size_only(scenes_root, tmp_path, c
     assert call_tool("export", ["--checkpoint", run / "best.pt", "--output", tmp_path / "b.onnx"]) == 0
 
 
+@pytest.mark.slow  # 5-9 s: left to the full tier so that the fast one keeps to 90 s
 @pytest.mark.parametrize("which", ["semantic", "watershed"])
 def test_onnx_export_matches_pytorch(which, semantic_run, watershed_run, scenes_root, pennfudan_root, tmp_path, capsys):
     from seg_ext.inference import Predictor
@@ -446,6 +449,7 @@ def test_an_unreadable_image_is_named_and_the_rest_are_written(semantic_run, sce
     assert json.loads((out / "predictions.json").read_text())["failed"] == [str(folder / "broken.png")]
 
 
+@pytest.mark.slow  # 5-9 s: left to the full tier so that the fast one keeps to 90 s
 def test_tune_postprocess_scores_each_setting_as_the_run_evaluates(pennfudan_root, semantic_run, tmp_path, capsys):
     # trained long enough to find some pedestrians (test mask AP above 0: the comparison below means something)
     watershed_run = tmp_path / "run"

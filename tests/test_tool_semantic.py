@@ -15,6 +15,7 @@ FAST = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "t
         "model.base_width=4", "model.depth=2", "report.num_overlays=2"]
 
 
+@pytest.mark.slow  # 5-9 s: left to the full tier so that the fast one keeps to 90 s
 def test_one_epoch_run_writes_everything_then_resume_and_eval_only(scenes_root, tmp_path, capsys):
     out = tmp_path / "run"
     code = call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *FAST])

@@ -30,6 +30,7 @@ Examples:
     python tools/predict.py --checkpoint runs/x/best.pt --input big_photo.jpg --output-dir runs/x_slide --opts eval.mode=slide
     python tools/predict.py --checkpoint runs/x/best.pt --input new_photos --output-dir runs/x_pre --save-format labelme cvat
     python tools/predict.py --checkpoint runs/x/best.pt --input unlabelled --output-dir runs/x_next --top 20 --save-format labelme
+    python tools/predict.py --model runs/x_model --input photo.jpg --output-dir runs/x_pred   # a model folder
 
 Exit codes: 0 done; 1 done, but some images could not be read (each named in a warning); 2 bad input.
 """
@@ -50,7 +51,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     from seg_ext.data.preannotate import DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, SAVE_FORMATS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt of a training run")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a best.pt or last.pt of a training run")
+    source.add_argument("--model", type=Path, metavar="FOLDER",
+                        help="a model folder (tools/export.py --format folder, or a local snapshot of one from the Hub)")
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="image files, folders (their images, sorted) or quoted globs such as 'dir/*.jpg'")
     parser.add_argument("--output-dir", type=Path, required=True, help="folder for the outputs (created)")
@@ -104,8 +108,9 @@ def main(args: argparse.Namespace) -> int:
             raise SegExtError(f"--{name.replace('_', '-')} is {value}; expected {'1' if name == 'batch_size' else '0'} or more")
     formats = check_formats(args.save_format)
     files = collect_inputs(args.input)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, onnx=args.onnx, tta=args.tta,
-                                          score_threshold=args.score_threshold, opts=args.opts)
+    load = Predictor.from_checkpoint if args.model is None else Predictor.from_pretrained
+    predictor = load(args.checkpoint or args.model, device=args.device, onnx=args.onnx, tta=args.tta,
+                     score_threshold=args.score_threshold, opts=args.opts)
     data = predictor.cfg["data"]
     summary = predict_files(
         predictor, files, args.output_dir, batch_size=args.batch_size or data["batch_size"],

@@ -5,8 +5,8 @@ arguments; they know no config keys.
 """
 
 from seg_ext.engine.checkpoint import (
-    CHECKPOINT_VERSION, UnsafeCheckpointError, atomic_save, load_checkpoint, previous_path, resume_checkpoint,
-    upgrade_checkpoint_file,
+    CHECKPOINT_VERSION, MODEL_FOLDER, MODEL_FOLDER_VERSION, TRAINING_STATE, UnsafeCheckpointError, atomic_save,
+    load_checkpoint, load_model_folder, previous_path, resume_checkpoint, upgrade_checkpoint_file,
 )
 from seg_ext.engine.hooks import (
     Checkpoints, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Validation, default_hooks,
@@ -29,6 +29,7 @@ __all__ = [
     "AMP_MODES", "CHANNELS_LAST_MODES", "CHECKPOINT_VERSION", "OPTIMIZERS", "SCHEDULERS", "Checkpoints",
     "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TensorBoard", "TrainState",
     "StopOnSignal", "Trainer", "UnsafeCheckpointError", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
+    "MODEL_FOLDER", "MODEL_FOLDER_VERSION", "TRAINING_STATE", "load_model_folder",
     "close_loader", "lower_is_better", "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
     "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file", "check_compiler",
     "compile_model", "cuda_preference", "device_feed", "resolve_workers", "set_cudnn_benchmark", "set_deterministic", "usable_cpus",

@@ -6,6 +6,10 @@ optimiser, schedule and gradient-scaler states, the loop's progress (``state``),
 config, class names, task, ...). So it is read with ``torch.load(weights_only=True)``, which refuses any other
 Python object instead of running it: a crafted file cannot run code when a tool opens it.
 
+A model folder (``tools/export.py --format folder``: ``model.safetensors`` and ``config.json``, the layout models
+are shared in) reads back as the checkpoint it was written from, without its training state
+(:func:`load_model_folder`); neither file can carry code.
+
 Checkpoints written before this layout (version 1, with NumPy objects inside) are refused with one sentence that
 names ``tools/upgrade_checkpoint.py``, the explicit, one-time conversion for a file the user trusts
 (:func:`upgrade_checkpoint_file`).
@@ -14,6 +18,7 @@ names ``tools/upgrade_checkpoint.py``, the explicit, one-time conversion for a f
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import pickle
@@ -28,6 +33,10 @@ from seg_ext.errors import SegExtError, user_message
 from seg_ext.io import atomic_write
 
 CHECKPOINT_VERSION = 2
+MODEL_FOLDER = "seg_ext model folder"  # config.json's "format"
+MODEL_FOLDER_VERSION = 1  # its "format_version": what this code reads
+#: what a model folder leaves out of a checkpoint: the training state, needed only to resume
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "hooks", "rng")
 logger = logging.getLogger(__name__)
 
 
@@ -137,6 +146,46 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "version" not in ckpt:
         raise SegExtError(f"checkpoint {path} is not a seg_ext checkpoint; expected a last.pt or best.pt of a run")
     return ckpt
+
+
+def load_model_folder(folder: str | Path) -> dict[str, Any]:
+    """A model folder read as the checkpoint it was written from: the weights from ``model.safetensors``, the rest
+    (config, class names, task, the checkpoint's other facts) from ``config.json``; no training state.
+
+    Raises:
+        SegExtError: a missing or unreadable file, a folder of another kind or of a newer format, in one sentence.
+    """
+    from seg_ext import __version__
+
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise SegExtError(f"model folder {folder} has no {name}; expected a folder written by tools/export.py "
+                              "--format folder")
+    try:
+        info = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SegExtError(f"cannot read {folder / 'config.json'} ({exc.__class__.__name__}); expected the JSON "
+                          "tools/export.py --format folder writes") from None
+    if not isinstance(info, dict) or info.get("format") != MODEL_FOLDER or not isinstance(info.get("checkpoint"), dict):
+        raise SegExtError(f"{folder / 'config.json'} is not a seg_ext model folder's config; expected \"format\": "
+                          f"\"{MODEL_FOLDER}\" and the checkpoint's facts")
+    version = info.get("format_version")
+    if not isinstance(version, int) or version > MODEL_FOLDER_VERSION:
+        raise SegExtError(f"model folder {folder} is of format version {version!r}, which this seg_ext ({__version__}) "
+                          f"cannot read; expected version {MODEL_FOLDER_VERSION} or older (a newer seg_ext wrote it)")
+    if info.get("package_version") != __version__:
+        logger.warning("model folder %s was written by seg_ext %s; this is %s", folder, info.get("package_version"),
+                       __version__)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(str(folder / "model.safetensors"), device="cpu")
+    except (OSError, SafetensorError, ValueError) as exc:
+        raise SegExtError(f"cannot read {folder / 'model.safetensors'} ({exc.__class__.__name__}); expected the "
+                          "weights tools/export.py --format folder writes") from None
+    return {**info["checkpoint"], "model": weights}
 
 
 # ---- random states as plain data ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from seg_ext.config import merge_config, parse_overrides
-from seg_ext.engine import load_checkpoint, resume_checkpoint
+from seg_ext.engine import load_checkpoint, load_model_folder, resume_checkpoint
 from seg_ext.errors import ConfigError, SegExtError
 from seg_ext.methods import LEGACY_METHOD, METHODS, check_config, method_names, upgrade
 from seg_ext.methods.base import WEIGHT_KEYS, Method
@@ -58,6 +58,8 @@ def open_checkpoint(path: str | Path, task: str | None = None, resume: bool = Fa
     path = Path(path)
     if resume:
         path, content = resume_checkpoint(path.parent, continuing=False)  # the run itself warns when it continues
+    elif path.is_dir():  # a model folder (tools/export.py --format folder)
+        content = load_model_folder(path)
     else:
         content = load_checkpoint(path)
     return checked(path, content, task)

@@ -389,7 +389,8 @@ class InstanceMethod(Method):
         report_per_image(report, output_dir, summary, "mask AP")
         report.heading("Files")
         report.bullets([
-            "`config.yaml`: the resolved config; `coco/`: the COCO files of each split (for converted data)",
+            "`config.yaml`: the resolved config; `coco/`: the COCO files of each split and, with `splits.json`, "
+            "its image ids (for converted data)",
             "`metrics.jsonl`: one line per epoch; `metrics.json`: the final val and test metrics",
             "`per_image_<split>.csv`: every image's objects, detections (score >= eval.score_threshold), matched, "
             "false and missed ones at IoU 0.5, its mask AP and AP50; `worst_<split>/`: the gallery's pictures; "
