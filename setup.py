@@ -34,6 +34,7 @@ setup(
         "tqdm>=4.66",
         "pyyaml>=6.0",
         "pillow>=10.0",
+        "safetensors>=0.4",  # model folders (also a dependency of segmentation-models-pytorch)
     ],
     extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4", "import-linter>=2.0", "selenium>=4.20"], "fast-coco": ["faster-coco-eval>=1.6"],
                     "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"], "tensorboard": ["tensorboard>=2.14"],
