@@ -77,7 +77,7 @@ def main() -> int:
         rest = [i for i in pool if i not in first_ids]
         out = args.output_dir / f"seed{seed}"
         first = train(out / "first", {**reference, "train": first_ids}, args, args.epochs)
-        predicted = out / "ranked"
+        predicted = out / "ranking"  # the first model's predictions, ranked (not the ranked arm's run folder)
         tool("predict", "--checkpoint", out / "first" / "best.pt", "--input",
              *[args.data_root / "PNGImages" / f"{Path(str(i)).stem}.png" for i in rest], "--output-dir", predicted,
              "--rank", "--no-overlays")
