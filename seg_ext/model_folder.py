@@ -23,7 +23,7 @@ import torch
 
 from seg_ext import __version__
 from seg_ext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from seg_ext.engine import MODEL_FOLDER, MODEL_FOLDER_VERSION, TRAINING_STATE, load_checkpoint
+from seg_ext.engine import MODEL_FOLDER, MODEL_FOLDER_VERSION, TRAINING_STATE
 from seg_ext.errors import SegExtError
 from seg_ext.inference import model_from_checkpoint
 from seg_ext.io import to_jsonable
@@ -49,8 +49,7 @@ def export_folder(checkpoint: str | Path, output: str | Path, onnx: bool = False
     if checkpoint.is_dir():
         raise SegExtError(f"--checkpoint {checkpoint} is already a model folder; expected a run's best.pt or last.pt")
     model, method, ckpt = model_from_checkpoint(checkpoint, torch.device("cpu"))
-    content = load_checkpoint(checkpoint)
-    info = folder_config(content, method, ckpt.class_names)
+    info = folder_config(ckpt.content, method, ckpt.class_names)  # the checkpoint as read once, above
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:

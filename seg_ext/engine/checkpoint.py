@@ -18,7 +18,6 @@ names ``tools/upgrade_checkpoint.py``, the explicit, one-time conversion for a f
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import pickle
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from seg_ext.data.files import read_json
 from seg_ext.errors import SegExtError, user_message
 from seg_ext.io import atomic_write
 
@@ -162,12 +162,9 @@ def load_model_folder(folder: str | Path) -> dict[str, Any]:
         if not (folder / name).is_file():
             raise SegExtError(f"model folder {folder} has no {name}; expected a folder written by tools/export.py "
                               "--format folder")
-    try:
-        info = json.loads((folder / "config.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SegExtError(f"cannot read {folder / 'config.json'} ({exc.__class__.__name__}); expected the JSON "
-                          "tools/export.py --format folder writes") from None
-    if not isinstance(info, dict) or info.get("format") != MODEL_FOLDER or not isinstance(info.get("checkpoint"), dict):
+    info = read_json(folder / "config.json", "model folder config", "the JSON tools/export.py --format folder writes",
+                     dict)
+    if info.get("format") != MODEL_FOLDER or not isinstance(info.get("checkpoint"), dict):
         raise SegExtError(f"{folder / 'config.json'} is not a seg_ext model folder's config; expected \"format\": "
                           f"\"{MODEL_FOLDER}\" and the checkpoint's facts")
     version = info.get("format_version")
