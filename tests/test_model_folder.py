@@ -150,6 +150,8 @@ def test_bad_export_requests_are_one_sentence(runs, tmp_path, capsys):
          r"is already a model folder; expected a run's best\.pt"),
         (["--checkpoint", run / "best.pt", "--onnx", "--output", tmp_path / "m.onnx"],
          r"--onnx adds model\.onnx to a model folder"),
+        (["--checkpoint", run / "best.pt", "--format", "folder", "--onnx", "--image", tmp_path / "no.png", "--output",
+          tmp_path / "half"], r"no\.png"),  # fails after the weights are written: nothing is left of the folder
         (["--checkpoint", run / "best.pt", "--format", "folder", "--output", runs["semantic_model"]], None),
     ):
         code = call_tool("export", argv)
@@ -160,4 +162,5 @@ def test_bad_export_requests_are_one_sentence(runs, tmp_path, capsys):
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 2 and len(lines) == 1 and re.search(pattern, lines[0]), err
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine" and not (tmp_path / "again").exists()
+    assert not (tmp_path / "half").exists()
     assert not list(tmp_path.glob(".*"))  # no staging folder left
