@@ -2,7 +2,8 @@
 #               make test      (the fast tier: unit and contract tests, after every edit)
 #               make test-gpu  (the GPU tier: CUDA against fp32 and the CPU, deterministic resume, compile)
 #               make test-all  (everything: real processes, signals, torchrun, the README's commands, sweeps on a
-#                               two-node Ray cluster, with the cluster extra installed first; CI runs this)
+#                               two-node Ray cluster, MLflow tracking against a real server, with the cluster and
+#                               tracking extras installed first; CI runs this)
 #
 # The environment lives outside the checkout, in $(VENV), and is reused by every clone: the stack with its
 # CUDA libraries is about 6 GB, so building one per clone would fill the disk. It is (re)installed only when
@@ -14,11 +15,12 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.requirements-$(REQ_HASH)
 CLUSTER_STAMP := $(VENV)/.cluster-$(shell sha256sum requirements-cluster.txt | cut -c1-16)
+TRACKING_STAMP := $(VENV)/.tracking-$(shell sha256sum requirements-tracking.txt | cut -c1-16)
 ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv venv-cluster train train-instance test test-all test-gpu bench clean-runs
+.PHONY: venv venv-cluster venv-tracking train train-instance test test-all test-gpu bench clean-runs
 
 # the package itself, editable from this checkout (so `python -m ...` and snippets work from any folder once the
 # environment is activated): reinstalled when the environment's seg_ext is another checkout's (a second clone).
@@ -35,6 +37,13 @@ venv-cluster: venv $(CLUSTER_STAMP)
 $(CLUSTER_STAMP):
 	@if $(PY) -m pip install --quiet -r requirements-cluster.txt; then rm -f $(VENV)/.cluster-*; touch $@; \
 	else echo "make: could not install the cluster extra (requirements-cluster.txt); the Ray tests will skip"; fi
+
+# the tracking extra (MLflow) for the tracking tests against a real `mlflow server`; likewise optional
+venv-tracking: venv $(TRACKING_STAMP)
+
+$(TRACKING_STAMP):
+	@if $(PY) -m pip install --quiet -r requirements-tracking.txt; then rm -f $(VENV)/.tracking-*; touch $@; \
+	else echo "make: could not install the tracking extra (requirements-tracking.txt); the MLflow tests will skip"; fi
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,7 +62,7 @@ test: venv
 test-gpu: venv
 	$(PY) -m pytest -q -m cuda $(ARGS)
 
-test-all: venv-cluster
+test-all: venv-cluster venv-tracking
 	$(PY) -m pytest -q $(ARGS)
 
 bench: venv

@@ -9,9 +9,12 @@ for line in Path(__file__).with_name("seg_ext").joinpath("__init__.py").read_tex
     if line.startswith("__version__"):
         version["v"] = line.split("=")[1].strip().strip('"')
 
-# the cluster extra's pins live in one place, shared with make test-all
-cluster = [line.split("#")[0].strip() for line in Path(__file__).with_name("requirements-cluster.txt").read_text().splitlines()
-           if line.split("#")[0].strip()]
+
+def pins(name: str) -> list[str]:
+    """An extra's pins, kept in one place (requirements-<name>.txt), shared with make test-all."""
+    lines = Path(__file__).with_name(f"requirements-{name}.txt").read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
 
 setup(
     name="seg_ext",
@@ -38,5 +41,5 @@ setup(
     ],
     extras_require={"test": ["pytest>=8.0", "scikit-learn>=1.4", "import-linter>=2.0", "selenium>=4.20"], "fast-coco": ["faster-coco-eval>=1.6"],
                     "onnx": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"], "tensorboard": ["tensorboard>=2.14"],
-                    "cluster": cluster},
+                    "cluster": pins("cluster"), "tracking": pins("tracking")},
 )

@@ -42,6 +42,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.Ar
                         help="start a new run from this checkpoint's weights (a best.pt or last.pt of the same task and "
                              "classes): its config is the base (--config, --opts and --data-root on top; the network must "
                              "stay), the optimiser and schedule start anew")
+    parser.add_argument("--tracking-uri", default=None, metavar="URI",
+                        help="log the run to MLflow there (sets train.tracking=mlflow and train.tracking_uri): a server's "
+                             "http://HOST:PORT, or a folder for a SQLite store (needs the tracking extra)")
     parser.add_argument("--oracle", action="store_true",
                         help="methods with an oracle: no training; run the post-processing on outputs made from the "
                              "ground truth and report the AP it reaches (the method's ceiling)")
@@ -60,6 +63,8 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise SegExtError("--resume needs --output-dir, the folder of the run to continue")
     if getattr(args, "oracle", False) and (args.resume or args.eval_only):
         raise SegExtError("--oracle trains nothing; it does not go with --resume or --eval-only")
+    if getattr(args, "tracking_uri", None) and getattr(args, "oracle", False):
+        raise SegExtError("--tracking-uri logs trainings and evaluations to MLflow; --oracle is neither")
     init_from = getattr(args, "init_from", None)
     if init_from is not None and (args.resume or args.eval_only or getattr(args, "oracle", False)):
         raise SegExtError("--init-from starts a new run from a checkpoint's weights; it does not go with --resume, "
@@ -118,6 +123,8 @@ def resolve_run(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], Pa
         output_dir = args.output_dir or default_output_dir(task, args.config.stem if args.config else "default")
     if args.data_root is not None:
         cfg = merge_checked(cfg, {"data": {"root": str(args.data_root)}}, source="--data-root")
+    if getattr(args, "tracking_uri", None):
+        cfg = merge_checked(cfg, {"train": {"tracking": "mlflow", "tracking_uri": args.tracking_uri}}, source="--tracking-uri")
     return cfg, join_processes(cfg, output_dir)
 
 

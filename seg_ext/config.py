@@ -52,6 +52,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_scaling": "none",  # none | linear (train.lr times the number of processes)
     "dist_timeout": 1800,  # seconds a process waits for the others in a collective before the run stops
     "tensorboard": False,  # also write TensorBoard event files into the run folder (tensorboard --logdir runs)
+    # experiment tracking: none | mlflow (the tracking extra; docs/experiments.md "Tracking with MLflow")
+    "tracking": "none",
+    "tracking_uri": None,  # null: MLFLOW_TRACKING_URI, else a SQLite store in runs/mlflow; a folder or a URI
+    "tracking_experiment": "seg_ext",  # the MLflow experiment the run goes into (made when missing)
     # bit-exact repeats and resume on CUDA: cuDNN's deterministic kernels and torch's deterministic algorithms
     # (slower; docs/gpu.md); on the CPU runs repeat exactly either way
     "deterministic": False,
@@ -315,6 +319,13 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         choice(compile_mode(train["compile"]), "train.compile", COMPILE_MODES)
         choice(train["lr_scaling"], "train.lr_scaling", ("none", "linear"))
         interval(train["dist_timeout"], "train.dist_timeout", lambda t: t > 0, "a positive number of seconds")
+        choice(str(train["tracking"]), "train.tracking", ("none", "mlflow"))
+        if train["tracking_uri"] is not None and not (isinstance(train["tracking_uri"], str) and train["tracking_uri"]):
+            raise ConfigError(f"config key 'train.tracking_uri' is {train['tracking_uri']!r}; expected null, a folder or "
+                              "a URI such as http://127.0.0.1:5000")
+        if not isinstance(train["tracking_experiment"], str) or not train["tracking_experiment"].strip():
+            raise ConfigError(f"config key 'train.tracking_experiment' is {train['tracking_experiment']!r}; expected "
+                              "the name of an MLflow experiment")
     return cfg
 
 

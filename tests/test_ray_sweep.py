@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, call_tool, process, processes
+from conftest import ROOT, call_tool, free_port, process, processes
 
 try:
     import ray  # noqa: F401
@@ -44,19 +43,13 @@ def _ray_env(monkeypatch):
         monkeypatch.setenv(key, value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     """A head and a second node on this machine, each with 1 CPU; stopped by killing exactly its own processes
     (``ray stop`` would stop every Ray on the machine)."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.port, self.node2_port = _free_port(), _free_port()
+        self.port, self.node2_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         env = {**os.environ, **RAY_ENV}
         common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
@@ -287,7 +280,7 @@ def test_optuna_search_stops_bad_trials_early_and_beats_the_worst_grid_point(sce
 @needs_ray
 @pytest.mark.slow
 def test_an_unreachable_address_is_one_sentence(scenes_root, tmp_path, capsys):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     start = time.time()
     assert call_tool("sweep", ["--engine", "ray", "--address", f"127.0.0.1:{port}", "--data-root", scenes_root,
                                "--output-dir", tmp_path / "s", "--opts", *TINY]) == 2

@@ -40,6 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=method_names(), default=None,
                         help="the method (its task's training tool runs; default: the config file's, else semantic)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    parser.add_argument("--tracking-uri", default=None, metavar="URI",
+                        help="log the sweep and each of its runs (its children) to MLflow there: a server's "
+                             "http://HOST:PORT, or a folder for a SQLite store (needs the tracking extra)")
     parser.add_argument("--jobs", type=int, default=1, help="local engine: runs at a time (default 1: one after the other)")
     ray = parser.add_argument_group("Ray (--engine ray; pip install '.[cluster]')")
     parser.add_argument("--engine", choices=ENGINES, default="local",
@@ -65,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     ray = RayOptions(args.address, args.cpus_per_run, args.gpus_per_run, args.max_failures, args.search, args.trials,
                      args.space, args.top)
     failed = sweep(args.grid, args.seeds, args.output_dir, args.config, args.data_root, args.method, args.opts, args.jobs,
-                   args.engine, ray)
+                   args.engine, ray, args.tracking_uri)
     print(f"comparison: {args.output_dir / 'comparison.md'}")
     if failed:
         print(f"error: {failed} run(s) failed; their output is in OUT/<setting>/seed<k>.out; run the same command "

@@ -9,7 +9,7 @@ from seg_ext.engine.checkpoint import (
     load_checkpoint, load_model_folder, previous_path, resume_checkpoint, upgrade_checkpoint_file,
 )
 from seg_ext.engine.hooks import (
-    Checkpoints, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Validation, default_hooks,
+    Checkpoints, EpochLog, History, Hook, NonFiniteStop, ProgressBar, TensorBoard, Tracking, Validation, default_hooks,
     lower_is_better,
 )
 from seg_ext.engine.loader import close_loader, device_feed, make_loader, resolve_workers, seed_worker, usable_cpus
@@ -27,7 +27,7 @@ from seg_ext.engine.trainer import CountingTrainer, Trainer, TrainState
 
 __all__ = [
     "AMP_MODES", "CHANNELS_LAST_MODES", "CHECKPOINT_VERSION", "OPTIMIZERS", "SCHEDULERS", "Checkpoints",
-    "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TensorBoard", "TrainState",
+    "CountingTrainer", "EpochLog", "History", "Hook", "NonFiniteStop", "Precision", "ProgressBar", "TensorBoard", "Tracking", "TrainState",
     "StopOnSignal", "Trainer", "UnsafeCheckpointError", "Validation", "atomic_save", "bf16_safe", "build_optimizer", "default_hooks", "load_checkpoint",
     "MODEL_FOLDER", "MODEL_FOLDER_VERSION", "TRAINING_STATE", "load_model_folder",
     "close_loader", "lower_is_better", "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",

@@ -36,7 +36,7 @@ CHECKPOINT_VERSION = 2
 MODEL_FOLDER = "seg_ext model folder"  # config.json's "format"
 MODEL_FOLDER_VERSION = 1  # its "format_version": what this code reads
 #: what a model folder leaves out of a checkpoint: the training state, needed only to resume
-TRAINING_STATE = ("optimizer", "scheduler", "scaler", "hooks", "rng")
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "hooks", "rng", "rng_ranks")  # (rng_ranks: every torchrun process's)
 logger = logging.getLogger(__name__)
 
 

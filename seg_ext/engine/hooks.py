@@ -4,7 +4,7 @@ of the loop and keeps its own state, which checkpoints save and resumes restore 
 
 The default set (:func:`default_hooks`), in the order they run: :class:`ProgressBar`, :class:`NonFiniteStop`,
 :class:`Validation` (the best value and epoch), :class:`History` (``metrics.jsonl``), :class:`Checkpoints`
-(``last.pt``, ``best.pt``), :class:`EpochLog`; :class:`TensorBoard` on request.
+(``last.pt``, ``best.pt``), :class:`EpochLog`; :class:`TensorBoard` and :class:`Tracking` on request.
 """
 
 from __future__ import annotations
@@ -256,6 +256,27 @@ class TensorBoard(Hook):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class Tracking(Hook):
+    """Each epoch's record to an experiment tracker (``seg_ext.tasks.tracking.Tracker``: ``log_epoch(record)``,
+    ``logged_through()``), after the epoch's checkpoint is written. A resumed run first sends the epochs of its
+    history that the tracker does not have (those finished after its last call, before the run was stopped)."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def before_train(self, trainer: "Trainer") -> None:
+        history = trainer.find_hook(History)
+        if history is None or not history.records:
+            return
+        seen = self.tracker.logged_through()
+        for record in history.records:
+            if int(record["epoch"]) > seen:
+                self.tracker.log_epoch(record)
+
+    def after_epoch(self, trainer: "Trainer") -> None:
+        self.tracker.log_epoch(trainer.record)
 
 
 def default_hooks(validate: Callable[[nn.Module], dict[str, float]] | None, best_metric: str, eval_every: int = 1,

@@ -17,7 +17,7 @@ from torch import nn
 
 from seg_ext import distributed
 from seg_ext.config import compile_mode
-from seg_ext.engine import TensorBoard, load_checkpoint, resume_checkpoint
+from seg_ext.engine import TensorBoard, Tracking, load_checkpoint, resume_checkpoint
 from seg_ext.engine.checkpoint import checkpoint_progress
 from seg_ext.errors import ConfigError
 from seg_ext.io import write_json
@@ -25,6 +25,7 @@ from seg_ext.methods import method_class
 from seg_ext.methods.base import report_split
 from seg_ext.methods.checkpoints import check_classes, check_same_network, check_weights, checked, load_weights, open_checkpoint
 from seg_ext.tasks.run import EVAL_SPLITS, Run, RunLock, build_run, join_processes, prepare_output_dir
+from seg_ext.tasks.tracking import run_finished, run_placed, run_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
           init_from: Path | None = None) -> dict[str, Any]:
     """Train the configured method (continuing ``last.pt`` with ``resume``; from the weights of the checkpoint
     ``init_from``, with a new optimiser and schedule), evaluate its best checkpoint on val and test, write
-    ``metrics.json`` and the report.
+    ``metrics.json`` and the report; with ``train.tracking``, log all of it to MLflow (``tasks.tracking``).
 
     Returns:
         The content of ``metrics.json``.
@@ -41,7 +42,7 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
     join_processes(cfg)
     with RunLock(Path(output_dir)):  # one run writes into a folder at a time
         output_dir = prepare_output_dir(Path(output_dir), resume)
-        with build_run(cfg, output_dir, command) as run:
+        with run_tracking(cfg, output_dir, command, resume) as tracker, build_run(cfg, output_dir, command) as run:
             method, model = run.method, run.model
             meta = {"config": cfg, "class_names": run.data.class_names, "task": method.task, **run.data.checkpoint_facts}
             extra = {}
@@ -55,6 +56,9 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
             trainer = method.trainer(run, model, run.loss, meta)
             if cfg["train"]["tensorboard"]:
                 trainer.hooks.append(TensorBoard(output_dir, lambda m: overlay_picture(run, m, "val")))
+            if tracker is not None:
+                run_placed(tracker, run.device, run.precision.describe(), distributed.world_size())
+                trainer.hooks.append(Tracking(tracker))
             if resume:
                 with distributed.main_first():  # process 0 moves a damaged last.pt aside before the others look
                     path, content = resume_checkpoint(output_dir, continuing=distributed.is_main())  # or last.prev.pt
@@ -69,7 +73,9 @@ def train(cfg: dict[str, Any], output_dir: Path, resume: bool = False, command: 
             load_weights(model, load_checkpoint(best)["model"], best)
             logger.info("training took %.1fs; evaluating %s (%s)", time.perf_counter() - start, best.name,
                         f"epoch {progress['best_epoch']}" if trainer.epochs else "the initial weights: train.epochs is 0")
-            return _finish(run, progress, trainer.epochs, **extra)
+            summary = _finish(run, progress, trainer.epochs, **extra)
+            run_finished(tracker, output_dir, summary, best)
+            return summary
 
 
 def evaluate(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: str = "") -> dict[str, Any]:
@@ -78,11 +84,15 @@ def evaluate(cfg: dict[str, Any], checkpoint: Path, output_dir: Path, command: s
     with RunLock(Path(output_dir)):
         ckpt = open_checkpoint(checkpoint, method_class(cfg["method"]).task)
         check_same_network(ckpt, cfg, "the config")
-        with build_run(cfg, Path(output_dir), command) as run:
+        with run_tracking(cfg, Path(output_dir), command, kind="evaluate") as tracker, \
+                build_run(cfg, Path(output_dir), command) as run:
             check_classes(ckpt, run.data.class_names)
             load_weights(run.model, ckpt.content["model"], ckpt.path)
             progress = checkpoint_progress(ckpt.content)
-            return _finish(run, progress, progress["epoch"], checkpoint=str(checkpoint))
+            run_placed(tracker, run.device, run.precision.describe(), distributed.world_size())
+            summary = _finish(run, progress, progress["epoch"], checkpoint=str(checkpoint))
+            run_finished(tracker, Path(output_dir), summary, ckpt.path)  # (a model folder's model is not exported again)
+            return summary
 
 
 def oracle(cfg: dict[str, Any], output_dir: Path, command: str = "") -> dict[str, Any]:

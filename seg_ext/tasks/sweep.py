@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from seg_ext.config import parse_value
 from seg_ext.errors import ConfigError, Preempted, SegExtError
 from seg_ext.io import atomic_write_text
+from seg_ext.tasks.tracking import sweep_finished, sweep_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -218,10 +219,13 @@ class RayOptions:
 
 def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, config: Path | None = None,
           data_root: Path | None = None, method: str | None = None, opts: Sequence[str] = (), jobs: int = 1,
-          engine: str = "local", ray: RayOptions | None = None) -> int:
+          engine: str = "local", ray: RayOptions | None = None, tracking_uri: str | None = None) -> int:
     """Run the sweep (skipping finished runs, resuming unfinished ones), then write ``output_dir/comparison.md``.
 
-    ``engine``: ``local`` (this machine, ``jobs`` at a time) or ``ray`` (Ray Tune, ``ray``'s options).
+    ``engine``: ``local`` (this machine, ``jobs`` at a time) or ``ray`` (Ray Tune, ``ray``'s options). With
+    ``train.tracking: mlflow`` in the config or ``--opts``, or with ``tracking_uri``, the sweep is an MLflow run
+    and its runs are its children (``seg_ext.tasks.tracking``); the URI is not one of the sweep's arguments (the
+    same sweep may log elsewhere when continued).
 
     Returns:
         The number of runs that failed (0: all finished).
@@ -262,6 +266,8 @@ def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, con
             made = f" made with the {engine_before} engine" if engine_before != engine else ""
             raise SegExtError(f"{output_dir} holds a sweep{made} with other arguments ({marker}); run it with the same "
                               "arguments to continue it, or choose another --output-dir")
+    if tracking_uri:  # each run logs there (a run's own config keeps it: --resume logs to the same place)
+        opts = [*opts, "train.tracking=mlflow", f"train.tracking_uri={tracking_uri}"]
     if engine == "ray":
         return _ray_sweep(grid, seeds, output_dir, config, data_root, method, opts, ray, arguments)
     runs = plan(grid, seeds, output_dir)
@@ -270,12 +276,21 @@ def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, con
     atomic_write_text(json.dumps({**arguments, "engine": engine}, indent=2), marker)
     write_plan(runs, output_dir)
 
-    todo = [r for r in runs if not is_run(r.folder)]
-    logger.info("sweep: %d run(s), %d finished before, %d to run, %d at a time", len(runs), len(runs) - len(todo),
-                len(todo), jobs)
-    failed = _execute(todo, len(runs) - len(todo), len(runs), config, data_root, method, opts, jobs)
-    _compare(runs, output_dir)
+    with sweep_tracking(_sweep_config(config, method, opts), output_dir, arguments, engine) as (tracker, tracking_env):
+        todo = [r for r in runs if not is_run(r.folder)]
+        logger.info("sweep: %d run(s), %d finished before, %d to run, %d at a time", len(runs), len(runs) - len(todo),
+                    len(todo), jobs)
+        failed = _execute(todo, len(runs) - len(todo), len(runs), config, data_root, method, opts, jobs, tracking_env)
+        _compare(runs, output_dir)
+        sweep_finished(tracker, output_dir, failed)
     return failed
+
+
+def _sweep_config(config: Path | None, method: str | None, opts: Sequence[str]) -> dict[str, Any]:
+    """The config the sweep's settings start from (its ``train.tracking`` says whether the sweep is tracked)."""
+    from seg_ext.methods import method_config, resolve_method
+
+    return method_config(resolve_method(method, config), config, list(opts))
 
 
 
@@ -292,31 +307,41 @@ def _ray_sweep(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Pat
                data_root: Path | None, method: str | None, opts: Sequence[str], options: RayOptions,
                arguments: dict[str, Any]) -> int:
     """The sweep on Ray Tune: the grid (or, with a search, the best settings it finds) over the seeds."""
-    from seg_ext.tasks import ray_sweep as rs
-    from seg_ext.tasks.compare import is_run
-
     from seg_ext.engine import lower_is_better
-    from seg_ext.methods import method_config, resolve_method
+    from seg_ext.tasks import ray_sweep as rs
 
     rs.import_ray()
     dims = rs.parse_space(options.space) if options.search else []
     check_settings(plan_settings([{d.key: d.example() for d in dims}], seeds[:1], output_dir) if dims
                    else plan(grid, seeds, output_dir), config, method, opts)
-    train = method_config(resolve_method(method, config), config, list(opts))["train"]
+    sweep_cfg = _sweep_config(config, method, opts)
+    train = sweep_cfg["train"]
     metric = str(train["best_metric"])
     mode = "min" if lower_is_better(metric) else "max"
-    spec = rs.TrialSpec(str(Path(config).resolve()) if config else None, str(Path(data_root).resolve()) if data_root else None,
-                        method, list(opts), metric, str(training_tool(method, config)),
-                        run_env(max(1, math.ceil(options.cpus_per_run))))
     output_dir = output_dir.resolve()
+    with sweep_tracking(sweep_cfg, output_dir, arguments, "ray") as (tracker, tracking_env):
+        spec = rs.TrialSpec(str(Path(config).resolve()) if config else None,
+                            str(Path(data_root).resolve()) if data_root else None, method, list(opts), metric,
+                            str(training_tool(method, config)),
+                            {**run_env(max(1, math.ceil(options.cpus_per_run))), **tracking_env})
+        failed = _ray_runs(grid, seeds, output_dir, dims, spec, options, mode, int(train["epochs"]), arguments)
+        sweep_finished(tracker, output_dir, failed)
+    return failed
+
+
+def _ray_runs(grid: dict[str, list[Any]], seeds: Sequence[int], output_dir: Path, dims: Sequence[Any], spec: Any,
+              options: RayOptions, mode: str, epochs: int, arguments: dict[str, Any]) -> int:
+    """Connect to the cluster, check it, run the search (with one) and the runs, compare them; the failed count."""
+    from seg_ext.tasks import ray_sweep as rs
+    from seg_ext.tasks.compare import is_run
+
     rs.connect(options.address, spec.env["PYTHONPATH"])
     try:
         nodes = rs.check_cluster(output_dir, options.cpus_per_run, options.gpus_per_run, ROOT)
         atomic_write_text(json.dumps({**arguments, "engine": "ray"}, indent=2), output_dir / "sweep.json")
         logger.info("sweep on Ray: %d node(s) (%s)", len(nodes), ", ".join(n["NodeManagerAddress"] for n in nodes))
         if dims:  # the search's best settings, over the seeds
-            runs = plan_settings(_search(dims, seeds, output_dir, spec, options, mode, int(train["epochs"])), seeds,
-                                 output_dir)
+            runs = plan_settings(_search(dims, seeds, output_dir, spec, options, mode, epochs), seeds, output_dir)
         else:
             runs = plan(grid, seeds, output_dir)
         write_plan(runs, output_dir)
@@ -386,10 +411,10 @@ def threads_per_run(jobs: int) -> int:
 
 
 def _execute(todo: Sequence[PlannedRun], done: int, total: int, config: Path | None, data_root: Path | None,
-             method: str | None, opts: Sequence[str], jobs: int) -> int:
-    """Run ``todo`` with at most ``jobs`` at once; a Ctrl-C or SIGTERM stops the runs (each saves its position)
-    and the sweep; returns the number of failed runs."""
-    env = {**os.environ, **run_env(threads_per_run(jobs) if jobs > 1 else None)}
+             method: str | None, opts: Sequence[str], jobs: int, extra_env: dict[str, str] | None = None) -> int:
+    """Run ``todo`` with at most ``jobs`` at once (``extra_env`` on top of their environment); a Ctrl-C or
+    SIGTERM stops the runs (each saves its position) and the sweep; returns the number of failed runs."""
+    env = {**os.environ, **run_env(threads_per_run(jobs) if jobs > 1 else None), **(extra_env or {})}
     pending, running, failed, tool = list(todo), {}, 0, training_tool(method, config)
     stop: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
