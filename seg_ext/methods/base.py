@@ -97,6 +97,13 @@ class RunLike(Protocol):
 LossStep = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
 
+def training_note(summary: dict[str, Any]) -> str:
+    """The report's line on the training: epochs, the best epoch, how long, where (device, precision, machine)."""
+    where = summary["precision"] + (f"; {summary['machine']}" if summary.get("machine") else "")
+    return (f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
+            f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({where})")
+
+
 def init_note(summary: dict[str, Any]) -> list[str]:
     """The report's line on a run started from another run's weights (``--init-from``), if it was."""
     if not summary.get("init_from"):

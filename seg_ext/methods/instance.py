@@ -37,7 +37,7 @@ from seg_ext.errors import ConfigError, DatasetError
 from seg_ext.evaluation import Evaluator, build_evaluators, evaluator_classes, run_inference
 from seg_ext.evaluation.analysis import error_labels, image_detections, result_rle
 from seg_ext.evaluation.coco import BACKENDS, binary_masks, detections_to_results
-from seg_ext.methods.base import LossStep, Method, RunData, RunLike, init_note, overlay_indices, report_per_image, report_split
+from seg_ext.methods.base import LossStep, Method, RunData, RunLike, init_note, overlay_indices, training_note, report_per_image, report_split
 from seg_ext.report import Report
 from seg_ext.visualize import instance_error_picture, instance_overlay_picture, plot_instances, plot_loss_curves
 
@@ -369,8 +369,7 @@ class InstanceMethod(Method):
             *self.data_notes(),
             f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
             *filter(None, [self.size_description()]),
-            f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
-            f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
+            training_note(summary),
             *init_note(summary),
             *(["final evaluation with horizontal-flip test-time augmentation (eval.tta)"] if cfg["eval"]["tta"] else []),
             "COCO evaluation with pycocotools; results files: `results_<split>_segm.json` (masks, without boxes, so "

@@ -37,7 +37,7 @@ from seg_ext.errors import DatasetError
 from seg_ext.evaluation import Evaluator, SemanticLoss, build_evaluators, evaluator_classes, run_inference
 from seg_ext.evaluation.semantic import argmax_channels
 from seg_ext.losses import class_weights, weighted_cross_entropy
-from seg_ext.methods.base import LossStep, Method, RunData, RunLike, init_note, overlay_indices, report_per_image, report_split
+from seg_ext.methods.base import LossStep, Method, RunData, RunLike, init_note, overlay_indices, training_note, report_per_image, report_split
 from seg_ext.models import SEMANTIC_MODELS
 from seg_ext.report import Report, shown_split
 from seg_ext.visualize import label_counts, palette, plot_loss_curves, plot_overlays, semantic_error_picture, semantic_overlay_picture
@@ -427,8 +427,7 @@ class SemanticMethod(Method):
             "(probabilities upsampled, masks untouched)" + ("" if self.scale else "; per-epoch validation at the network's size")
             if cfg["eval"]["full_resolution"] else "metrics are computed at this size (masks resized)"),
             f"model: `{cfg['model']}`, {summary['parameters']:,} parameters",
-            f"training: {summary['epochs']} epoch(s), best epoch {summary['best_epoch']} by val {summary['best_metric']}, "
-            f"{summary['train_seconds']:.0f} s of training on {summary['device']} ({summary['precision']})",
+            training_note(summary),
             *init_note(summary),
         ])
         for cls in evaluator_classes(self.task):

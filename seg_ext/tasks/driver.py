@@ -25,7 +25,7 @@ from seg_ext.methods import method_class
 from seg_ext.methods.base import report_split
 from seg_ext.methods.checkpoints import check_classes, check_same_network, check_weights, checked, load_weights, open_checkpoint
 from seg_ext.tasks.run import EVAL_SPLITS, Run, RunLock, build_run, join_processes, prepare_output_dir
-from seg_ext.tasks.tracking import run_finished, run_placed, run_tracking
+from seg_ext.tasks.tracking import machine, run_finished, run_placed, run_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ def run_facts(run: Run, model: nn.Module, progress: dict[str, Any], epochs: Any)
         "model": run.cfg["model"]["name"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(run.precision.device),
+        "machine": machine(host=False),  # the CPU model and cores, and the GPU (not the host's name: files travel)
         "threads": torch.get_num_threads(),  # torch's CPU threads (train.threads, OMP_NUM_THREADS or all cores)
         "precision": run.precision.describe(),
         "compile": compile_mode(run.cfg["train"]["compile"]),

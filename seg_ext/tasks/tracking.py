@@ -155,8 +155,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def machine() -> str:
-    """This machine: host name, CPU model and cores, and the GPU when torch sees one."""
+def machine(host: bool = True) -> str:
+    """This machine: (with ``host``) its name, the CPU model and cores, and the GPU when torch sees one."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -165,12 +165,12 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    text = f"{platform.node()}: {cpu}, {os.cpu_count()} cores"
+    text = f"{cpu}, {os.cpu_count()} cores"
     import torch
 
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name(0)}"
-    return text
+    return f"{platform.node()}: {text}" if host else text
 
 
 class Tracker:
@@ -209,8 +209,11 @@ class Tracker:
                 tags = {**tags, "mlflow.parentRunId": parent}
             run = client.create_run(experiment_id, tags=tags, run_name=name)
         except Exception as exc:  # MlflowException, or the HTTP library's: one sentence either way
-            raise SegExtError(f"MLflow at {uri} could not {'continue run ' + run_id if run_id else 'start a run'} in "
-                              f"experiment {experiment!r}: {_first_line(exc)}") from None
+            if run_id is not None:
+                raise SegExtError(f"MLflow at {uri} could not continue run {run_id} ({_first_line(exc)}); delete {RECORD} "
+                                  "in the run folder to log the rest into a new run, or set train.tracking: none") from None
+            raise SegExtError(f"MLflow at {uri} could not start a run in experiment {experiment!r}: "
+                              f"{_first_line(exc)}") from None
         return cls(client, uri, run.info.run_id, experiment_id)
 
     def log_params(self, params: dict[str, str]) -> None:
