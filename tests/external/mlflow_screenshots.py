@@ -73,35 +73,71 @@ def main() -> None:
     parser.add_argument("--sweep", required=True, help="the sweep's run name (its folder's name)")
     parser.add_argument("--experiment", default="seg_ext")
     parser.add_argument("--metric", default="val/mIoU", help="the chart view's metric")
-    parser.add_argument("--columns", nargs="*", default=["final/test/mIoU", "final/test/IoU/person"],
+    parser.add_argument("--columns", nargs="*", default=["final/val/mIoU", "final/test/mIoU", "final/test/IoU/person"],
                         help="metric columns of the runs table")
+    parser.add_argument("--params", nargs="*", default=["train.lr", "train.seed"], help="param columns of the runs table")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     from mlflow.tracking import MlflowClient
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
 
     proc, uri = start_server(args.store)
-    driver = browser(1500, 760)
+    driver = browser(1500, 640)
     try:
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name(args.experiment)
         assert experiment is not None, f"no experiment {args.experiment!r} in {args.store}"
-        eid = experiment.experiment_id
-        columns = ",".join(f'"metrics.`{c}`"' for c in args.columns)
-        driver.get(f"{uri}/#/experiments/{eid}?viewMode=TABLE&selectedColumns=[{columns}]")
+        driver.get(f"{uri}/#/experiments/{experiment.experiment_id}/runs")
         wait_for_text(driver, args.sweep)
-        time.sleep(2)
-        for button in driver.find_elements(By.CSS_SELECTOR, "button"):  # the sweep's row: expand its runs
-            label = (button.get_attribute("aria-label") or "") + " " + (button.get_attribute("data-testid") or "")
-            if "expand" in label.lower() or "nested" in label.lower():
+        for label in ("Close", "Toggle sidebar"):  # the assistant's pane and the sidebar: room for the table
+            for button in driver.find_elements(By.CSS_SELECTOR, f"button[aria-label='{label}']"):
                 button.click()
-                break
-        time.sleep(3)
+        time.sleep(1)
+        driver.find_elements(By.CSS_SELECTOR, "[data-testid='column-selection-dropdown']")[0].click()
+        time.sleep(1)
+        for column in ("Dataset", "Models", "Source", *args.params, *args.columns):  # untick three, tick the rest
+            search = driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search columns']")  # (re-rendered)
+            search.send_keys(Keys.CONTROL, "a")
+            search.send_keys(Keys.BACKSPACE)
+            search.send_keys(column)
+            time.sleep(1)
+            left, top = search.location["x"] - 40, search.location["y"]  # the menu's entries: below its search box
+            matches = [e for e in driver.find_elements(By.XPATH, f"//*[text()='{column}']")  # the whole name, not
+                       if e.is_displayed() and e.location["x"] >= left and e.location["y"] > top  # a highlighted part
+                       and e.find_element(By.XPATH, "..").text.strip() == column]
+            assert matches, f"no column {column!r} in the Columns menu"
+            matches[0].click()
+            time.sleep(0.5)
+        driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search columns']").send_keys(Keys.ESCAPE)
+        time.sleep(1)
+        name = driver.find_element(By.XPATH, f"//*[text()='{args.sweep}']")
+        cell = name.find_element(By.XPATH, "./ancestor::div[contains(@class, 'ag-cell')][1]")
+        cell.find_element(By.CSS_SELECTOR, "button").click()  # the sweep's row: expand its runs
+        time.sleep(1)
+        header = driver.find_element(By.XPATH, "//*[text()='Run Name']/ancestor::div[contains(@class, 'ag-header-cell')][1]")
+        handle = header.find_element(By.CSS_SELECTOR, ".ag-header-cell-resize")  # a wider name column
+        ActionChains(driver).click_and_hold(handle).move_by_offset(110, 0).release().perform()
+        ActionChains(driver).move_to_element(driver.find_element(By.XPATH, "//*[contains(text(), 'matching runs')]")).perform()
+        time.sleep(2)
         args.output.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(args.output / "mlflow_sweep.png"))
-        driver.get(f"{uri}/#/experiments/{eid}?viewMode=CHART")
-        wait_for_text(driver, args.metric, timeout=90)
+        table = driver.find_element(By.XPATH, "//*[text()='Group by']")  # the view switch: table, chart, ...
+        switch = driver.execute_script("const r = arguments[0].getBoundingClientRect();"
+                                       "return document.elementFromPoint(r.left + 41, r.top - 40);", table)
+        switch.click()  # (the chart view: the second button above 'Group by')
         time.sleep(4)
+        driver.set_window_size(1500, 800)
+        driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search metric charts']").send_keys(args.metric)
+        time.sleep(2)
+        for header in driver.find_elements(By.XPATH, "//*[normalize-space(text())='final/val']"):
+            if header.is_displayed():  # fold the final metrics' section (its chevron): the epochs' chart shows
+                driver.execute_script("const r = arguments[0].getBoundingClientRect();"
+                                      "document.elementFromPoint(r.left - 31, r.top + r.height / 2)"
+                                      ".dispatchEvent(new MouseEvent('click', {bubbles: true}));", header)
+        ActionChains(driver).move_to_element(driver.find_element(By.XPATH, "//*[contains(text(), 'matching runs')]")).perform()
+        time.sleep(5)
         driver.save_screenshot(str(args.output / "mlflow_charts.png"))
         print(f"wrote {args.output / 'mlflow_sweep.png'} and {args.output / 'mlflow_charts.png'}")
     finally:
