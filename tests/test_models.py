@@ -140,6 +140,7 @@ def test_maskrcnn_coco_weights_offline_say_which_file(monkeypatch, tmp_path):
         maskrcnn(2, backbone="resnet18_fpn", backbone_weights="imagenet")
 
 
+@pytest.mark.slow  # a Mask R-CNN forward of several image sizes, ~5 s: the full tier (the fast tier keeps under 90 s)
 def test_maskrcnn_detections_of_an_image_do_not_depend_on_its_batch():
     """torchvision pads a batch to its largest image, which changes group norm's statistics and the features near
     the border: the method runs one image per network call, so an image's detections are the same alone or in a

@@ -63,6 +63,7 @@ def test_one_epoch_run_writes_everything_then_resume_and_eval_only(scenes_root, 
     assert again["test"]["mAP"] == pytest.approx(final["test"]["mAP"])
 
 
+@pytest.mark.slow  # a whole evaluation of the initial weights, ~5 s: the full tier (the fast tier keeps under 90 s)
 def test_zero_epochs_evaluates_the_initial_weights_and_keeps_them(scenes_root, tmp_path, capsys):
     import torch
 
