@@ -255,6 +255,23 @@ def test_under_torchrun_only_process_0_logs(server, scenes_root, tmp_path):
     assert _history(client, run_id, "epoch") == [(1, 1.0), (2, 2.0)]
 
 
+@pytest.mark.slow
+def test_a_run_without_tracking_never_imports_mlflow(scenes_root, tmp_path):
+    """The package without the extra runs as before: a training that does not ask for tracking, in a process of its
+    own, ends without MLflow among its modules (installed or not)."""
+    tool = ROOT / "tools" / "train_semantic.py"
+    argv = [str(tool), "--data-root", str(scenes_root), "--output-dir", str(tmp_path / "run"), "--opts", *TINY,
+            "train.epochs=1"]
+    code = ("import runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('mlflow imported:', 'mlflow' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mlflow imported: False" in proc.stdout and not (tmp_path / "run" / "tracking.json").exists()
+
+
 # ---- before anything trains, and while it does (fast tier) -------------------------------------------------
 
 
