@@ -371,3 +371,17 @@ def test_a_server_failing_mid_run_costs_a_warning_and_the_values_follow_later(ca
                                                                         ("train/loss", 3, 0.3)]
     tracker.end("FINISHED")
     assert client.status == "FINISHED" and not tracker.pending
+
+
+def test_a_tracked_sweep_resumes_its_untracked_runs_into_mlflow(tmp_path):
+    """A sweep run again with --tracking-uri resumes a run begun without it: the resumed run keeps its saved config,
+    and its command turns tracking on (a run's --opts may change that at resume)."""
+    from seg_ext.tasks.sweep import PlannedRun, run_command
+
+    run = PlannedRun({"train.lr": 0.01}, 0, tmp_path / "seed0")
+    run.folder.mkdir()
+    (run.folder / "last.pt").write_bytes(b"")
+    opts = ["train.epochs=1", "train.tracking=mlflow", "train.tracking_uri=http://host:5000"]
+    assert run_command(run, Path("tool.py"), None, None, None, opts)[-5:] == [
+        str(run.folder), "--resume", "--opts", "train.tracking=mlflow", "train.tracking_uri=http://host:5000"]
+    assert run_command(run, Path("tool.py"), None, None, None, ["train.epochs=1"])[-1] == "--resume"

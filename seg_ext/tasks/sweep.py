@@ -171,7 +171,9 @@ def run_command(run: PlannedRun, tool: Path, config: Path | None, data_root: Pat
     unfinished run). Needs nothing heavier than the standard library: Ray's workers build it for each trial."""
     command = [sys.executable, str(tool), "--output-dir", str(run.folder)]
     if (run.folder / "last.pt").is_file() or (run.folder / "last.prev.pt").is_file():
-        return command + ["--resume"]  # the run keeps its saved config
+        # the run keeps its saved config, but logs to MLflow when the sweep now does (--tracking-uri)
+        tracking = [o for o in opts if o.split("=", 1)[0] in ("train.tracking", "train.tracking_uri")]
+        return command + ["--resume"] + (["--opts", *tracking] if tracking else [])
     if method is not None:
         command += ["--method", method]
     if config is not None:
