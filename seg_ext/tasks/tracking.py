@@ -325,6 +325,17 @@ def _origin() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git_commit": commit, "machine": machine(), "seg_ext_version": __version__}
 
 
+def _first_calls(tracker: Tracker, params: dict[str, str], tags: dict[str, str]) -> None:
+    """The params (and tags) logged before anything trains: refused by the server, one sentence."""
+    try:
+        tracker.log_params(params)
+        if tags:
+            tracker.set_tags(tags)
+    except Exception as exc:
+        raise SegExtError(f"MLflow at {tracker.uri} did not take the run's params ({_first_line(exc)}); nothing was "
+                          "trained yet") from None
+
+
 def _status(exc: BaseException | None) -> str:
     if exc is None:
         return "FINISHED"
@@ -387,9 +398,7 @@ def run_tracking(cfg: dict[str, Any], output_dir: Path, command: str, resume: bo
     logger.info("MLflow: run %s in experiment %r at %s%s", tracker.run_id, experiment, uri,
                 " (continued)" if previous else "")
     with _ending(tracker):
-        tracker.log_params(flatten({k: v for k, v in cfg.items()}))
-        if previous:
-            tracker.set_tags({"resumed": "true"})
+        _first_calls(tracker, flatten({k: v for k, v in cfg.items()}), {"resumed": "true"} if previous else {})
         yield tracker
 
 
@@ -445,7 +454,7 @@ def sweep_tracking(cfg: dict[str, Any], output_dir: Path, arguments: dict[str, A
     logger.info("MLflow: sweep run %s in experiment %r at %s", tracker.run_id, experiment, uri)
     env = {PARENT_ENV: tracker.run_id, URI_ENV: uri, SWEEP_ENV: str(output_dir.resolve())}
     with _ending(tracker):
-        tracker.log_params(flatten({"sweep": {k: v for k, v in arguments.items() if v not in (None, [], {})}}))
+        _first_calls(tracker, flatten({"sweep": {k: v for k, v in arguments.items() if v not in (None, [], {})}}), {})
         yield tracker, env
 
 
