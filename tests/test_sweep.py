@@ -214,3 +214,12 @@ def test_without_tensorboard_no_event_file(scenes_root, tmp_path):
     out = tmp_path / "run"
     assert call_tool("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--opts", *TINY]) == 0
     assert not list(out.glob("events.out.tfevents.*"))
+
+
+def test_the_module_ray_workers_import_to_build_a_run_command_leaves_torch_out():
+    """Ray's trial workers import ``seg_ext.tasks.sweep`` for ``run_command`` (and with it the tracking module):
+    neither may pull in torch, which would cost every trial worker seconds and memory before its run starts."""
+    code = "import sys, seg_ext.tasks.sweep; print(sorted(m for m in ('torch', 'mlflow', 'ray') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -19,7 +19,7 @@ from seg_ext.engine.precision import (
     resolve_precision,
 )
 from seg_ext.engine.runtime import (
-    check_compiler, compile_model, seed_everything, select_device, set_cudnn_benchmark,
+    check_compiler, compile_model, machine, seed_everything, select_device, set_cudnn_benchmark,
     set_deterministic, set_threads,
 )
 from seg_ext.engine.signals import StopOnSignal
@@ -32,5 +32,5 @@ __all__ = [
     "MODEL_FOLDER", "MODEL_FOLDER_VERSION", "TRAINING_STATE", "load_model_folder",
     "close_loader", "lower_is_better", "lr_factor_fn", "make_loader", "previous_path", "resume_checkpoint", "native_bf16_cpu", "place_model", "resolve_precision", "seed_everything",
     "seed_worker", "select_device", "set_threads", "upgrade_checkpoint_file", "check_compiler",
-    "compile_model", "cuda_preference", "device_feed", "resolve_workers", "set_cudnn_benchmark", "set_deterministic", "usable_cpus",
+    "compile_model", "machine", "cuda_preference", "device_feed", "resolve_workers", "set_cudnn_benchmark", "set_deterministic", "usable_cpus",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,3 +86,19 @@ def compile_model(model: nn.Module, mode: str) -> nn.Module:
     if mode == "off":
         return model
     return torch.compile(model, mode=mode)
+
+
+def machine(host: bool = True) -> str:
+    """This machine: (with ``host``) its name, the CPU model and cores, and the GPU when torch sees one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return f"{platform.node()}: {text}" if host else text

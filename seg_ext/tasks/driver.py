@@ -17,7 +17,7 @@ from torch import nn
 
 from seg_ext import distributed
 from seg_ext.config import compile_mode
-from seg_ext.engine import TensorBoard, Tracking, load_checkpoint, resume_checkpoint
+from seg_ext.engine import TensorBoard, Tracking, load_checkpoint, machine, resume_checkpoint
 from seg_ext.engine.checkpoint import checkpoint_progress
 from seg_ext.errors import ConfigError
 from seg_ext.io import write_json
@@ -25,7 +25,7 @@ from seg_ext.methods import method_class
 from seg_ext.methods.base import report_split
 from seg_ext.methods.checkpoints import check_classes, check_same_network, check_weights, checked, load_weights, open_checkpoint
 from seg_ext.tasks.run import EVAL_SPLITS, Run, RunLock, build_run, join_processes, prepare_output_dir
-from seg_ext.tasks.tracking import machine, run_finished, run_placed, run_tracking
+from seg_ext.tasks.tracking import run_finished, run_placed, run_tracking
 
 logger = logging.getLogger(__name__)
 

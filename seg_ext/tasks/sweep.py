@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from seg_ext.config import parse_value
 from seg_ext.errors import ConfigError, Preempted, SegExtError
 from seg_ext.io import atomic_write_text
-from seg_ext.tasks.tracking import sweep_finished, sweep_tracking
+from seg_ext.tasks.tracking import is_tracking_opt, sweep_finished, sweep_tracking, tracking_opts
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def run_command(run: PlannedRun, tool: Path, config: Path | None, data_root: Pat
     command = [sys.executable, str(tool), "--output-dir", str(run.folder)]
     if (run.folder / "last.pt").is_file() or (run.folder / "last.prev.pt").is_file():
         # the run keeps its saved config, but logs to MLflow when the sweep now does (--tracking-uri)
-        tracking = [o for o in opts if o.split("=", 1)[0] in ("train.tracking", "train.tracking_uri")]
+        tracking = [o for o in opts if is_tracking_opt(o)]
         return command + ["--resume"] + (["--opts", *tracking] if tracking else [])
     if method is not None:
         command += ["--method", method]
@@ -269,7 +269,7 @@ def sweep(grid_items: Sequence[str], seeds: Sequence[int], output_dir: Path, con
             raise SegExtError(f"{output_dir} holds a sweep{made} with other arguments ({marker}); run it with the same "
                               "arguments to continue it, or choose another --output-dir")
     if tracking_uri:  # each run logs there (a run's own config keeps it: --resume logs to the same place)
-        opts = [*opts, "train.tracking=mlflow", f"train.tracking_uri={tracking_uri}"]
+        opts = [*opts, *tracking_opts(tracking_uri)]
     if engine == "ray":
         return _ray_sweep(grid, seeds, output_dir, config, data_root, method, opts, ray, arguments)
     runs = plan(grid, seeds, output_dir)

@@ -13,7 +13,8 @@ call, and the run folder keeps every number either way.
 
 Where the store is: ``--tracking-uri`` or ``train.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite
 store in ``runs/mlflow`` under the current folder (a plain folder given as the URI is such a store too). The
-``mlflow`` package is the ``tracking`` extra; it is imported only when a run asks for tracking.
+``mlflow`` package is the ``tracking`` extra; it is imported only when a run asks for tracking. Nothing heavier
+than the standard library is imported with this module (``tasks.sweep`` imports it, and Ray's workers that one).
 """
 
 from __future__ import annotations
@@ -22,23 +23,22 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from seg_ext import __version__, distributed
+from seg_ext import __version__
 from seg_ext.errors import Preempted, SegExtError
 from seg_ext.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-TRACKERS = ("none", "mlflow")
 RECORD = "tracking.json"  # in a run (or sweep) folder: the MLflow run it logs to
 DEFAULT_STORE = Path("runs") / "mlflow"
 PARENT_ENV = "SEG_EXT_MLFLOW_PARENT_RUN"  # a sweep's MLflow run id, for the runs it starts
@@ -55,9 +55,19 @@ INSTALL = ("install the tracking extra (pip install -e '.[tracking]', or pip ins
            "into the environment), or set train.tracking: none")
 
 
+def tracking_opts(uri: str) -> list[str]:
+    """The ``--opts`` that make a run log to ``uri`` (what ``--tracking-uri`` sets)."""
+    return ["train.tracking=mlflow", f"train.tracking_uri={uri}"]
+
+
+def is_tracking_opt(opt: str) -> bool:
+    """Whether an ``--opts`` item is one of :func:`tracking_opts`' keys (a resumed run takes those too)."""
+    return opt.split("=", 1)[0].strip() in ("train.tracking", "train.tracking_uri")
+
+
 def enabled(cfg: dict[str, Any]) -> bool:
     """Whether the run of ``cfg`` is tracked (``train.tracking: mlflow``)."""
-    return str(cfg["train"].get("tracking", "none")) == "mlflow"
+    return cfg["train"]["tracking"] == "mlflow"
 
 
 def import_mlflow() -> Any:
@@ -155,24 +165,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def machine(host: bool = True) -> str:
-    """This machine: (with ``host``) its name, the CPU model and cores, and the GPU when torch sees one."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
-    import torch
-
-    if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(0)}"
-    return f"{platform.node()}: {text}" if host else text
-
-
 class Tracker:
     """One MLflow run, through ``MlflowClient`` (no global active run). Calls made while training
     (:meth:`log_metrics`) never stop it: a failure is a warning and the values wait for the next call."""
@@ -224,8 +216,8 @@ class Tracker:
         if changed:
             logger.warning("MLflow keeps a run's params as first logged; changed since: %s (logged as tags "
                            "changed.<key>)", ", ".join(f"{k} {have[k]} -> {v}" for k, v in changed.items()))
-        new = [(k, v) for k, v in params.items() if k not in have]
-        self._batch(params={k: v for k, v in new}, tags={f"changed.{k}": v for k, v in changed.items()})
+        self._batch(params={k: v for k, v in params.items() if k not in have},
+                    tags={f"changed.{k}": v for k, v in changed.items()})
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._batch(tags=tags)
@@ -240,8 +232,6 @@ class Tracker:
     def log_metrics(self, values: dict[str, float], step: int) -> bool:
         """Log ``values`` at ``step`` (with any that failed before); a failure is a warning, once, and the values
         wait. Returns whether everything logged has reached the server."""
-        import time
-
         from mlflow.entities import Metric
 
         if values:
@@ -313,16 +303,24 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "run_id" in record else None
 
 
-def _write_record(folder: Path, tracker: Tracker, experiment: str) -> None:
-    atomic_write_text(json.dumps({"tracking_uri": tracker.uri, "experiment": experiment, "experiment_id":
-                                  tracker.experiment_id, "run_id": tracker.run_id}, indent=2) + "\n", folder / RECORD)
+def _open(cfg: dict[str, Any], uri: str, output_dir: Path, name: str, tags: dict[str, str],
+          previous: dict[str, Any] | None, parent: str | None = None) -> Tracker:
+    """Open the MLflow run of a run or sweep folder (continue ``previous``, its ``tracking.json``, when given),
+    with the tags every run has besides ``tags``: the code's commit (also as MLflow's own tag, which its UI shows),
+    the machine, the package's version and the folder; keep its id in the folder's ``tracking.json``."""
+    from seg_ext.engine import machine
 
-
-def _origin() -> dict[str, str]:
-    """The tags every run has: the code's commit (also as MLflow's own tag, which its UI shows), the machine and
-    the package's version."""
     commit = git_commit()
-    return {"mlflow.source.git.commit": commit, "git_commit": commit, "machine": machine(), "seg_ext_version": __version__}
+    tags = {**tags, "mlflow.source.git.commit": commit, "git_commit": commit, "machine": machine(),
+            "seg_ext_version": __version__, "run_folder": str(output_dir.resolve())}
+    experiment = cfg["train"]["tracking_experiment"]
+    tracker = Tracker.open(uri, experiment, name, tags, run_id=previous["run_id"] if previous else None, parent=parent)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps({"tracking_uri": tracker.uri, "experiment": experiment, "experiment_id":
+                                  tracker.experiment_id, "run_id": tracker.run_id}, indent=2) + "\n", output_dir / RECORD)
+    logger.info("MLflow: %s run %s in experiment %r at %s%s", tags["kind"], tracker.run_id, experiment, uri,
+                " (continued)" if previous else "")
+    return tracker
 
 
 def _first_calls(tracker: Tracker, params: dict[str, str], tags: dict[str, str]) -> None:
@@ -359,7 +357,7 @@ def check(cfg: dict[str, Any]) -> str | None:
     if not enabled(cfg):
         return None
     import_mlflow()
-    uri = resolve_uri(cfg["train"].get("tracking_uri"))
+    uri = resolve_uri(cfg["train"]["tracking_uri"])
     check_store(uri)
     return uri
 
@@ -370,6 +368,8 @@ def run_tracking(cfg: dict[str, Any], output_dir: Path, command: str, resume: bo
     """The MLflow run of a training (``kind`` "train") or an evaluation ("evaluate") in ``output_dir``, for the
     block's duration; None when the run is not tracked or this is not process 0. A resumed run continues the
     MLflow run its ``tracking.json`` names (on the server it names)."""
+    from seg_ext import distributed
+
     if not enabled(cfg) or not distributed.is_main():
         yield None
         return
@@ -379,7 +379,6 @@ def run_tracking(cfg: dict[str, Any], output_dir: Path, command: str, resume: bo
         logger.info("resuming: the run logs to %s, where it started (not %s)", previous["tracking_uri"], uri)
         uri = previous["tracking_uri"]
         check_store(uri)
-    experiment = str(cfg["train"].get("tracking_experiment") or "seg_ext")
     sweep = os.environ.get(SWEEP_ENV)
     name = output_dir.name
     if sweep:
@@ -387,18 +386,11 @@ def run_tracking(cfg: dict[str, Any], output_dir: Path, command: str, resume: bo
             name = str(output_dir.resolve().relative_to(Path(sweep)))
         except ValueError:
             pass
-    tags = {"mlflow.source.name": command or "seg_ext", "mlflow.source.type": "LOCAL", **_origin(), "kind": kind, "method": str(cfg["method"]), "model": str(cfg["model"]["name"]), "run_folder":
-            str(output_dir.resolve())}
-    if sweep:
-        tags["sweep"] = sweep
-    tracker = Tracker.open(uri, experiment, name, tags, run_id=previous["run_id"] if previous else None,
-                           parent=os.environ.get(PARENT_ENV))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _write_record(output_dir, tracker, experiment)
-    logger.info("MLflow: run %s in experiment %r at %s%s", tracker.run_id, experiment, uri,
-                " (continued)" if previous else "")
+    tags = {"mlflow.source.name": command or "seg_ext", "mlflow.source.type": "LOCAL", "kind": kind,
+            "method": str(cfg["method"]), "model": str(cfg["model"]["name"]), **({"sweep": sweep} if sweep else {})}
+    tracker = _open(cfg, uri, output_dir, name, tags, previous, os.environ.get(PARENT_ENV))
     with _ending(tracker):
-        _first_calls(tracker, flatten({k: v for k, v in cfg.items()}), {"resumed": "true"} if previous else {})
+        _first_calls(tracker, flatten(cfg), {"resumed": "true"} if previous else {})
         yield tracker
 
 
@@ -439,19 +431,14 @@ def sweep_tracking(cfg: dict[str, Any], output_dir: Path, arguments: dict[str, A
         yield None, {}
         return
     uri = check(cfg)
-    experiment = str(cfg["train"].get("tracking_experiment") or "seg_ext")
     previous = _read_record(output_dir)
     if previous is not None and previous.get("tracking_uri") != uri:
         previous = None  # another server: a new sweep run there
     if engine == "ray" and _sqlite_path(uri) is not None:
         logger.warning("MLflow store %s is a file on this machine: runs on other nodes reach it only through a shared "
                        "filesystem (a tracking server is the usual way: --tracking-uri http://HOST:PORT)", uri)
-    tags = {"mlflow.source.name": "tools/sweep.py", **_origin(), "kind": "sweep", "engine": engine,
-            "run_folder": str(output_dir.resolve())}
-    tracker = Tracker.open(uri, experiment, output_dir.name, tags, run_id=previous["run_id"] if previous else None)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _write_record(output_dir, tracker, experiment)
-    logger.info("MLflow: sweep run %s in experiment %r at %s", tracker.run_id, experiment, uri)
+    tags = {"mlflow.source.name": "tools/sweep.py", "kind": "sweep", "engine": engine}
+    tracker = _open(cfg, uri, output_dir, output_dir.name, tags, previous)
     env = {PARENT_ENV: tracker.run_id, URI_ENV: uri, SWEEP_ENV: str(output_dir.resolve())}
     with _ending(tracker):
         _first_calls(tracker, flatten({"sweep": {k: v for k, v in arguments.items() if v not in (None, [], {})}}), {})
