@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +167,67 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
+
+
+def chromium(width: int, height: int):
+    """Debian's chromium, headless, through Selenium and the given chromedriver (Selenium Manager fetches
+    nothing), with a window of ``width`` x ``height``."""
+    os.environ.setdefault("SE_OFFLINE", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    return driver
+
+
+class MlflowServer:
+    """``mlflow server`` on a free port of 127.0.0.1 over the SQLite store ``store/mlflow.db`` (default
+    ``folder``; with ``artifacts``: serving the artifacts from that folder), its output in ``folder/server.log``;
+    answering its health check when made."""
+
+    def __init__(self, folder: Path, artifacts: Path | None = None, timeout: float = 180, store: Path | None = None) -> None:
+        self.uri = f"http://127.0.0.1:{free_port()}"
+        self.log_path = folder / "server.log"
+        self.log = open(self.log_path, "w")
+        serve = ["--artifacts-destination", str(artifacts)] if artifacts is not None else []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.uri.rsplit(":", 1)[1],
+             "--backend-store-uri", f"sqlite:///{(store or folder).resolve() / 'mlflow.db'}", *serve, "--workers", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise AssertionError(self.log_path.read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"mlflow server did not answer in {timeout:.0f} s: {self.log_path.read_text()[-3000:]}")
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()

@@ -22,9 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, call_tool
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+from conftest import CHROMEDRIVER, CHROMIUM, ROOT, call_tool, chromium
 REAL_PENNFUDAN = ROOT.parent / "shared" / "data" / "PennFudanPed"
 SEMANTIC = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "train.epochs=1",
             "model.base_width=4", "model.depth=2", "report.num_overlays=1", "report.num_worst=3"]
@@ -48,18 +46,7 @@ def browser():
     reason = _missing_browser()
     if reason:
         pytest.skip(reason)
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: use the given driver, fetch nothing
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,1400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = chromium(1200, 1400)
     yield driver
     driver.quit()
 

@@ -15,14 +15,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, call_tool, free_port
+from conftest import ROOT, MlflowServer, call_tool, free_port
 from seg_ext.errors import ConfigError
 
 try:
@@ -39,47 +37,12 @@ TINY = ["data.image_size=[64,64]", "data.batch_size=4", "data.num_workers=0", "m
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-class Server:
-    """``mlflow server`` on a free port of 127.0.0.1: a SQLite store and the artifacts in ``folder``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.uri = f"http://127.0.0.1:{free_port()}"
-        self.log = open(folder / "server.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.uri.rsplit(":", 1)[1],
-             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination",
-             str(folder / "artifacts"), "--workers", "1"], stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            assert self.proc.poll() is None, (folder / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise AssertionError(f"mlflow server did not answer in 180 s: {(folder / 'server.log').read_text()[-3000:]}")
-
-    def client(self):
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(self.uri)
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not HAVE_MLFLOW:
         pytest.skip(WHY)
-    s = Server(tmp_path_factory.mktemp("mlflow"))
+    folder = tmp_path_factory.mktemp("mlflow")
+    s = MlflowServer(folder, folder / "artifacts")
     yield s
     s.stop()
 

@@ -12,50 +12,13 @@ person to look at, and they show whatever the store holds.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(store: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{store.resolve() / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(360):
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                return proc, uri
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit("mlflow server did not start")
-
-
-def browser(width: int, height: int):
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: use the given driver, fetch nothing
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 f"--window-size={width},{height}", "--force-device-scale-factor=1"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest's browser and server
+from conftest import MlflowServer, chromium  # noqa: E402
 
 
 def wait_for_text(driver, text: str, timeout: float = 60) -> None:
@@ -83,8 +46,10 @@ def main() -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    proc, uri = start_server(args.store)
-    driver = browser(1500, 640)
+    log = Path(tempfile.mkdtemp(prefix="mlflow_screenshots."))  # the server's log (the store is only read)
+    server = MlflowServer(log, artifacts=None, store=args.store)
+    uri = server.uri
+    driver = chromium(1500, 640)
     try:
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name(args.experiment)
@@ -142,7 +107,7 @@ def main() -> None:
         print(f"wrote {args.output / 'mlflow_sweep.png'} and {args.output / 'mlflow_charts.png'}")
     finally:
         driver.quit()
-        os.killpg(proc.pid, signal.SIGTERM)
+        server.stop()
 
 
 if __name__ == "__main__":
