@@ -195,10 +195,11 @@ class MlflowServer:
     ``folder``; with ``artifacts``: serving the artifacts from that folder), its output in ``folder/server.log``;
     answering its health check when made."""
 
-    def __init__(self, folder: Path, artifacts: Path | None = None, timeout: float = 180, store: Path | None = None) -> None:
-        self.uri = f"http://127.0.0.1:{free_port()}"
+    def __init__(self, folder: Path, artifacts: Path | None = None, timeout: float = 180, store: Path | None = None,
+                 port: int | None = None) -> None:
+        self.uri = f"http://127.0.0.1:{port or free_port()}"
         self.log_path = folder / "server.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "a")
         serve = ["--artifacts-destination", str(artifacts)] if artifacts is not None else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.uri.rsplit(":", 1)[1],

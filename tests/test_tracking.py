@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,60 @@ def test_a_killed_run_resumed_continues_its_mlflow_run_with_each_epoch_once(serv
     for key in ("epoch", "train/loss", "val/mIoU"):
         assert _history(client, run_id, key) == [(r["epoch"], r[key] if key != "epoch" else r["epoch"]) for r in records]
     assert run.data.metrics["final/test/mIoU"] == json.loads((out / "metrics.json").read_text())["test"]["mIoU"]
+
+
+@pytest.mark.slow
+def test_a_server_lost_mid_run_costs_one_warning_and_its_epochs_follow_when_it_is_back(scenes_root, tmp_path):
+    """The real path of a server that goes away while a run trains: the server is stopped after the first epoch,
+    the run goes on with one warning, the server comes back on the same port and store while the run is held,
+    and the run ends FINISHED with every epoch in MLflow once."""
+    if not HAVE_MLFLOW:
+        pytest.skip(WHY)
+    from test_resume_exact import ENV as RUN_ENV, SEMANTIC, _command, _state
+
+    folder, out = tmp_path / "mlflow", tmp_path / "run"
+    folder.mkdir()
+    server = MlflowServer(folder, folder / "artifacts")
+    port = int(server.uri.rsplit(":", 1)[1])
+    proc = subprocess.Popen(_command("train_semantic", ["--data-root", scenes_root, "--output-dir", out, "--tracking-uri",
+                                                        server.uri, "--opts", *SEMANTIC]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RUN_ENV, start_new_session=True)
+
+    def hold_until(ready) -> None:  # look only while the run is stopped: no moment is missed
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+            if ready():
+                return  # (left stopped)
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+        raise AssertionError("the run ended before the moment came")
+
+    def warned() -> bool:
+        log = out / "log.txt"
+        return log.is_file() and "did not take the metrics" in log.read_text()
+
+    try:
+        hold_until(lambda: _state(out / "last.pt").get("epoch", 0) >= 1)
+        server.stop()  # gone after the first epoch
+        proc.send_signal(signal.SIGCONT)
+        hold_until(warned)
+        server = MlflowServer(folder, folder / "artifacts", port=port)  # back, while the run waits
+        proc.send_signal(signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert stderr.count("did not take the metrics") == 1, stderr[-3000:]
+        client, run_id = server.client(), _run_id(out)
+        assert client.get_run(run_id).info.status == "FINISHED"
+        records = _epochs(out)
+        assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+        for key in ("epoch", "train/loss"):
+            assert _history(client, run_id, key) == [(r["epoch"], r[key] if key != "epoch" else r["epoch"]) for r in records]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        server.stop()
 
 
 def _check_sweep(client, out: Path, engine: str, settings: list[str]) -> None:
